@@ -1,0 +1,106 @@
+r"""Demo: multitask distillation + CTC on the embedded synthetic corpus.
+
+The whole pipeline runs from this one file on a laptop CPU:
+
+  python -m stalign.main --config=configs/demo.py --workdir=runs/demo
+
+`--config=configs/demo.py:tiny` shrinks every size for a quick local run (the
+end-to-end test uses it). Any key can be overridden, e.g.
+`--config.train.steps=200 --config.loss.ctc_weight=0`.
+"""
+import ml_collections
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  tiny = arg == "tiny"
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  # Data built once and shared by every run that points at the same folder.
+  c.data_dir = "data/tiny" if tiny else "data/demo"
+
+  # Synthetic corpus (stalign/data/corpus.py).
+  c.corpus = ml_collections.ConfigDict()
+  c.corpus.seed = 0
+  c.corpus.num_train = 240 if tiny else 10_000
+  c.corpus.num_valid = 40 if tiny else 300
+  c.corpus.num_test = 60 if tiny else 600
+  c.corpus.num_zero_shot = 40 if tiny else 400
+  c.corpus.workers = 0  # 0 = all cores.
+  c.corpus.rate = (150, 230)  # espeak words per minute.
+  c.corpus.pitch = (30, 70)  # espeak pitch 0..100.
+  c.corpus.augment = ml_collections.ConfigDict(
+      dict(speed=(0.9, 1.1), noise_snr_db=(15.0, 40.0), noise_prob=0.5))
+
+  # Audio front end (stalign/data/features.py).
+  c.features = ml_collections.ConfigDict()
+  c.features.sample_rate = 16_000
+  c.features.num_mels = 80
+  c.features.win_ms = 25.0
+  c.features.hop_ms = 10.0
+  c.features.max_seconds = 12.0
+
+  # Input pipeline (stalign/input_pipeline.py). Utterances are padded up to
+  # the nearest boundary (in feature frames), so jit compiles one shape each.
+  c.input = ml_collections.ConfigDict()
+  c.input.batch_size = 16 if tiny else 64
+  c.input.bucket_boundaries = (240, 400) if tiny else (160, 240, 320, 480)
+  c.input.shuffle_buffer = 2_000
+  c.input.prefetch = 2
+
+  # Frozen teacher (stalign/teacher.py); "" = packaged all-MiniLM-L6-v2.
+  c.teacher = ml_collections.ConfigDict()
+  c.teacher.path = ""
+  c.teacher.batch_size = 256
+  c.teacher.max_tokens = 64
+
+  # Student (stalign/models/student.py).
+  c.model = ml_collections.ConfigDict()
+  c.model.subsample = 8  # Stacked log-mel frames per encoder frame (80 ms).
+  c.model.dim = 64 if tiny else 144
+  c.model.depth = 1 if tiny else 4
+  c.model.heads = 4
+  c.model.conv_kernel = 15
+  c.model.dropout = 0.1
+  c.model.ctc_layer = -1  # Index of the block the CTC head reads; -1 = last.
+  c.model.pooling = "mean"
+
+  # Losses (stalign/losses.py): weighted sum of the parts below.
+  c.loss = ml_collections.ConfigDict()
+  c.loss.distill = "cosine"  # "cosine" | "mse" | "none".
+  c.loss.distill_weight = 1.0
+  c.loss.centre_targets = True
+  c.loss.contrastive_weight = 1.0
+  c.loss.temperature = 0.07  # Initial value; it is learned.
+  c.loss.ctc_weight = 0.3
+
+  # Optimiser and loop (stalign/train.py).
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 30 if tiny else 1_500
+  c.train.lr = 2e-3
+  c.train.warmup_steps = 5 if tiny else 100
+  c.train.schedule = "cosine"
+  c.train.weight_decay = 1e-2
+  c.train.grad_clip = 1.0
+  c.train.log_every = 10 if tiny else 50
+  c.train.checkpoint_every = 20 if tiny else 250
+  c.train.keep_checkpoints = 2
+  c.train.max_nonfinite_steps = 10
+  c.init_from = ""
+
+  # Device mesh and the one table mapping logical axis names to mesh axes.
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
+  c.sharding_rules = (
+      ("batch", ("data", "fsdp")),
+      ("embed", "fsdp"),
+      ("mlp", "model"),
+      ("heads", "model"),
+      ("kv", None),
+      ("vocab", None),
+      ("length", None),
+  )
+
+  # Evaluation of the final model.
+  c.eval = ml_collections.ConfigDict()
+  c.eval.split = "test"
+  c.eval.batch_size = 64
+  return c

@@ -1,0 +1,1 @@
+"""stalign: semantically aligned speech-text embeddings in JAX/Flax."""
