@@ -31,6 +31,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.corpus.augment = ml_collections.ConfigDict(
       dict(speed=(0.9, 1.1), noise_snr_db=(15.0, 40.0), noise_prob=0.5))
 
+  # Where examples come from (stalign/data/sources.py): synthetic | manifest | fsdd.
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "synthetic"
+  c.data.num_shards = 2 if tiny else 8
+  c.data.manifests = ml_collections.ConfigDict()  # split -> JSONL path, for source=manifest.
+  c.data.fsdd_dir = "../shared/data/fsdd"
+  c.data.fsdd_speakers = ml_collections.ConfigDict()  # split -> speakers, for source=fsdd.
+
   # Audio front end (stalign/data/features.py).
   c.features = ml_collections.ConfigDict()
   c.features.sample_rate = 16_000
@@ -103,4 +111,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict()
   c.eval.split = "test"
   c.eval.batch_size = 64
+  c.eval.evaluators = ("retrieval",)
   return c

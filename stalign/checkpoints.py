@@ -1,0 +1,53 @@
+"""Orbax checkpointing: latest-N plus best-by-validation-loss, with the data position.
+
+A checkpoint holds the train state (params, optimizer state, step) and the
+input position `{"epoch", "batch"}` as JSON, so a resumed run sees exactly the
+batches an uninterrupted run would have seen.
+"""
+import os
+
+from absl import logging
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
+
+BEST_METRIC = "valid_loss"
+
+
+def manager(workdir: str, keep: int, async_save: bool = True) -> ocp.CheckpointManager:
+  preserve = policies.AnyPreservationPolicy([
+      policies.LatestN(n=keep),
+      policies.BestN(get_metric_fn=lambda m: m[BEST_METRIC], reverse=True, n=1,
+                     keep_checkpoints_without_metrics=False),
+  ])
+  options = ocp.CheckpointManagerOptions(preservation_policy=preserve,
+                                         enable_async_checkpointing=async_save, create=True)
+  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
+                               options=options)
+
+
+def save(mgr: ocp.CheckpointManager, step: int, state, position: dict,
+         metrics: dict | None = None) -> None:
+  mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                         position=ocp.args.JsonSave(position)),
+           metrics=metrics, force=True)
+
+
+def restore(mgr: ocp.CheckpointManager, step: int, abstract_state) -> tuple:
+  """(state, position) of `step`, laid out as `abstract_state`'s shardings say."""
+  out = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                                                  position=ocp.args.JsonRestore()))
+  logging.info("restored checkpoint of step %d from %s", step, mgr.directory)
+  return out["state"], out["position"]
+
+
+def restore_params(path: str, abstract_params) -> dict:
+  """Params (only) of the latest checkpoint under a workdir or checkpoint folder, for `init_from`."""
+  root = os.path.join(path, "checkpoints") if os.path.isdir(os.path.join(path, "checkpoints")) else path
+  mgr = ocp.CheckpointManager(os.path.abspath(root))
+  step = mgr.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"init_from={path}: no checkpoint found under {root}")
+  restored = mgr.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore({"params": abstract_params}, strict=False)))
+  mgr.close()
+  return restored["state"]["params"]

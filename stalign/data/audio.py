@@ -1,0 +1,46 @@
+"""Reading audio files into model-rate mono waveforms, with checks that name the file.
+
+Every data source goes through `load_audio`, so corrupt, empty, silent or
+absurdly long files are caught in one place; the TFRecord writer turns an
+`AudioError` into a counted skip with its reason.
+"""
+import numpy as np
+import soundfile as sf
+import soxr
+
+MIN_SECONDS = 0.1
+SILENCE_PEAK = 1e-4
+
+
+class AudioError(ValueError):
+  """An audio file that cannot be used; the message names the file and the fix."""
+
+
+def load_audio(path: str, sample_rate: int, max_seconds: float) -> np.ndarray:
+  """Returns float32 mono audio at `sample_rate`; raises AudioError on bad input."""
+  try:
+    wave, file_rate = sf.read(path, dtype="float32", always_2d=True)
+  except Exception as e:  # soundfile raises several types for bad headers.
+    raise AudioError(f"{path}: cannot decode audio ({e}); re-encode it as WAV/FLAC or drop it") from e
+  return check_waveform(wave.mean(axis=1), file_rate, sample_rate, max_seconds, path)
+
+
+def check_waveform(wave: np.ndarray, file_rate: int, sample_rate: int,
+                   max_seconds: float, name: str) -> np.ndarray:
+  """Validates an in-memory mono waveform and resamples it to `sample_rate`."""
+  if wave.size == 0:
+    raise AudioError(f"{name}: empty audio (0 samples)")
+  if not np.all(np.isfinite(wave)):
+    raise AudioError(f"{name}: audio contains NaN/Inf samples")
+  seconds = wave.size / file_rate
+  if seconds < MIN_SECONDS:
+    raise AudioError(f"{name}: {seconds:.3f} s is too short to be speech (min {MIN_SECONDS} s)")
+  if seconds > max_seconds:
+    raise AudioError(
+        f"{name}: {seconds:.1f} s is longer than features.max_seconds={max_seconds}; "
+        "segment it or raise the limit")
+  if np.abs(wave).max() < SILENCE_PEAK:
+    raise AudioError(f"{name}: audio is silent (peak below {SILENCE_PEAK})")
+  if file_rate != sample_rate:
+    wave = soxr.resample(wave, file_rate, sample_rate)
+  return wave.astype(np.float32)

@@ -1,0 +1,31 @@
+"""Builds every split's TFRecords from the configured source, once, then adds teacher embeddings."""
+import os
+
+from absl import logging
+import ml_collections
+
+from stalign import precompute
+from stalign.data import sources
+from stalign.data import tfrecords
+
+SPLITS = ("train", "valid", "test")
+
+
+def splits(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  return tuple(dict.fromkeys(SPLITS + (config.eval.split,)))
+
+
+def prepare(config: ml_collections.ConfigDict) -> dict:
+  """Idempotent: splits whose summary exists are kept; returns each split's summary."""
+  source = sources.get(config.data.source)
+  summaries = {}
+  for split in splits(config):
+    if os.path.exists(tfrecords.summary_path(config.data_dir, split)):
+      summaries[split] = tfrecords.read_summary(config.data_dir, split)
+      logging.info("split %s: reusing %d examples in %s", split, summaries[split]["written"],
+                   config.data_dir)
+      continue
+    summaries[split] = tfrecords.write_split(source(config, split), config, split,
+                                             config.data.num_shards)
+  precompute.precompute(config, splits(config))
+  return summaries

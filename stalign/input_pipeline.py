@@ -1,0 +1,158 @@
+"""tf.data input: per-process file sharding, length buckets, static shapes, prefetch.
+
+Each process reads its own slice of the TFRecord shards, so a pod never sends
+data between hosts. Utterances are grouped by length and padded up to a small
+set of bucket lengths: padding stays low and `jax.jit` compiles once per
+bucket. Every epoch has its own shuffle seed, and every batch carries the
+epoch it came from, so the loop can save `(epoch, batches seen in it)` with a
+checkpoint and resume at exactly the next batch.
+"""
+from collections.abc import Iterator
+import os
+
+import jax
+import ml_collections
+import numpy as np
+import tensorflow as tf
+
+from stalign.data import tfrecords
+
+# Data loading must not grab the accelerator memory or threads the step needs.
+tf.config.set_visible_devices([], "GPU")
+
+
+def bucket_lengths(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+  """Padded lengths in feature frames; the last one fits the longest allowed utterance."""
+  hop_ms = config.features.hop_ms
+  longest = int(config.features.max_seconds * 1000 / hop_ms) + 1
+  lengths = sorted({*config.input.bucket_boundaries, longest})
+  lengths = [b for b in lengths if b <= longest]
+  sub = config.model.subsample
+  return tuple(-(-b // sub) * sub for b in lengths)  # Multiples of the frame stacking.
+
+
+def max_label_length(config: ml_collections.ConfigDict) -> int:
+  return bucket_lengths(config)[-1] // config.model.subsample
+
+
+def _parse_fn(config: ml_collections.ConfigDict, teacher_dim: int):
+  num_mels = config.features.num_mels
+  max_labels = max_label_length(config)
+  spec = {
+      "text": tf.io.FixedLenFeature([], tf.string),
+      "features": tf.io.FixedLenFeature([], tf.string),
+      "num_frames": tf.io.FixedLenFeature([], tf.int64),
+      "ctc_labels": tf.io.VarLenFeature(tf.int64),
+      "ctc_ok": tf.io.FixedLenFeature([], tf.int64),
+      "duration": tf.io.FixedLenFeature([], tf.float32),
+  }
+  if teacher_dim:
+    spec["teacher_embedding"] = tf.io.FixedLenFeature([teacher_dim], tf.float32)
+
+  def parse(raw):
+    ex = tf.io.parse_single_example(raw, spec)
+    feats = tf.io.decode_raw(ex["features"], tf.float16)
+    feats = tf.cast(tf.reshape(feats, [-1, num_mels]), tf.float32)
+    labels = tf.cast(tf.sparse.to_dense(ex["ctc_labels"]), tf.int32)[:max_labels]
+    out = {
+        "features": feats,
+        "num_frames": tf.cast(ex["num_frames"], tf.int32),
+        "ctc_labels": tf.pad(labels, [[0, max_labels - tf.shape(labels)[0]]]),
+        "num_labels": tf.shape(labels)[0],
+        "ctc_ok": tf.cast(ex["ctc_ok"], tf.bool),
+        "duration": ex["duration"],
+        "text": ex["text"],
+    }
+    if teacher_dim:
+      out["teacher"] = ex["teacher_embedding"]
+    return out
+  return parse
+
+
+def _bucketed(ds: tf.data.Dataset, config: ml_collections.ConfigDict, batch_size: int,
+              drop_remainder: bool) -> tf.data.Dataset:
+  lengths = bucket_lengths(config)
+  return ds.bucket_by_sequence_length(
+      element_length_func=lambda ex: ex["num_frames"],
+      bucket_boundaries=[b + 1 for b in lengths[:-1]],
+      bucket_batch_sizes=[batch_size] * len(lengths),
+      pad_to_bucket_boundary=False,
+      padded_shapes=None,
+      drop_remainder=drop_remainder,
+  ).map(lambda b: _pad_frames(b, lengths))
+
+
+def _pad_frames(batch: dict, lengths: tuple[int, ...]) -> dict:
+  """Pads the time axis up to the smallest bucket length that holds the batch."""
+  frames = tf.shape(batch["features"])[1]
+  target = tf.reduce_min(tf.boolean_mask(lengths, tf.constant(lengths) >= frames))
+  batch["features"] = tf.pad(batch["features"], [[0, 0], [0, target - frames], [0, 0]])
+  return batch
+
+
+def local_files(files: list[str]) -> list[str]:
+  """This process's shards; every shard goes to exactly one process."""
+  count, index = jax.process_count(), jax.process_index()
+  if len(files) < count:
+    raise ValueError(f"{len(files)} shards cannot feed {count} processes; write at least "
+                     f"{count} shards (data.num_shards)")
+  return files[index::count]
+
+
+def local_batch_size(global_batch: int) -> int:
+  if global_batch % jax.process_count():
+    raise ValueError(f"batch size {global_batch} is not divisible by {jax.process_count()} processes")
+  return global_batch // jax.process_count()
+
+
+def train_iterator(config: ml_collections.ConfigDict, split: str, teacher_dim: int,
+                   position: dict | None = None) -> Iterator[dict]:
+  """Endless shuffled batches as numpy dicts, starting after `position`.
+
+  `position = {"epoch": e, "batch": k}` resumes at the (k+1)-th batch of epoch e.
+  """
+  files = local_files(tfrecords.list_shards(config.data_dir, split))
+  parse = _parse_fn(config, teacher_dim)
+  batch_size = local_batch_size(config.input.batch_size)
+  seed = config.seed + 1000 * jax.process_index()
+  start_epoch = position["epoch"] if position else 0
+  skip = position["batch"] if position else 0
+
+  def epoch(e):
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    ds = ds.shuffle(len(files), seed=seed + e)
+    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(files)),
+                       deterministic=True)
+    ds = ds.shuffle(config.input.shuffle_buffer, seed=seed + e, reshuffle_each_iteration=False)
+    ds = _bucketed(ds.map(parse), config, batch_size, drop_remainder=True)
+    return ds.map(lambda b: {**b, "epoch": tf.fill([batch_size], tf.cast(e, tf.int64))})
+
+  first = epoch(start_epoch).skip(skip)
+  rest = tf.data.Dataset.range(start_epoch + 1, 2**62).flat_map(epoch)
+  ds = first.concatenate(rest).prefetch(config.input.prefetch)
+  options = tf.data.Options()
+  options.deterministic = True
+  ds = ds.with_options(options)
+  return ds.as_numpy_iterator()
+
+
+def eval_batches(config: ml_collections.ConfigDict, split: str, teacher_dim: int,
+                 batch_size: int) -> Iterator[dict]:
+  """Every example of a split exactly once, padded to full static batches (see `valid`).
+
+  Evaluation reads all shards on every process: the embeddings are small and
+  every process then holds the whole gallery for the metrics.
+  """
+  files = tfrecords.list_shards(config.data_dir, split)
+  ds = tf.data.TFRecordDataset(files).map(_parse_fn(config, teacher_dim))
+  ds = _bucketed(ds, config, batch_size, drop_remainder=False).prefetch(2)
+  for batch in ds.as_numpy_iterator():
+    n = batch["num_frames"].shape[0]
+    batch = {k: _pad_rows(v, batch_size) for k, v in batch.items()}
+    batch["valid"] = np.arange(batch_size) < n
+    yield batch
+
+
+def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
+  return np.concatenate([x, np.zeros((rows - x.shape[0],) + x.shape[1:], x.dtype)]) \
+      if x.shape[0] < rows else x

@@ -1,0 +1,76 @@
+r"""stalign's one entry point: data -> teacher embeddings -> training -> evaluation report.
+
+  python -m stalign.main --config=configs/demo.py --workdir=runs/demo
+  python -m stalign.main --config=configs/demo.py:tiny --workdir=/tmp/tiny \
+      --config.train.steps=50 --config.loss.ctc_weight=0
+
+Every stage is resumable: rerunning the same command reuses finished data,
+resumes training from the workdir's latest checkpoint and rewrites the report.
+"""
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+from stalign import evaluate
+from stalign import report
+from stalign import train
+from stalign.data import prepare
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None,
+    "Python config file with get_config(arg); `path.py:arg` passes arg (e.g. configs/demo.py:tiny). "
+    "Override any key with --config.KEY=VALUE; unknown keys are an error.",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, TensorBoard logs, report.")
+_STAGES = flags.DEFINE_list("stages", ["data", "train", "evaluate"],
+                            "Stages to run, in order: data (corpus, TFRecords, teacher embeddings), "
+                            "train, evaluate.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None,
+    "host:port of process 0 for multi-process runs on CPU/GPU (TPU pods find it themselves).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
+
+
+def _save_config(config, workdir: str) -> None:
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}; settings go in --config.KEY=VALUE")
+  if _COORDINATOR.value:
+    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  config, workdir = _CONFIG.value, _WORKDIR.value
+  logging.info("process %d of %d, %d local / %d global devices (%s)", jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count(),
+               jax.devices()[0].platform)
+  logging.info("config:\n%s", config)
+  _save_config(config, workdir)
+  unknown = set(_STAGES.value) - {"data", "train", "evaluate"}
+  if unknown:
+    raise app.UsageError(f"unknown stages {sorted(unknown)}; use data, train, evaluate")
+  if "data" in _STAGES.value:
+    prepare.prepare(config)
+  if "train" in _STAGES.value:
+    train.train_and_evaluate(config, workdir)
+  if "evaluate" in _STAGES.value and jax.process_index() == 0:
+    results = evaluate.evaluate(config, workdir)
+    print(report.headline(results))
+    print(f"\nreport: {os.path.join(workdir, 'report.md')}")
+
+
+def run():
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,145 @@
+"""The student: a Conformer speech encoder with a CTC head and an utterance head.
+
+Log-mel frames are stacked `subsample` at a time (8 x 10 ms = 80 ms per encoder
+frame by default) and projected to the model width; calibration on a CPU
+budget showed that fewer, wider frames are what lets a small encoder learn in
+minutes (README, "What made the demo learn"). A stack of Conformer blocks
+(Gulati et al., 2020) follows; a character CTC head reads one of the blocks,
+and the utterance head pools the frames and projects to the teacher's width.
+
+Every parameter carries logical axis names and activations are constrained at
+block boundaries, so `stalign.sharding` can lay the model out on any mesh.
+Padding never changes an embedding: padded frames are masked out of attention,
+zeroed before every convolution and excluded from pooling.
+"""
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from stalign.data import text as text_lib
+from stalign.sharding import constrain, logical
+
+_init = nnx.initializers.xavier_uniform()
+_zeros = nnx.initializers.zeros_init()
+_ones = nnx.initializers.ones_init()
+
+
+def _dense(din: int, dout: int, names: tuple, rngs: nnx.Rngs) -> nnx.Linear:
+  return nnx.Linear(din, dout, kernel_init=logical(_init, *names),
+                    bias_init=logical(_zeros, names[-1]), rngs=rngs)
+
+
+def _norm(dim: int, rngs: nnx.Rngs) -> nnx.LayerNorm:
+  return nnx.LayerNorm(dim, scale_init=logical(_ones, "embed"),
+                       bias_init=logical(_zeros, "embed"), rngs=rngs)
+
+
+class FeedForward(nnx.Module):
+  def __init__(self, dim: int, dropout: float, rngs: nnx.Rngs):
+    self.norm = _norm(dim, rngs)
+    self.up = _dense(dim, 4 * dim, ("embed", "mlp"), rngs)
+    self.down = _dense(4 * dim, dim, ("mlp", "embed"), rngs)
+    self.dropout = nnx.Dropout(dropout, rngs=rngs)
+
+  def __call__(self, x):
+    return self.dropout(self.down(self.dropout(nnx.silu(self.up(self.norm(x))))))
+
+
+class SelfAttention(nnx.Module):
+  def __init__(self, dim: int, heads: int, dropout: float, rngs: nnx.Rngs):
+    self.norm = _norm(dim, rngs)
+    self.attn = nnx.MultiHeadAttention(
+        num_heads=heads, in_features=dim, decode=False, dropout_rate=dropout,
+        kernel_init=logical(_init, "embed", "heads", "kv"),
+        out_kernel_init=logical(_init, "heads", "kv", "embed"),
+        bias_init=logical(_zeros, "heads", "kv"),
+        out_bias_init=logical(_zeros, "embed"), rngs=rngs)
+    self.dropout = nnx.Dropout(dropout, rngs=rngs)
+
+  def __call__(self, x, mask):
+    attn_mask = nnx.make_attention_mask(mask, mask)
+    return self.dropout(self.attn(self.norm(x), mask=attn_mask))
+
+
+class ConvModule(nnx.Module):
+  """Pointwise GLU, depthwise conv, LayerNorm (not BatchNorm: padding-safe), swish, pointwise."""
+
+  def __init__(self, dim: int, kernel: int, dropout: float, rngs: nnx.Rngs):
+    self.norm = _norm(dim, rngs)
+    self.glu = _dense(dim, 2 * dim, ("embed", "mlp"), rngs)
+    self.depthwise = nnx.Conv(dim, dim, kernel_size=(kernel,), feature_group_count=dim,
+                              padding="SAME", kernel_init=logical(_init, None, None, "embed"),
+                              bias_init=logical(_zeros, "embed"), rngs=rngs)
+    self.conv_norm = _norm(dim, rngs)
+    self.out = _dense(dim, dim, ("embed", "embed"), rngs)
+    self.dropout = nnx.Dropout(dropout, rngs=rngs)
+
+  def __call__(self, x, mask):
+    x = nnx.glu(self.glu(self.norm(x)), axis=-1) * mask[..., None]
+    x = nnx.silu(self.conv_norm(self.depthwise(x)))
+    return self.dropout(self.out(x))
+
+
+class ConformerBlock(nnx.Module):
+  def __init__(self, dim: int, heads: int, kernel: int, dropout: float, rngs: nnx.Rngs):
+    self.ff1 = FeedForward(dim, dropout, rngs)
+    self.attn = SelfAttention(dim, heads, dropout, rngs)
+    self.conv = ConvModule(dim, kernel, dropout, rngs)
+    self.ff2 = FeedForward(dim, dropout, rngs)
+    self.norm = _norm(dim, rngs)
+
+  def __call__(self, x, mask):
+    x = x + 0.5 * self.ff1(x)
+    x = x + self.attn(x, mask)
+    x = x + self.conv(x, mask)
+    x = x + 0.5 * self.ff2(x)
+    return constrain(self.norm(x) * mask[..., None], "batch", "length", None)
+
+
+def _sinusoids(length: int, dim: int) -> jax.Array:
+  pos = jnp.arange(length)[:, None]
+  freqs = jnp.exp(-jnp.log(10_000.0) * jnp.arange(0, dim, 2) / dim)
+  return jnp.concatenate([jnp.sin(pos * freqs), jnp.cos(pos * freqs)], axis=-1)[:, :dim]
+
+
+class Student(nnx.Module):
+  """Speech encoder; `__call__` returns utterance embeddings, CTC logits and their frame mask."""
+
+  def __init__(self, config: ml_collections.ConfigDict, num_mels: int, embed_dim: int,
+               temperature: float, rngs: nnx.Rngs):
+    dim = config.dim
+    self.subsample = config.subsample
+    self.ctc_layer = config.ctc_layer % config.depth
+    self.input_norm = nnx.LayerNorm(num_mels * config.subsample, rngs=rngs)
+    self.frontend = _dense(num_mels * config.subsample, dim, (None, "embed"), rngs)
+    self.blocks = nnx.List([ConformerBlock(dim, config.heads, config.conv_kernel, config.dropout, rngs)
+                            for _ in range(config.depth)])
+    self.ctc_head = _dense(dim, text_lib.VOCAB_SIZE, ("embed", "vocab"), rngs)
+    self.pool_hidden = _dense(dim, dim, ("embed", "mlp"), rngs)
+    self.pool_out = _dense(dim, embed_dim, ("mlp", None), rngs)
+    self.dropout = nnx.Dropout(config.dropout, rngs=rngs)
+    # The contrastive loss's temperature is learned with the model (as CLIP's logit scale).
+    self.log_temperature = nnx.Param(jnp.log(jnp.float32(temperature)))
+
+  def frame_mask(self, num_frames: jax.Array, padded_frames: int) -> jax.Array:
+    """[batch, encoder frames] True where a stacked frame holds any real audio."""
+    frames = -(-num_frames // self.subsample)
+    return jnp.arange(padded_frames // self.subsample)[None, :] < frames[:, None]
+
+  def __call__(self, features: jax.Array, num_frames: jax.Array) -> dict:
+    batch, length, mels = features.shape
+    mask = self.frame_mask(num_frames, length)
+    real = jnp.arange(length)[None, :] < num_frames[:, None]
+    x = (features * real[..., None]).reshape(batch, length // self.subsample, mels * self.subsample)
+    x = self.frontend(self.input_norm(x)) + _sinusoids(x.shape[1], self.frontend.out_features)
+    x = constrain(self.dropout(x) * mask[..., None], "batch", "length", None)
+    ctc_hidden = x
+    for i, block in enumerate(self.blocks):
+      x = block(x, mask)
+      if i == self.ctc_layer:
+        ctc_hidden = x
+    weights = mask / jnp.maximum(mask.sum(axis=1, keepdims=True), 1)
+    pooled = jnp.einsum("bt,btd->bd", weights, x)
+    embedding = self.pool_out(nnx.gelu(self.pool_hidden(pooled)))
+    return {"embedding": embedding, "ctc_logits": self.ctc_head(ctc_hidden), "mask": mask}

@@ -1,0 +1,126 @@
+"""Teacher embeddings, computed once per distinct transcript and stored in the TFRecords.
+
+The teacher is frozen, so running it inside every training step would only
+cost time and memory. Transcripts are deduplicated across all splits, embedded
+in large length-bucketed batches and saved chunk by chunk (a killed run keeps
+its finished chunks); then each shard is rewritten with a `teacher_embedding`
+per example, under a temporary name and renamed, so a shard is either old or
+complete. At the end every example is checked to hold exactly one embedding.
+
+  python -m stalign.precompute --config=configs/demo.py
+"""
+import hashlib
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from jax.experimental import multihost_utils
+import ml_collections
+from ml_collections import config_flags
+import numpy as np
+import tensorflow as tf
+import tqdm
+
+from stalign import teacher as teacher_lib
+from stalign.data import tfrecords
+
+CHUNK = 4096
+
+
+def _has_embeddings(shard: str) -> bool:
+  for raw in tf.data.TFRecordDataset(shard).take(1).as_numpy_iterator():
+    return tfrecords.deserialize(raw)["teacher_embedding"] is not None
+  return True  # An empty shard needs nothing.
+
+
+def _texts(files: list[str]) -> list[str]:
+  return [r["text"] for r in tfrecords.iterate_records(files)]
+
+
+def load_teacher(config: ml_collections.ConfigDict) -> "teacher_lib.Teacher":
+  path = config.teacher.path or teacher_lib.default_teacher_path()
+  return teacher_lib.load_teacher(path, max_tokens=config.teacher.max_tokens)
+
+
+def _embed_chunks(texts: list[str], teacher, cache_dir: str, batch_size: int) -> dict[str, np.ndarray]:
+  """Embeds `texts` (sorted, distinct) chunk by chunk; finished chunks are reused on restart."""
+  os.makedirs(cache_dir, exist_ok=True)
+  chunks = [texts[i:i + CHUNK] for i in range(0, len(texts), CHUNK)]
+  mine = [i for i in range(len(chunks)) if i % jax.process_count() == jax.process_index()]
+  for i in tqdm.tqdm(mine, desc="teacher", unit="chunk", disable=not mine):
+    digest = hashlib.sha1("\n".join(chunks[i]).encode()).hexdigest()[:16]
+    path = os.path.join(cache_dir, f"chunk-{i:05d}-{digest}.npy")
+    if not os.path.exists(path):
+      with open(path + ".tmp", "wb") as f:
+        np.save(f, teacher.embed(chunks[i], batch_size=batch_size))
+      os.replace(path + ".tmp", path)
+  multihost_utils.sync_global_devices("teacher chunks")
+  table = {}
+  for i, chunk in enumerate(chunks):
+    digest = hashlib.sha1("\n".join(chunk).encode()).hexdigest()[:16]
+    table.update(zip(chunk, np.load(os.path.join(cache_dir, f"chunk-{i:05d}-{digest}.npy"))))
+  return table
+
+
+def _rewrite_shard(shard: str, table: dict[str, np.ndarray]) -> int:
+  with tf.io.TFRecordWriter(shard + ".tmp") as writer:
+    count = 0
+    for record in tfrecords.iterate_records([shard]):
+      record["teacher_embedding"] = table[record["text"]]
+      writer.write(tfrecords.serialize(record))
+      count += 1
+  os.replace(shard + ".tmp", shard)
+  return count
+
+
+def precompute(config: ml_collections.ConfigDict, splits: tuple[str, ...]) -> dict:
+  """Adds teacher embeddings to every listed split; returns counts. Idempotent and resumable."""
+  shards = {s: tfrecords.list_shards(config.data_dir, s) for s in splits}
+  todo = [f for s in splits for f in shards[s] if not _has_embeddings(f)]
+  stats_path = os.path.join(config.data_dir, "tfrecords", "teacher_stats.npz")
+  if todo or not os.path.exists(stats_path):
+    teacher = load_teacher(config)
+    split_texts = {s: _texts(shards[s]) for s in splits}
+    texts = sorted(set().union(*split_texts.values()))
+    logging.info("teacher %s: %d distinct transcripts to embed", teacher.name, len(texts))
+    table = _embed_chunks(texts, teacher, os.path.join(config.data_dir, "teacher_cache"),
+                          config.teacher.batch_size)
+    mine = [f for i, f in enumerate(todo) if i % jax.process_count() == jax.process_index()]
+    for shard in tqdm.tqdm(mine, desc="write embeddings", unit="shard"):
+      _rewrite_shard(shard, table)
+    multihost_utils.sync_global_devices("teacher shards")
+    if jax.process_index() == 0:
+      # Centring targets uses the mean over distinct training transcripts.
+      mean = np.mean([table[t] for t in sorted(set(split_texts["train"]))], axis=0)
+      np.savez(stats_path + ".tmp.npz", mean=mean, dim=teacher.dim, name=teacher.name)
+      os.replace(stats_path + ".tmp.npz", stats_path)
+  return verify(config, splits)
+
+
+def verify(config: ml_collections.ConfigDict, splits: tuple[str, ...]) -> dict:
+  """Every written example holds exactly one embedding, else a RuntimeError that says which."""
+  counts = {}
+  for split in splits:
+    expected = tfrecords.read_summary(config.data_dir, split)["written"]
+    records = list(tfrecords.iterate_records(tfrecords.list_shards(config.data_dir, split)))
+    missing = [r["id"] for r in records if r["teacher_embedding"] is None]
+    if missing or len(records) != expected:
+      raise RuntimeError(
+          f"split {split}: {len(records)} examples (summary says {expected}), {len(missing)} "
+          f"without a teacher embedding (e.g. {missing[:3]}); rerun stalign.precompute")
+    counts[split] = len(records)
+  return counts
+
+
+def main(argv):
+  del argv
+  config = flags.FLAGS.config
+  print(precompute(config, ("train", "valid", config.eval.split)))
+
+
+if __name__ == "__main__":
+  config_flags.DEFINE_config_file("config", None, "Config file (see configs/).", lock_config=True)
+  flags.mark_flags_as_required(["config"])
+  app.run(main)
