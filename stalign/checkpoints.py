@@ -47,7 +47,9 @@ def restore_params(path: str, abstract_params) -> dict:
   step = mgr.latest_step()
   if step is None:
     raise FileNotFoundError(f"init_from={path}: no checkpoint found under {root}")
-  restored = mgr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore({"params": abstract_params}, strict=False)))
+  target = {"params": abstract_params}
+  restored = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+      target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+      partial_restore=True)))
   mgr.close()
   return restored["state"]["params"]

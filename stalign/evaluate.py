@@ -28,7 +28,7 @@ from stalign import train
 def load_student(config: ml_collections.ConfigDict, workdir: str):
   """(graphdef, params) of the latest checkpoint in `workdir`."""
   dim, _ = train.teacher_stats(config)
-  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: train.build_student(config, dim)), nnx.Param)
+  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: train.build_student(config, dim)))
   return graphdef, checkpoints.restore_params(workdir, abstract)
 
 

@@ -452,11 +452,16 @@ class Teacher:
       self._batch_sharding = None
       self.state = jax.device_put(state)
     else:
-      # The teacher is small: replicate it and split the batch over all devices.
+      # The teacher is small: replicate it and split the batch over all
+      # devices. Auto axes let XLA propagate that split with no per-op
+      # annotations, whatever axis types the caller's mesh was made with.
+      auto = jax.sharding.Mesh(
+          mesh.devices, mesh.axis_names,
+          axis_types=(jax.sharding.AxisType.Auto,) * len(mesh.axis_names))
       self._batch_sharding = jax.sharding.NamedSharding(
-          mesh, jax.sharding.PartitionSpec(mesh.axis_names))
+          auto, jax.sharding.PartitionSpec(mesh.axis_names))
       self.state = jax.device_put(state, jax.sharding.NamedSharding(
-          mesh, jax.sharding.PartitionSpec()))
+          auto, jax.sharding.PartitionSpec()))
     self.apply = jax.jit(functools.partial(encode, graphdef, pooling=pooling))
 
   def embed(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:

@@ -99,6 +99,16 @@ def _with_weights(batch: dict) -> dict:
   return out
 
 
+def _flatten(tree: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
+  return out
+
+
 def _advance(position: dict | None, epoch: int) -> dict:
   """Input position after consuming one more batch, which came from `epoch`."""
   if position and position["epoch"] == epoch:
@@ -111,7 +121,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # ---------------------------------------------------------------- logging
   writer = metric_writers.create_default_writer(
       os.path.join(workdir, "tensorboard"), just_logging=jax.process_index() > 0)
-  writer.write_hparams({k: str(v) for k, v in config.items()})
+  writer.write_hparams(_flatten(config.to_dict()))
 
   # ------------------------------------------------------------------- mesh
   mesh = sharding.make_mesh(config.mesh)
@@ -126,11 +136,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # ------------------------------------------------- model, state, sharding
   tx = make_optimizer(config)
-  graphdef, abstract_params = nnx.split(nnx.eval_shape(lambda: build_student(config, teacher_dim)),
-                                        nnx.Param)
+  graphdef, abstract_params = nnx.split(nnx.eval_shape(lambda: build_student(config, teacher_dim)))
 
   def init_state():
-    params = nnx.state(build_student(config, teacher_dim, config.seed), nnx.Param)
+    params = nnx.state(build_student(config, teacher_dim, config.seed))
     return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
 
   abstract_state = jax.eval_shape(init_state)
@@ -146,10 +155,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   def loss_fn(params, batch, rng, train):
     model = nnx.merge(graphdef, params)
-    model.train() if train else model.eval()
     if train:
-      nnx.reseed(model, dropout=rng)
-    outputs = model(batch["features"], batch["num_frames"])
+      outputs = model(batch["features"], batch["num_frames"], nnx.Rngs(dropout=rng))
+    else:
+      model.eval()
+      outputs = model(batch["features"], batch["num_frames"])
     total, parts = compute_losses(outputs, batch, target_mean, config.loss,
                                   model.log_temperature[...])
     return total, (parts, outputs)

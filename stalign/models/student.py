@@ -40,26 +40,27 @@ class FeedForward(nnx.Module):
     self.norm = _norm(dim, rngs)
     self.up = _dense(dim, 4 * dim, ("embed", "mlp"), rngs)
     self.down = _dense(4 * dim, dim, ("mlp", "embed"), rngs)
-    self.dropout = nnx.Dropout(dropout, rngs=rngs)
+    self.dropout = nnx.Dropout(dropout)
 
-  def __call__(self, x):
-    return self.dropout(self.down(self.dropout(nnx.silu(self.up(self.norm(x))))))
+  def __call__(self, x, rngs):
+    hidden = self.dropout(nnx.silu(self.up(self.norm(x))), rngs=rngs)
+    return self.dropout(self.down(hidden), rngs=rngs)
 
 
 class SelfAttention(nnx.Module):
   def __init__(self, dim: int, heads: int, dropout: float, rngs: nnx.Rngs):
     self.norm = _norm(dim, rngs)
     self.attn = nnx.MultiHeadAttention(
-        num_heads=heads, in_features=dim, decode=False, dropout_rate=dropout,
+        num_heads=heads, in_features=dim, decode=False, dropout_rate=dropout, keep_rngs=False, deterministic=False,
         kernel_init=logical(_init, "embed", "heads", "kv"),
         out_kernel_init=logical(_init, "heads", "kv", "embed"),
         bias_init=logical(_zeros, "heads", "kv"),
         out_bias_init=logical(_zeros, "embed"), rngs=rngs)
-    self.dropout = nnx.Dropout(dropout, rngs=rngs)
+    self.dropout = nnx.Dropout(dropout)
 
-  def __call__(self, x, mask):
+  def __call__(self, x, mask, rngs):
     attn_mask = nnx.make_attention_mask(mask, mask)
-    return self.dropout(self.attn(self.norm(x), mask=attn_mask))
+    return self.dropout(self.attn(self.norm(x), mask=attn_mask, rngs=rngs), rngs=rngs)
 
 
 class ConvModule(nnx.Module):
@@ -72,13 +73,13 @@ class ConvModule(nnx.Module):
                               padding="SAME", kernel_init=logical(_init, None, None, "embed"),
                               bias_init=logical(_zeros, "embed"), rngs=rngs)
     self.conv_norm = _norm(dim, rngs)
-    self.out = _dense(dim, dim, ("embed", "embed"), rngs)
-    self.dropout = nnx.Dropout(dropout, rngs=rngs)
+    self.out = _dense(dim, dim, ("mlp", "embed"), rngs)
+    self.dropout = nnx.Dropout(dropout)
 
-  def __call__(self, x, mask):
+  def __call__(self, x, mask, rngs):
     x = nnx.glu(self.glu(self.norm(x)), axis=-1) * mask[..., None]
     x = nnx.silu(self.conv_norm(self.depthwise(x)))
-    return self.dropout(self.out(x))
+    return self.dropout(self.out(x), rngs=rngs)
 
 
 class ConformerBlock(nnx.Module):
@@ -89,11 +90,11 @@ class ConformerBlock(nnx.Module):
     self.ff2 = FeedForward(dim, dropout, rngs)
     self.norm = _norm(dim, rngs)
 
-  def __call__(self, x, mask):
-    x = x + 0.5 * self.ff1(x)
-    x = x + self.attn(x, mask)
-    x = x + self.conv(x, mask)
-    x = x + 0.5 * self.ff2(x)
+  def __call__(self, x, mask, rngs):
+    x = x + 0.5 * self.ff1(x, rngs)
+    x = x + self.attn(x, mask, rngs)
+    x = x + self.conv(x, mask, rngs)
+    x = x + 0.5 * self.ff2(x, rngs)
     return constrain(self.norm(x) * mask[..., None], "batch", "length", None)
 
 
@@ -105,6 +106,7 @@ def _sinusoids(length: int, dim: int) -> jax.Array:
 
 class Student(nnx.Module):
   """Speech encoder; `__call__` returns utterance embeddings, CTC logits and their frame mask."""
+
 
   def __init__(self, config: ml_collections.ConfigDict, num_mels: int, embed_dim: int,
                temperature: float, rngs: nnx.Rngs):
@@ -118,7 +120,7 @@ class Student(nnx.Module):
     self.ctc_head = _dense(dim, text_lib.VOCAB_SIZE, ("embed", "vocab"), rngs)
     self.pool_hidden = _dense(dim, dim, ("embed", "mlp"), rngs)
     self.pool_out = _dense(dim, embed_dim, ("mlp", None), rngs)
-    self.dropout = nnx.Dropout(config.dropout, rngs=rngs)
+    self.dropout = nnx.Dropout(config.dropout)
     # The contrastive loss's temperature is learned with the model (as CLIP's logit scale).
     self.log_temperature = nnx.Param(jnp.log(jnp.float32(temperature)))
 
@@ -127,16 +129,18 @@ class Student(nnx.Module):
     frames = -(-num_frames // self.subsample)
     return jnp.arange(padded_frames // self.subsample)[None, :] < frames[:, None]
 
-  def __call__(self, features: jax.Array, num_frames: jax.Array) -> dict:
+  def __call__(self, features: jax.Array, num_frames: jax.Array,
+               rngs: nnx.Rngs | None = None) -> dict:
+    """Dropout draws from `rngs` (needed in train mode only), so the params are the whole state."""
     batch, length, mels = features.shape
     mask = self.frame_mask(num_frames, length)
     real = jnp.arange(length)[None, :] < num_frames[:, None]
     x = (features * real[..., None]).reshape(batch, length // self.subsample, mels * self.subsample)
     x = self.frontend(self.input_norm(x)) + _sinusoids(x.shape[1], self.frontend.out_features)
-    x = constrain(self.dropout(x) * mask[..., None], "batch", "length", None)
+    x = constrain(self.dropout(x, rngs=rngs) * mask[..., None], "batch", "length", None)
     ctc_hidden = x
     for i, block in enumerate(self.blocks):
-      x = block(x, mask)
+      x = block(x, mask, rngs)
       if i == self.ctc_layer:
         ctc_hidden = x
     weights = mask / jnp.maximum(mask.sum(axis=1, keepdims=True), 1)
