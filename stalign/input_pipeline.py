@@ -121,8 +121,7 @@ def train_iterator(config: ml_collections.ConfigDict, split: str, teacher_dim: i
   def epoch(e):
     ds = tf.data.Dataset.from_tensor_slices(files)
     ds = ds.shuffle(len(files), seed=seed + e)
-    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(files)),
-                       deterministic=True)
+    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(files)))
     ds = ds.shuffle(config.input.shuffle_buffer, seed=seed + e, reshuffle_each_iteration=False)
     ds = _bucketed(ds.map(parse), config, batch_size, drop_remainder=True)
     return ds.map(lambda b: {**b, "epoch": tf.fill([batch_size], tf.cast(e, tf.int64))})

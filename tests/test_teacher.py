@@ -296,7 +296,7 @@ def test_missing_file_is_named(tmp_path, tiny_dir, missing):
   shutil.copytree(tiny_dir, root)
   os.remove(os.path.join(root, missing))
   with pytest.raises(FileNotFoundError, match=missing):
-    teacher_lib.load_teacher(root)
+    teacher_lib.load_teacher(root, max_tokens=32)
 
 
 def test_torch_checkpoint_without_torch_says_convert(tmp_path, tiny_dir):
@@ -310,7 +310,7 @@ def test_torch_checkpoint_without_torch_says_convert(tmp_path, tiny_dir):
   os.rename(os.path.join(root, "model.safetensors"),
             os.path.join(root, "pytorch_model.bin"))
   with pytest.raises(ImportError, match="model.safetensors"):
-    teacher_lib.load_teacher(root)
+    teacher_lib.load_teacher(root, max_tokens=32)
 
 
 def test_wrong_shapes_are_named(tmp_path):

@@ -1,0 +1,41 @@
+from flax import nnx
+import numpy as np
+
+from configs import demo
+from stalign.data import text
+from stalign.models.student import Student
+
+
+def _model():
+  c = demo.get_config("tiny")
+  model = Student(c.model, 80, 384, 0.07, nnx.Rngs(0))
+  model.eval()
+  return c, model
+
+
+def test_shapes():
+  c, model = _model()
+  out = model(np.zeros((3, 64, 80), np.float32), np.array([64, 40, 9]))
+  assert out["embedding"].shape == (3, 384)
+  assert out["ctc_logits"].shape == (3, 64 // c.model.subsample, text.VOCAB_SIZE)
+  np.testing.assert_array_equal(out["mask"].sum(1), [8, 5, 2])
+
+
+def test_padding_does_not_change_the_embedding_or_real_frame_logits():
+  _, model = _model()
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((1, 43, 80)).astype(np.float32)
+  short = model(np.pad(x, ((0, 0), (0, 5), (0, 0))), np.array([43]))
+  # Same utterance with much more (non-zero!) padding: padded frames must be ignored.
+  junk = rng.standard_normal((1, 48 + 64, 80)).astype(np.float32)
+  junk[:, :43] = x[0]
+  long = model(junk, np.array([43]))
+  np.testing.assert_allclose(short["embedding"], long["embedding"], atol=1e-5)
+  np.testing.assert_allclose(short["ctc_logits"][:, :6], long["ctc_logits"][:, :6], atol=1e-4)
+
+
+def test_every_parameter_has_logical_axis_names():
+  _, model = _model()
+  for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+    if var.value.ndim and "input_norm" not in path:
+      assert var.get_metadata().get("out_sharding"), f"{path} has no logical axis names"

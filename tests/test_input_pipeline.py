@@ -1,0 +1,55 @@
+from unittest import mock
+
+import numpy as np
+
+from stalign import input_pipeline
+from stalign.data import tfrecords
+
+
+def test_batches_have_static_bucket_shapes(prepared_config):
+  c = prepared_config
+  it = input_pipeline.train_iterator(c, "train", 384)
+  lengths = set(input_pipeline.bucket_lengths(c))
+  for _ in range(10):
+    b = next(it)
+    assert b["features"].shape[0] == c.input.batch_size
+    assert b["features"].shape[1] in lengths
+    assert (b["num_frames"] <= b["features"].shape[1]).all()
+    assert b["ctc_labels"].shape == (c.input.batch_size, input_pipeline.max_label_length(c))
+    assert b["teacher"].shape == (c.input.batch_size, 384)
+
+
+def test_resume_position_continues_with_the_same_batches(prepared_config):
+  c = prepared_config
+  full = input_pipeline.train_iterator(c, "train", 384)
+  batches = [next(full) for _ in range(9)]
+  epochs = [int(b["epoch"][0]) for b in batches]
+  assert len(set(epochs)) > 1, "need an epoch boundary in the window"
+  k = 5
+  position = {"epoch": epochs[k - 1], "batch": sum(e == epochs[k - 1] for e in epochs[:k])}
+  resumed = input_pipeline.train_iterator(c, "train", 384, position)
+  for expected in batches[k:]:
+    got = next(resumed)
+    np.testing.assert_array_equal(got["features"], expected["features"])
+
+
+def test_two_processes_read_disjoint_shards_covering_everything(prepared_config):
+  files = tfrecords.list_shards(prepared_config.data_dir, "train")
+  seen = []
+  for index in range(2):
+    with mock.patch("jax.process_count", return_value=2), \
+         mock.patch("jax.process_index", return_value=index):
+      mine = input_pipeline.local_files(files)
+      seen += [r["id"] for r in tfrecords.iterate_records(mine)]
+  all_ids = [r["id"] for r in tfrecords.iterate_records(files)]
+  assert sorted(seen) == sorted(all_ids) and len(set(seen)) == len(seen)
+
+
+def test_eval_batches_cover_each_example_once(prepared_config):
+  c = prepared_config
+  n = tfrecords.read_summary(c.data_dir, "test")["written"]
+  texts = []
+  for b in input_pipeline.eval_batches(c, "test", 384, 8):
+    assert b["features"].shape[0] == 8
+    texts += list(b["text"][b["valid"]])
+  assert len(texts) == n

@@ -1,0 +1,106 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from stalign import input_pipeline
+from stalign import train
+
+
+def _history(workdir):
+  with open(os.path.join(workdir, "train_history.json")) as f:
+    return json.load(f)
+
+
+def _params(config, workdir):
+  from stalign import evaluate
+  _, params = evaluate.load_student(config, workdir)
+  return jax.tree.leaves(params)
+
+
+def test_loss_goes_down_for_every_regime(prepared_config, tmp_path):
+  for name, distill, contrastive, ctc in [("distill", "cosine", 1.0, 0.0), ("asr", "none", 0.0, 1.0),
+                                          ("multitask", "cosine", 1.0, 0.3)]:
+    c = prepared_config.copy_and_resolve_references()
+    c.loss.distill, c.loss.contrastive_weight, c.loss.ctc_weight = distill, contrastive, ctc
+    c.train.steps, c.train.log_every, c.train.lr = 30, 3, 3e-3
+    train.train_and_evaluate(c, str(tmp_path / name))
+    losses = [h["loss"] for h in _history(str(tmp_path / name))["history"]]
+    assert np.mean(losses[-3:]) < 0.9 * np.mean(losses[:2]), (name, losses)
+
+
+def test_sigterm_saves_and_resume_matches_uninterrupted(prepared_config, tmp_path, monkeypatch):
+  c = prepared_config.copy_and_resolve_references()
+  c.train.steps, c.train.checkpoint_every = 12, 100
+  train.train_and_evaluate(c, str(tmp_path / "full"))
+
+  real_iterator = input_pipeline.train_iterator
+
+  def killed_after_5(*args, **kwargs):
+    for i, batch in enumerate(real_iterator(*args, **kwargs)):
+      if i == 5:
+        os.kill(os.getpid(), signal.SIGTERM)  # What a preempted VM receives.
+      yield batch
+
+  monkeypatch.setattr(input_pipeline, "train_iterator", killed_after_5)
+  summary = train.train_and_evaluate(c, str(tmp_path / "resumed"))
+  assert summary["preempted"] and summary["steps"] == 6
+  monkeypatch.setattr(input_pipeline, "train_iterator", real_iterator)
+  summary = train.train_and_evaluate(c, str(tmp_path / "resumed"))
+  assert summary["steps"] == 12 and not summary["preempted"]
+  for a, b in zip(_params(c, str(tmp_path / "full")), _params(c, str(tmp_path / "resumed"))):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_nonfinite_updates_are_skipped_then_the_run_stops(prepared_config, tmp_path, monkeypatch):
+  c = prepared_config.copy_and_resolve_references()
+  c.train.steps, c.train.max_nonfinite_steps = 20, 3
+  real_iterator = input_pipeline.train_iterator
+
+  def poisoned(*args, **kwargs):
+    for batch in real_iterator(*args, **kwargs):
+      batch["features"] = batch["features"] * np.nan
+      yield batch
+
+  monkeypatch.setattr(input_pipeline, "train_iterator", poisoned)
+  with pytest.raises(train.NonFiniteLossError, match="3 consecutive steps"):
+    train.train_and_evaluate(c, str(tmp_path / "nan"))
+  assert not os.path.exists(os.path.join(tmp_path, "nan", "checkpoints", "3"))
+
+
+EIGHT_DEVICE_SCRIPT = """
+import json, sys
+sys.path.insert(0, {repo!r}); sys.path.insert(0, {tests!r})
+import jax
+from stalign import train
+import testdata
+c = testdata.tiny_config({data!r})
+c.data.manifests = {manifests!r}
+c.train.steps, c.train.log_every = 6, 1
+c.train.checkpoint_every = 100
+train.train_and_evaluate(c, {workdir!r})
+print(jax.device_count())
+"""
+
+
+@pytest.mark.slow
+def test_eight_devices_match_one_device(prepared_config, tmp_path):
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  runs = {}
+  for devices in (1, 8):
+    workdir = str(tmp_path / f"d{devices}")
+    script = EIGHT_DEVICE_SCRIPT.format(repo=repo, tests=os.path.join(repo, "tests"),
+                                        data=prepared_config.data_dir, workdir=workdir,
+                                        manifests=dict(prepared_config.data.manifests))
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == str(devices)
+    runs[devices] = [h["loss"] for h in _history(workdir)["history"]]
+  np.testing.assert_allclose(runs[1], runs[8], rtol=2e-4)

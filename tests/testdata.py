@@ -1,0 +1,45 @@
+"""Small data builders shared by the tests (real FSDD clips, manifests, tiny configs)."""
+import json
+import os
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FSDD_DIR = os.path.join(REPO, "..", "shared", "data", "fsdd")
+
+
+def fsdd_files(speaker: str, takes: range) -> list[str]:
+  files = [os.path.join(FSDD_DIR, "recordings", f"{d}_{speaker}_{t}.wav")
+           for t in takes for d in range(10)]
+  if not os.path.exists(files[0]):
+    pytest.fail(f"FSDD recordings not found under {FSDD_DIR}: tests need ../shared beside the repo")
+  return files
+
+
+def write_manifest(path: str, files: list[str]) -> str:
+  from stalign.data import sources
+  with open(path, "w") as f:
+    for file in files:
+      digit = int(os.path.basename(file)[0])
+      f.write(json.dumps({"audio_filepath": file, "duration": 0.5, "text": sources.DIGIT_WORDS[digit],
+                          "labels": {"digit": digit}}) + "\n")
+  return path
+
+
+def tiny_config(data_dir: str):
+  """The demo config shrunk for tests, reading manifests of FSDD clips."""
+  from configs import demo
+  c = demo.get_config("tiny")
+  c.data_dir = data_dir
+  c.data.source = "manifest"
+  c.features.max_seconds = 1.5
+  c.input.bucket_boundaries = ()  # One padded length: one compiled step per test run.
+  c.input.batch_size = 8
+  c.eval.batch_size = 8
+  c.model.dim = 32
+  c.train.log_every = 5
+  c.train.checkpoint_every = 5
+  c.train.warmup_steps = 2
+  return c
+
+
