@@ -3,7 +3,7 @@ r"""Embedded synthetic speech-text corpus: a seeded grammar spoken by espeak-ng.
 The demo must train a speech encoder on a laptop CPU in minutes, so the corpus
 is designed for a small model to learn from:
 
-  * A moderate lexicon (~300 word types) recombined into many distinct
+  * A moderate lexicon (~280 word types) recombined into many distinct
     sentences: every word is heard hundreds of times (by many voices, rates and
     pitches), yet no sentence repeats, so retrieval and classification need the
     content of the utterance rather than memorised strings.
@@ -31,15 +31,14 @@ Layout of `out_dir` (`build_corpus`):
 Determinism: the whole plan (sentences, voices, augmentation) is drawn in the
 parent from RNGs keyed by (seed, split, index). espeak-ng output also depends
 on what the process synthesised before (see `stalign.data.espeak`), so audio
-is rendered in fixed chunks of consecutive utterances, each in a fresh process
-forked from a forkserver that never synthesised. Same config, same bytes,
+is rendered in fixed chunks of consecutive utterances, each in a freshly forked
+process with its own pristine instance of the library. Same config, same bytes,
 whatever the number of workers or their scheduling.
 
 Resuming: a chunk whose wavs all exist is skipped; any other chunk is rendered
 again from its start (which reproduces the wavs it already had).
 """
 import dataclasses
-import functools
 import json
 import multiprocessing
 import os
@@ -67,7 +66,7 @@ DEFAULT_VOICES = (
     "en-029")
 DEFAULT_CHUNK_SIZE = 64  # Utterances per task; part of what the audio depends on.
 
-_DOMAIN_WEIGHTS = {"command": 0.45, "statement": 0.4, "question": 0.15}
+_DOMAIN_WEIGHTS = {"command": 0.4, "statement": 0.4, "question": 0.2}
 
 
 def number_words(n: int) -> str:
@@ -122,7 +121,7 @@ _DEVICES = {
                           "louder", "quieter"),
     "blinds": _Device(("blinds", "curtains"), ("open", "close")),
     "windows": _Device(("windows",), ("open", "close")),
-    "door": _Device(("door", "front door"), ("open", "close", "lock", "unlock")),
+    "door": _Device(("door",), ("open", "close", "lock", "unlock")),
     "alarm": _Device(("alarm",), ("set", "cancel"), in_room=False),
     "timer": _Device(("timer",), ("set", "cancel"), in_room=False),
 }
@@ -147,8 +146,13 @@ _ACTION_TEMPLATES = {
     "unlock": ("unlock {np}", "leave {np} unlocked", "i want {np} unlocked"),
     "set": ("set {np} to {degrees} degrees", "put {np} on {degrees} degrees",
             "change {np} to {degrees} degrees"),
-    "cancel": ("cancel {np}", "delete {np}", "i don't need {np} anymore"),
+    "cancel": ("cancel {np}", "i don't need {np} anymore"),
 }
+# Alarms and timers are not in rooms; their noun phrases name a time instead.
+_TIMED_PHRASES = {"alarm": ("the alarm", "my alarm", "the alarm for {clock}",
+                            "my alarm for {clock}", "the {clock} alarm"),
+                  "timer": ("the timer", "my timer",
+                            "the timer for {minutes} minutes")}
 _SPECIAL_TEMPLATES = {
     ("set", "alarm"): ("set an alarm for {clock}", "set the alarm for {clock}",
                        "i need an alarm for {clock}"),
@@ -156,8 +160,10 @@ _SPECIAL_TEMPLATES = {
                        "start a timer for {minutes} minutes",
                        "i need a timer for {minutes} minutes"),
 }
-_PREFIXES = ("", "", "please", "could you", "can you", "would you")
-_SUFFIXES = ("", "", "please", "now", "for me", "right now")
+_PREFIXES = ("", "", "please", "could you", "can you", "would you",
+             "could you please", "can you please")
+_SUFFIXES = ("", "", "please", "now", "for me", "right now", "now please",
+             "for me please")
 
 # Kept out of train/valid/test. Each one's action and object, and hence every
 # word it can produce, also occur in intents that are trained on.
@@ -196,27 +202,30 @@ def _command(rng: np.random.Generator,
   action, obj = _pick(rng, intents)
   device = _DEVICES[obj]
   noun = _pick(rng, device.nouns)
-  room = _pick(rng, ROOMS) if device.in_room and rng.random() < 0.85 else None
+  hour = number_words(int(rng.integers(5, 12)))
+  times = dict(
+      clock=_pick(rng, (f"{hour} o'clock", f"{hour} thirty", f"{hour} fifteen",
+                        f"{hour} in the morning")),
+      minutes=number_words(_pick(rng, (2, 3, 5, 10, 15, 20, 30))),
+      degrees=number_words(int(rng.integers(20, 26))))
+  room = _pick(rng, ROOMS) if device.in_room and rng.random() < 0.9 else None
   where = ""
-  if room is None:
-    np_ = f"{_pick(rng, ('the', 'my')) if not device.in_room else 'the'} {noun}"
+  if not device.in_room:
+    np_ = _pick(rng, _TIMED_PHRASES[obj]).format(**times)
+  elif room is None:
+    np_ = f"the {noun}"
   elif rng.random() < 0.5:
     np_ = f"the {room} {noun}"
   else:
     np_, where = f"the {noun}", f" in the {room}"
   template = _pick(rng, _SPECIAL_TEMPLATES.get((action, obj),
                                                _ACTION_TEMPLATES[action]))
-  hour = number_words(int(rng.integers(5, 12)))
-  clock = _pick(rng, (f"{hour} o'clock", f"{hour} thirty", f"{hour} fifteen",
-                      f"half past {hour}", f"{hour} in the morning"))
-  body = template.format(
-      np=np_, up=device.up, down=device.down, clock=clock,
-      degrees=number_words(int(rng.integers(16, 26))),
-      minutes=number_words(_pick(rng, (2, 3, 5, 10, 15, 20, 30, 40)))) + where
+  body = template.format(np=np_, up=device.up, down=device.down,
+                         **times) + where
   prefix = "" if body.startswith("i ") else _pick(rng, _PREFIXES)
   suffix = _pick(rng, _SUFFIXES)
-  if "please" in prefix and suffix == "please":
-    suffix = ""
+  if "please" in prefix and "please" in suffix:
+    suffix = suffix.replace("please", "").strip()
   text = " ".join(w for w in (prefix, body, suffix) if w)
   return text, dict(domain="command", topic="home",
                     intent=_intent(action, obj), action=action, object=obj,
@@ -232,55 +241,42 @@ def _command(rng: np.random.Generator,
 class _Topic:
   people: tuple[tuple[str, str], ...]  # (singular, plural)
   things: tuple[tuple[str, str], ...]
-  verbs: tuple[tuple[str, str, str], ...]  # (base, third person, past)
   places: tuple[str, ...]  # The last word is the location label.
 
 
+# Verbs are shared by all topics: topic-specific verbs would each be heard too
+# rarely in their third-person and past forms. Nouns and places carry the topic.
 TOPICS = {
-    "farm": _Topic(
-        (("farmer", "farmers"), ("shepherd", "shepherds")),
-        (("cow", "cows"), ("goat", "goats"), ("horse", "horses"),
-         ("pig", "pigs")),
-        (("feed", "feeds", "fed"), ("chase", "chases", "chased")),
-        ("in the field", "on the farm", "near the barn")),
-    "sea": _Topic(
-        (("sailor", "sailors"), ("fisherman", "fishermen")),
-        (("boat", "boats"), ("ship", "ships"), ("net", "nets"),
-         ("crab", "crabs")),
-        (("pull", "pulls", "pulled"), ("catch", "catches", "caught")),
-        ("at the harbour", "on the beach")),
-    "city": _Topic(
-        (("driver", "drivers"), ("tourist", "tourists")),
-        (("bus", "buses"), ("taxi", "taxis"), ("tram", "trams"),
-         ("bicycle", "bicycles")),
-        (("take", "takes", "took"), ("wait for", "waits for", "waited for")),
-        ("in the city", "near the station")),
-    "school": _Topic(
-        (("teacher", "teachers"), ("student", "students")),
-        (("book", "books"), ("letter", "letters"), ("picture", "pictures"),
-         ("map", "maps")),
-        (("read", "reads", "read"), ("draw", "draws", "drew")),
-        ("in the classroom", "at the library")),
-    "cooking": _Topic(
-        (("baker", "bakers"), ("chef", "chefs")),
-        (("cake", "cakes"), ("pie", "pies"), ("potato", "potatoes"),
-         ("onion", "onions")),
-        (("bake", "bakes", "baked"), ("cut", "cuts", "cut")),
-        ("at the bakery", "in the restaurant")),
-    "sport": _Topic(
-        (("player", "players"), ("coach", "coaches")),
-        (("match", "matches"), ("race", "races"), ("medal", "medals"),
-         ("cup", "cups")),
-        (("win", "wins", "won"), ("lose", "loses", "lost")),
-        ("at the stadium", "in the park")),
+    "farm": _Topic((("farmer", "farmers"), ("shepherd", "shepherds")),
+                   (("cow", "cows"), ("goat", "goats"), ("horse", "horses")),
+                   ("in the field", "on the farm", "near the barn")),
+    "sea": _Topic((("sailor", "sailors"), ("fisherman", "fishermen")),
+                  (("boat", "boats"), ("net", "nets"), ("crab", "crabs")),
+                  ("at the harbour", "on the beach")),
+    "city": _Topic((("driver", "drivers"), ("tourist", "tourists")),
+                   (("bus", "buses"), ("taxi", "taxis"),
+                    ("bicycle", "bicycles")),
+                   ("in the city", "near the station")),
+    "school": _Topic((("teacher", "teachers"), ("student", "students")),
+                     (("book", "books"), ("letter", "letters"),
+                      ("picture", "pictures")),
+                     ("in the classroom", "at the library")),
+    "cooking": _Topic((("baker", "bakers"), ("chef", "chefs")),
+                      (("cake", "cakes"), ("potato", "potatoes"),
+                       ("onion", "onions")),
+                      ("at the bakery", "in the restaurant")),
+    "sport": _Topic((("player", "players"), ("coach", "coaches")),
+                    (("ball", "balls"), ("medal", "medals"), ("cup", "cups")),
+                    ("at the stadium", "in the park")),
 }
 RELATIVES = (("sister", "sisters"), ("brother", "brothers"),
              ("neighbour", "neighbours"), ("friend", "friends"))
 PRONOUNS = {"he": "singular", "she": "singular", "they": "plural",
             "we": "plural"}
-COMMON_VERBS = (("see", "sees", "saw"), ("find", "finds", "found"),
-                ("buy", "buys", "bought"), ("sell", "sells", "sold"),
-                ("like", "likes", "liked"), ("watch", "watches", "watched"))
+# (base, third person, past)
+VERBS = (("see", "sees", "saw"), ("find", "finds", "found"),
+         ("buy", "buys", "bought"), ("sell", "sells", "sold"),
+         ("bring", "brings", "brought"), ("watch", "watches", "watched"))
 _PERSON_ADJECTIVES = ("old", "young", "tall", "happy", "tired", "busy")
 _THING_ADJECTIVES = ("big", "small", "red", "blue", "green", "new")
 _TIMES = {"past": ("yesterday", "last week", "last night", "this morning"),
@@ -294,7 +290,7 @@ def _noun_phrase(rng: np.random.Generator, nouns: Sequence[tuple[str, str]],
   adjective = _pick(rng, adjectives) if rng.random() < 0.4 else ""
   head = f"{adjective} {noun}" if adjective else noun
   if plural:
-    det = (number_words(int(rng.integers(2, 13))) if rng.random() < 0.4 else
+    det = (number_words(int(rng.integers(2, 11))) if rng.random() < 0.4 else
            _pick(rng, ("the", "some", "those", "these", "my", "our", "their")))
   else:
     det = _pick(rng, ("the", "a", "my", "our", "his", "her", "that", "this"))
@@ -315,7 +311,7 @@ def _statement(rng: np.random.Generator) -> tuple[str, dict[str, str]]:
   else:
     people = RELATIVES if r < 0.5 else topic.people
     subject = _noun_phrase(rng, people, _PERSON_ADJECTIVES, subject_plural)
-  base, third, past = _pick(rng, topic.verbs + COMMON_VERBS)
+  base, third, past = _pick(rng, VERBS)
   verb = {"past": past, "future": f"will {base}",
           "present": base if subject_plural else third}[tense]
   obj = _noun_phrase(rng, topic.things, _THING_ADJECTIVES, object_plural)
@@ -341,44 +337,72 @@ def _statement(rng: np.random.Generator) -> tuple[str, dict[str, str]]:
 # Questions about the weather and travel; the tense shows in the auxiliary.
 
 CITIES = ("london", "paris", "tokyo", "madrid", "berlin", "rome", "dublin",
-          "cairo")
+          "cairo", "athens", "vienna")
+# Direct questions, and indirect ones after "{ask}" with statement word order.
 _QUESTIONS = {
     "weather": {
         "past": ("did it {rain} in {city} {when}",
                  "was it {weather} in {city} {when}",
-                 "what was the weather like in {city} {when}"),
+                 "what was the weather like in {city} {when}",
+                 "{ask} if it {rained} in {city} {when}",
+                 "{ask} if it was {weather} in {city} {when}",
+                 "{ask} what the weather was like in {city} {when}"),
         "present": ("is it {raining} in {city} {when}",
                     "is it {weather} in {city} {when}",
-                    "what is the weather like in {city} {when}"),
+                    "what is the weather like in {city} {when}",
+                    "{ask} if it is {raining} in {city} {when}",
+                    "{ask} if it is {weather} in {city} {when}",
+                    "{ask} what the weather is like in {city} {when}"),
         "future": ("will it {rain} in {city} {when}",
                    "will it be {weather} in {city} {when}",
-                   "what will the weather be like in {city} {when}"),
+                   "what will the weather be like in {city} {when}",
+                   "{ask} if it will {rain} in {city} {when}",
+                   "{ask} if it will be {weather} in {city} {when}",
+                   "{ask} what the weather will be like in {city} {when}"),
     },
     "travel": {
-        "past": ("when did the last {vehicle} to {city} leave",
-                 "was the {vehicle} to {city} late {when}"),
-        "present": ("when does the next {vehicle} to {city} leave",
-                    "is the {vehicle} to {city} late {when}"),
-        "future": ("when will the {vehicle} to {city} arrive",
-                   "will the {vehicle} to {city} be late {when}"),
+        "past": ("when did the last {vehicle}{route} leave {when}",
+                 "was the {vehicle}{route} late {when}",
+                 "{ask} when the last {vehicle}{route} left {when}",
+                 "{ask} if the {vehicle}{route} was late {when}"),
+        "present": ("when does the next {vehicle}{route} leave {when}",
+                    "is the {vehicle}{route} late {when}",
+                    "{ask} when the next {vehicle}{route} leaves {when}",
+                    "{ask} if the {vehicle}{route} is late {when}"),
+        "future": ("when will the next {vehicle}{route} leave {when}",
+                   "will the {vehicle}{route} be late {when}",
+                   "{ask} when the next {vehicle}{route} will leave {when}",
+                   "{ask} if the {vehicle}{route} will be late {when}"),
     },
 }
-_QUESTION_TIMES = {"past": ("yesterday", "last night", "last week"),
-                   "present": ("today", "right now", "this morning"),
-                   "future": ("tomorrow", "tonight", "next week")}
+_QUESTION_TIMES = {"past": ("yesterday", "last night", "last week",
+                            "this morning"),
+                   "present": ("today", "right now", "this morning",
+                               "this week"),
+                   "future": ("tomorrow", "tonight", "next week",
+                              "tomorrow morning")}
 
 
 def _question(rng: np.random.Generator) -> tuple[str, dict[str, str]]:
   topic = _pick(rng, tuple(_QUESTIONS))
   tense = _pick(rng, ("past", "present", "future"))
-  city = _pick(rng, CITIES)
-  rain, raining = _pick(rng, (("rain", "raining"), ("snow", "snowing")))
-  text = _pick(rng, _QUESTIONS[topic][tense]).format(
-      city=city, rain=rain, raining=raining,
+  city, origin = rng.choice(len(CITIES), 2, replace=False)
+  city, origin = CITIES[city], CITIES[origin]
+  weather = ("rain", "rained", "raining", "snow", "snowed", "snowing")
+  k = 3 * int(rng.integers(2))
+  text = _pick(rng, ("", "", "hey", "okay")) + " " + _pick(
+      rng, _QUESTIONS[topic][tense]).format(
+      city=city, rain=weather[k], rained=weather[k + 1],
+      raining=weather[k + 2],
+      route=f" from {origin} to {city}" if rng.random() < 0.5 else f" to {city}",
+      ask=_pick(rng, ("do you know", "can you tell me", "could you tell me",
+                      "tell me")),
       when=_pick(rng, _QUESTION_TIMES[tense]),
-      weather=_pick(rng, ("sunny", "cold", "warm", "windy", "cloudy")),
+      weather=" and ".join(rng.choice(
+          ("sunny", "cold", "warm", "windy", "cloudy"), 1 + (rng.random() < 0.4),
+          replace=False)),
       vehicle=_pick(rng, ("train", "bus", "plane", "ferry")))
-  return text, dict(domain="question", topic=topic, intent="none",
+  return text.strip(), dict(domain="question", topic=topic, intent="none",
                     action="none", object="none", location=city, tense=tense,
                     subject_number="none", object_number="none")
 
@@ -552,11 +576,10 @@ def _chunks(plan: dict[str, list[Utterance]],
 def _render_all(chunks: list[list[Utterance]], seed: int, out_dir: str,
                 workers: int) -> float:
   """Renders `chunks` on `workers` processes; returns seconds of audio."""
-  # One fresh process per chunk (maxtasksperchild=1) forked from a forkserver
-  # that never ran espeak: audio then depends on the chunk alone, and no
-  # threads of the caller (JAX, TF) are forked.
-  ctx = multiprocessing.get_context("forkserver")
-  ctx.set_forkserver_preload([__name__])
+  # One fresh process per chunk (maxtasksperchild=1), so the audio depends on
+  # the chunk alone. Fork, not spawn: children must not re-import the caller's
+  # main module (and JAX) once per chunk.
+  ctx = multiprocessing.get_context("fork")
   seconds = 0.0
   with ctx.Pool(min(workers, len(chunks)), maxtasksperchild=1) as pool, \
       tqdm.tqdm(total=sum(map(len, chunks)), unit="utt",

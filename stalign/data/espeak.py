@@ -8,17 +8,22 @@ utterance on the calling thread and hands int16 blocks to a callback, with no
 audio device and no background thread.
 
 libespeak-ng keeps its state in C globals, which shapes the design:
-  * It is initialised lazily, once per process (keyed by pid), so importing this
-    module before `fork` is harmless and spawned workers set themselves up.
-  * Calls are serialised with a lock: the library is not re-entrant.
-  * Output depends slightly on what the process synthesised before (pitch
+  * Output depends slightly on what the instance synthesised before (pitch
     flutter phase, gain control and echo buffers live in statics that no API
     resets; lengths drift by a few samples). The random generators are reseeded
-    per call, but bit-exact audio still needs the same sequence of calls in a
-    fresh process. `stalign.data.corpus` relies on this.
+    per call, but bit-exact audio needs the same sequence of calls on a
+    pristine instance.
+  * So each process loads its own private copy of the shared object, lazily on
+    first use (keyed by pid). A plain dlopen would hand a forked child the
+    parent's instance, statics included; a copy at another path is a separate
+    instance that starts pristine, whatever the parent synthesised.
+    `stalign.data.corpus` renders each chunk of utterances in a fresh process.
+  * Calls are serialised with a lock: the library is not re-entrant.
 """
 import ctypes
 import os
+import shutil
+import tempfile
 import threading
 
 import espeakng_loader
@@ -45,7 +50,10 @@ class _Engine:
   """The library handle of this process plus the buffer its callback fills."""
 
   def __init__(self):
-    lib = ctypes.CDLL(espeakng_loader.get_library_path())
+    with tempfile.TemporaryDirectory() as tmp:
+      path = os.path.join(tmp, "libespeak-ng.so")
+      shutil.copyfile(espeakng_loader.get_library_path(), path)
+      lib = ctypes.CDLL(path)  # Stays mapped once the file is gone.
     lib.espeak_Initialize.argtypes = [
         ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
     lib.espeak_Initialize.restype = ctypes.c_int

@@ -63,7 +63,7 @@ def corpus_dir(config: ml_collections.ConfigDict) -> str:
 @register("synthetic")
 def synthetic(config: ml_collections.ConfigDict, split: str) -> Iterator[dict]:
   """The embedded espeak-ng corpus, built on first use (resumable) into data_dir/corpus."""
-  from stalign.data import corpus  # Imported here: it loads libespeak-ng.
+  from stalign.data import corpus  # Imported here: only this source needs espeak-ng.
   corpus.build_corpus(config.corpus, corpus_dir(config))
   yield from read_manifest(os.path.join(corpus_dir(config), f"{split}.jsonl"))
 
