@@ -70,6 +70,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.conv_kernel = 15
   c.model.dropout = 0.1
   c.model.ctc_layer = -1  # Index of the block the CTC head reads; -1 = last.
+  c.model.ctc_upsample = 4  # CTC outputs per encoder frame: 80 ms / 4 = 20 ms per character slot.
   c.model.pooling = "mean"
 
   # Losses (stalign/losses.py): weighted sum of the parts below.

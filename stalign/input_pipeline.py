@@ -32,7 +32,8 @@ def bucket_lengths(config: ml_collections.ConfigDict) -> tuple[int, ...]:
 
 
 def max_label_length(config: ml_collections.ConfigDict) -> int:
-  return bucket_lengths(config)[-1] // config.model.subsample
+  """Longest CTC target that the longest bucket could align (longer ones are cut)."""
+  return bucket_lengths(config)[-1] // config.model.subsample * config.model.ctc_upsample
 
 
 def _parse_fn(config: ml_collections.ConfigDict, teacher_dim: int):
@@ -43,7 +44,6 @@ def _parse_fn(config: ml_collections.ConfigDict, teacher_dim: int):
       "features": tf.io.FixedLenFeature([], tf.string),
       "num_frames": tf.io.FixedLenFeature([], tf.int64),
       "ctc_labels": tf.io.VarLenFeature(tf.int64),
-      "ctc_ok": tf.io.FixedLenFeature([], tf.int64),
       "duration": tf.io.FixedLenFeature([], tf.float32),
   }
   if teacher_dim:
@@ -59,7 +59,6 @@ def _parse_fn(config: ml_collections.ConfigDict, teacher_dim: int):
         "num_frames": tf.cast(ex["num_frames"], tf.int32),
         "ctc_labels": tf.pad(labels, [[0, max_labels - tf.shape(labels)[0]]]),
         "num_labels": tf.shape(labels)[0],
-        "ctc_ok": tf.cast(ex["ctc_ok"], tf.bool),
         "duration": ex["duration"],
         "text": ex["text"],
     }

@@ -41,11 +41,20 @@ def info_nce(student: jax.Array, target: jax.Array, log_temperature: jax.Array,
   return jnp.sum((s2t + t2s) * 0.5 * weights) / jnp.maximum(weights.sum(), 1)
 
 
+def ctc_alignable(frame_mask: jax.Array, labels: jax.Array, num_labels: jax.Array) -> jax.Array:
+  """CTC needs a frame per label plus a blank between repeated labels; else its loss is infinite."""
+  real = jnp.arange(labels.shape[1])[None, 1:] < num_labels[:, None]
+  repeats = jnp.sum((labels[:, 1:] == labels[:, :-1]) & real, axis=1)
+  return frame_mask.sum(axis=1) >= num_labels + repeats
+
+
 def ctc(logits: jax.Array, frame_mask: jax.Array, labels: jax.Array, num_labels: jax.Array,
         weights: jax.Array) -> jax.Array:
   """optax CTC, averaged per target character over the utterances that can be aligned."""
   label_pad = (jnp.arange(labels.shape[1])[None, :] >= num_labels[:, None]).astype(jnp.float32)
   per_utt = optax.ctc_loss(logits, 1.0 - frame_mask.astype(jnp.float32), labels, label_pad)
+  weights = weights * ctc_alignable(frame_mask, labels, num_labels)
+  per_utt = jnp.where(weights > 0, per_utt, 0.0)  # Unalignable rows are inf; keep grads finite.
   return jnp.sum(per_utt * weights) / jnp.maximum(jnp.sum(num_labels * weights), 1)
 
 

@@ -76,8 +76,8 @@ def compute_losses(outputs: dict, batch: dict, target_mean: jax.Array,
   if loss_config.contrastive_weight:
     parts["contrastive"] = losses.info_nce(outputs["embedding"], target, log_temperature, weights)
   if loss_config.ctc_weight:
-    parts["ctc"] = losses.ctc(outputs["ctc_logits"], outputs["mask"], batch["ctc_labels"],
-                              batch["num_labels"], weights * batch["ctc_ok"])
+    parts["ctc"] = losses.ctc(outputs["ctc_logits"], outputs["ctc_mask"], batch["ctc_labels"],
+                              batch["num_labels"], weights)
   scale = {"distill": loss_config.distill_weight, "contrastive": loss_config.contrastive_weight,
            "ctc": loss_config.ctc_weight}
   total = sum(scale[k] * v for k, v in parts.items())
@@ -92,9 +92,8 @@ def teacher_stats(config: ml_collections.ConfigDict) -> tuple[int, np.ndarray]:
 
 def _with_weights(batch: dict) -> dict:
   """Numeric arrays the step needs; `weight` is 0 for padding rows of eval batches."""
-  keys = ("features", "num_frames", "ctc_labels", "num_labels", "ctc_ok", "teacher")
+  keys = ("features", "num_frames", "ctc_labels", "num_labels", "teacher")
   out = {k: batch[k] for k in keys}
-  out["ctc_ok"] = out["ctc_ok"].astype(np.float32)
   out["weight"] = batch.get("valid", np.ones(batch["num_frames"].shape, bool)).astype(np.float32)
   return out
 
@@ -182,7 +181,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   def eval_step(params, batch):
     loss, (_, outputs) = loss_fn(params, batch, None, False)
-    return loss, losses.greedy_ctc_ids(outputs["ctc_logits"], outputs["mask"])
+    return loss, losses.greedy_ctc_ids(outputs["ctc_logits"], outputs["ctc_mask"])
 
   with sharding.rules_context(mesh, rules):
     jit_train = jax.jit(train_step, in_shardings=(state_sharding, data_sharding),

@@ -36,3 +36,8 @@ def test_ctc_matches_optax_per_character_and_masks_unalignable():
   ref = optax.ctc_loss(logits, jnp.zeros((2, 10)), labels, pad)
   got = losses.ctc(logits, mask, labels, num, jnp.array([1.0, 0.0]))
   np.testing.assert_allclose(got, ref[0] / 3, rtol=1e-5)
+  # Too few frames for "2 2" (needs a blank between): that row is dropped, not infinite.
+  short = mask.at[1, 2:].set(False)
+  both = losses.ctc(logits, short, labels, num, jnp.array([1.0, 1.0]))
+  np.testing.assert_allclose(both, ref[0] / 3, rtol=1e-5)
+  np.testing.assert_array_equal(losses.ctc_alignable(short, labels, num), [True, False])

@@ -50,7 +50,11 @@ def read_summary(data_dir: str, split: str) -> dict:
 
 
 def ctc_alignable(labels: np.ndarray, output_frames: int) -> bool:
-  """CTC needs a frame per label plus a blank between each repeated pair."""
+  """CTC needs a frame per label plus a blank between each repeated pair.
+
+  Only counted here, for the summary: the loss checks it again in the step,
+  so the stored data does not depend on the model's frame rate.
+  """
   repeats = int(np.sum(labels[1:] == labels[:-1])) if len(labels) > 1 else 0
   return output_frames >= len(labels) + repeats
 
@@ -75,7 +79,6 @@ def serialize(record: dict) -> bytes:
       "features": _bytes(record["features"].astype(np.float16).tobytes()),
       "num_frames": _ints([record["features"].shape[0]]),
       "ctc_labels": _ints(record["ctc_labels"]),
-      "ctc_ok": _ints([int(record["ctc_ok"])]),
       "duration": _floats([record["duration"]]),
       "labels": _bytes(json.dumps(record["labels"], sort_keys=True).encode()),
   }
@@ -93,7 +96,6 @@ def deserialize(raw: bytes) -> dict:
       "text": f["text"].bytes_list.value[0].decode(),
       "features": np.frombuffer(f["features"].bytes_list.value[0], np.float16).reshape(num_frames, -1),
       "ctc_labels": np.array(f["ctc_labels"].int64_list.value, np.int32),
-      "ctc_ok": bool(f["ctc_ok"].int64_list.value[0]),
       "duration": f["duration"].float_list.value[0],
       "labels": json.loads(f["labels"].bytes_list.value[0]),
       "teacher_embedding": None,
@@ -139,7 +141,6 @@ def _featurize(examples: Iterable[dict], config: ml_collections.ConfigDict,
         "text": text_lib.normalize(ex["text"]),
         "features": feats,
         "ctc_labels": labels,
-        "ctc_ok": ctc_alignable(labels, frames // config.model.subsample),
         "duration": wave.size / fcfg.sample_rate,
         "labels": ex.get("labels", {}),
     }
@@ -158,11 +159,13 @@ def write_split(examples: Iterable[dict], config: ml_collections.ConfigDict, spl
   skipped, skip_examples = collections.Counter(), {}
   written = unalignable = 0
   seconds = 0.0
+  sub = config.model.subsample
   stream = tqdm.tqdm(examples, total=total, desc=f"tfrecords/{split}", unit="utt", mininterval=2)
   for record in _featurize(stream, config, skipped, skip_examples):
     writers[written % num_shards].write(serialize(record))
     written += 1
-    unalignable += not record["ctc_ok"]
+    output_frames = record["features"].shape[0] // sub * config.model.ctc_upsample
+    unalignable += not ctc_alignable(record["ctc_labels"], output_frames)
     seconds += record["duration"]
   for w in writers:
     w.close()

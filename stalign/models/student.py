@@ -105,7 +105,7 @@ def _sinusoids(length: int, dim: int) -> jax.Array:
 
 
 class Student(nnx.Module):
-  """Speech encoder; `__call__` returns utterance embeddings, CTC logits and their frame mask."""
+  """Speech encoder; `__call__` returns utterance embeddings, CTC logits and their masks."""
 
 
   def __init__(self, config: ml_collections.ConfigDict, num_mels: int, embed_dim: int,
@@ -117,7 +117,9 @@ class Student(nnx.Module):
     self.frontend = _dense(num_mels * config.subsample, dim, (None, "embed"), rngs)
     self.blocks = nnx.List([ConformerBlock(dim, config.heads, config.conv_kernel, config.dropout, rngs)
                             for _ in range(config.depth)])
-    self.ctc_head = _dense(dim, text_lib.VOCAB_SIZE, ("embed", "vocab"), rngs)
+    # CTC reads `ctc_upsample` outputs per encoder frame: characters come faster than 80 ms.
+    self.ctc_upsample = config.ctc_upsample
+    self.ctc_head = _dense(dim, config.ctc_upsample * text_lib.VOCAB_SIZE, ("embed", "vocab"), rngs)
     self.pool_hidden = _dense(dim, dim, ("embed", "mlp"), rngs)
     self.pool_out = _dense(dim, embed_dim, ("mlp", None), rngs)
     self.dropout = nnx.Dropout(config.dropout)
@@ -146,4 +148,6 @@ class Student(nnx.Module):
     weights = mask / jnp.maximum(mask.sum(axis=1, keepdims=True), 1)
     pooled = jnp.einsum("bt,btd->bd", weights, x)
     embedding = self.pool_out(nnx.gelu(self.pool_hidden(pooled)))
-    return {"embedding": embedding, "ctc_logits": self.ctc_head(ctc_hidden), "mask": mask}
+    ctc_logits = self.ctc_head(ctc_hidden).reshape(batch, -1, text_lib.VOCAB_SIZE)
+    return {"embedding": embedding, "ctc_logits": ctc_logits,
+            "ctc_mask": jnp.repeat(mask, self.ctc_upsample, axis=1), "mask": mask}

@@ -17,7 +17,9 @@ def test_shapes():
   c, model = _model()
   out = model(np.zeros((3, 64, 80), np.float32), np.array([64, 40, 9]))
   assert out["embedding"].shape == (3, 384)
-  assert out["ctc_logits"].shape == (3, 64 // c.model.subsample, text.VOCAB_SIZE)
+  up = c.model.ctc_upsample
+  assert out["ctc_logits"].shape == (3, 64 // c.model.subsample * up, text.VOCAB_SIZE)
+  np.testing.assert_array_equal(out["ctc_mask"].sum(1), np.array([8, 5, 2]) * up)
   np.testing.assert_array_equal(out["mask"].sum(1), [8, 5, 2])
 
 
@@ -31,7 +33,7 @@ def test_padding_does_not_change_the_embedding_or_real_frame_logits():
   junk[:, :43] = x[0]
   long = model(junk, np.array([43]))
   np.testing.assert_allclose(short["embedding"], long["embedding"], atol=1e-5)
-  np.testing.assert_allclose(short["ctc_logits"][:, :6], long["ctc_logits"][:, :6], atol=1e-4)
+  np.testing.assert_allclose(short["ctc_logits"][:, :24], long["ctc_logits"][:, :24], atol=1e-4)
 
 
 def test_every_parameter_has_logical_axis_names():
