@@ -41,3 +41,15 @@ def test_every_parameter_has_logical_axis_names():
   for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
     if var.value.ndim and "input_norm" not in path:
       assert var.get_metadata().get("out_sharding"), f"{path} has no logical axis names"
+
+
+def test_depthwise_conv_equals_grouped_convolution():
+  import jax
+  from stalign.models.student import DepthwiseConv
+  for kernel in (4, 5):
+    m = DepthwiseConv(8, kernel, nnx.Rngs(0))
+    x = np.random.default_rng(0).standard_normal((2, 11, 8)).astype(np.float32)
+    ref = jax.lax.conv_general_dilated(
+        x, m.kernel[...][:, None, :], (1,), [((kernel - 1) // 2, kernel // 2)],
+        dimension_numbers=("NWC", "WIO", "NWC"), feature_group_count=8) + m.bias[...]
+    np.testing.assert_allclose(m(x), ref, atol=1e-5)
