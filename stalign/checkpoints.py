@@ -5,6 +5,10 @@ input position `{"epoch", "batch"}` as JSON, so a resumed run sees exactly the
 batches an uninterrupted run would have seen.
 """
 import os
+import re
+from collections.abc import Sequence
+
+import jax
 
 from absl import logging
 import orbax.checkpoint as ocp
@@ -53,3 +57,29 @@ def restore_params(path: str, abstract_params) -> dict:
       partial_restore=True)))
   mgr.close()
   return restored["state"]["params"]
+
+
+def warm_start(fresh, restored, skip: Sequence[str]):
+  """Restored params, except those whose path matches a `skip` regex (kept fresh).
+
+  This is how ASR pretraining hands its encoder to distillation: the encoder
+  comes from the checkpoint and, say, `init_skip=("pool_",)` starts the
+  utterance head anew. Every decision is logged, so a partial restore is never silent.
+  """
+  patterns = [re.compile(p) for p in skip]
+  kept_fresh = []
+
+  def pick(path, new, old):
+    name = jax.tree_util.keystr(path, simple=True, separator="/")
+    if any(p.search(name) for p in patterns):
+      kept_fresh.append(name)
+      return new
+    return old
+
+  params = jax.tree_util.tree_map_with_path(pick, fresh, restored)
+  unused = [p for p in skip if not any(re.search(p, n) for n in kept_fresh)]
+  if unused:
+    raise ValueError(f"init_skip patterns {unused} match no parameter; check the names")
+  logging.info("warm start: %d params restored, %d kept fresh: %s",
+               len(jax.tree.leaves(params)) - len(kept_fresh), len(kept_fresh), kept_fresh)
+  return params

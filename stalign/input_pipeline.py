@@ -7,6 +7,7 @@ bucket. Every epoch has its own shuffle seed, and every batch carries the
 epoch it came from, so the loop can save `(epoch, batches seen in it)` with a
 checkpoint and resume at exactly the next batch.
 """
+import collections
 from collections.abc import Iterator
 import os
 
@@ -154,3 +155,25 @@ def eval_batches(config: ml_collections.ConfigDict, split: str, teacher_dim: int
 def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
   return np.concatenate([x, np.zeros((rows - x.shape[0],) + x.shape[1:], x.dtype)]) \
       if x.shape[0] < rows else x
+
+
+def padding_efficiency(config: ml_collections.ConfigDict, split: str,
+                       num_batches: int) -> tuple[float, dict[int, int]]:
+  """Fraction of real (non-padded) feature frames in the first `num_batches` training batches.
+
+  Measured on what `train_iterator` yields, so it accounts for the bucketing and
+  the rounding to the frame stacking, and is the number to tune
+  `input.bucket_boundaries` on: each padded frame costs as much compute as a
+  real one. Also returns how many batches had each padded length; every
+  distinct length is one more jit compilation of the train step.
+  """
+  it = train_iterator(config, split, teacher_dim=0)
+  real = padded = 0
+  lengths = collections.Counter()
+  for _ in range(num_batches):
+    batch = next(it)
+    rows, length = batch["features"].shape[:2]
+    real += int(batch["num_frames"].sum())
+    padded += rows * length
+    lengths[length] += 1
+  return real / padded, dict(sorted(lengths.items()))

@@ -26,6 +26,7 @@ from stalign import checkpoints
 from stalign import input_pipeline
 from stalign import losses
 from stalign import sharding
+from stalign.data import features as features_lib
 from stalign.data import text as text_lib
 from stalign.data import tfrecords
 from stalign.models.student import Student
@@ -36,7 +37,8 @@ class NonFiniteLossError(RuntimeError):
 
 
 def build_student(config: ml_collections.ConfigDict, embed_dim: int, seed: int = 0) -> Student:
-  return Student(config.model, config.features.num_mels, embed_dim, config.loss.temperature,
+  return Student(config.model, config.features.num_mels, embed_dim,
+                 text_lib.vocab_size(config.features.ctc_targets), config.loss.temperature,
                  nnx.Rngs(seed))
 
 
@@ -58,6 +60,8 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
   t = config.train
   tx = optax.chain(optax.clip_by_global_norm(t.grad_clip),
                    optax.adamw(make_schedule(config), weight_decay=t.weight_decay))
+  if t.grad_accumulation > 1:
+    tx = optax.MultiSteps(tx, every_k_schedule=t.grad_accumulation)
   # Skips (and counts) updates whose gradients are not finite; the loop stops
   # the run before optax would give up and apply them.
   return optax.apply_if_finite(tx, max_consecutive_errors=t.max_nonfinite_steps + 1)
@@ -150,17 +154,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # ------------------------------------------------------------ update step
   base_rng = jax.random.key(config.seed)
+  spec = config.train.spec_augment
+
+  def _augment(features, num_frames, rng):
+    if not (spec.freq_masks or spec.time_masks):
+      return features
+    return features_lib.spec_augment(features, num_frames, rng, **spec)
   data_sharding = sharding.batch_sharding(mesh)
 
+  compute_dtype = jnp.dtype(config.train.compute_dtype)
+
   def loss_fn(params, batch, rng, train):
-    model = nnx.merge(graphdef, params)
+    model = nnx.merge(graphdef, jax.tree.map(lambda p: p.astype(compute_dtype), params))
+    features = batch["features"].astype(compute_dtype)
     if train:
-      outputs = model(batch["features"], batch["num_frames"], nnx.Rngs(dropout=rng))
+      features = _augment(features, batch["num_frames"], jax.random.fold_in(rng, 1))
+      outputs = model(features, batch["num_frames"], nnx.Rngs(dropout=rng))
     else:
       model.eval()
-      outputs = model(batch["features"], batch["num_frames"])
+      outputs = model(features, batch["num_frames"])
+    outputs = jax.tree.map(lambda x: x.astype(jnp.float32) if x.dtype == compute_dtype else x,
+                           outputs)
     total, parts = compute_losses(outputs, batch, target_mean, config.loss,
-                                  model.log_temperature[...])
+                                  model.log_temperature[...].astype(jnp.float32))
     return total, (parts, outputs)
 
   def train_step(state, batch):
@@ -199,8 +215,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       state = jax.jit(init_state, out_shardings=state_sharding)()
     position = None
     if config.init_from:
-      params = checkpoints.restore_params(config.init_from, abstract_state["params"])
-      state["params"] = params
+      restored = checkpoints.restore_params(config.init_from, abstract_state["params"])
+      state["params"] = checkpoints.warm_start(state["params"], restored, config.init_skip)
       logging.info("initialised params from %s (optimizer state and step start fresh)",
                    config.init_from)
     else:
@@ -208,9 +224,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   train_iter = input_pipeline.train_iterator(config, "train", teacher_dim, position)
   valid_batch = _with_weights(next(input_pipeline.eval_batches(
       config, "valid", teacher_dim, local_batch)))
-  valid_texts = [t.decode() for t, v in zip(
-      next(input_pipeline.eval_batches(config, "valid", teacher_dim, local_batch))["text"],
-      valid_batch["weight"]) if v]
+  valid_refs = [list(labels[:n]) for labels, n, w in zip(
+      valid_batch["ctc_labels"], valid_batch["num_labels"], valid_batch["weight"]) if w]
 
   # SIGTERM (preemption, scheduler) asks for a save at the next step boundary.
   preempted = {"flag": False}
@@ -256,11 +271,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                      lr=float(make_schedule(config)(step)))
       with sharding.rules_context(mesh, rules):
         vloss, ids = jit_eval(state["params"], sharding.global_batch(valid_batch, mesh))
-      ids = np.asarray(multihost_utils.process_allgather(ids, tiled=True))[:len(valid_texts)]
-      hyps = [text_lib.decode_greedy(i) for i in ids]
+      ids = np.asarray(multihost_utils.process_allgather(ids, tiled=True))[:len(valid_refs)]
+      errors = sum(text_lib.edit_distance(text_lib.collapse(h), r) for h, r in zip(ids, valid_refs))
       metrics["valid_loss"] = float(vloss)
-      metrics["valid_cer"] = (sum(text_lib.edit_distance(h, r) for h, r in zip(hyps, valid_texts)) /
-                              max(sum(len(r) for r in valid_texts), 1))
+      # Character (or phoneme) error rate of greedy CTC decoding on one validation batch.
+      metrics["valid_cer"] = errors / max(sum(len(r) for r in valid_refs), 1)
       writer.write_scalars(step, metrics)
       progress.set_postfix(loss=f"{metrics['loss']:.3f}", cer=f"{metrics['valid_cer']:.2f}",
                            utt_s=f"{metrics['utterances_per_s']:.0f}")

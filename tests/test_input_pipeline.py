@@ -53,3 +53,22 @@ def test_eval_batches_cover_each_example_once(prepared_config):
     assert b["features"].shape[0] == 8
     texts += list(b["text"][b["valid"]])
   assert len(texts) == n
+
+
+def test_padding_efficiency_is_real_frames_over_padded_frames():
+  batches = iter([
+      {"features": np.zeros((2, 10, 3)), "num_frames": np.array([10, 5])},
+      {"features": np.zeros((2, 20, 3)), "num_frames": np.array([20, 10])},
+      {"features": np.zeros((2, 10, 3)), "num_frames": np.array([8, 2])},
+      {"features": np.zeros((2, 99, 3)), "num_frames": np.array([1, 1])},  # Beyond num_batches.
+  ])
+  with mock.patch.object(input_pipeline, "train_iterator", return_value=batches):
+    efficiency, lengths = input_pipeline.padding_efficiency(None, "train", 3)
+  assert efficiency == (10 + 5 + 20 + 10 + 8 + 2) / (20 + 40 + 20)
+  assert lengths == {10: 2, 20: 1}
+
+
+def test_padding_efficiency_of_prepared_data(prepared_config):
+  efficiency, lengths = input_pipeline.padding_efficiency(prepared_config, "train", 6)
+  assert 0.3 < efficiency < 1
+  assert sum(lengths.values()) == 6 and set(lengths) <= set(input_pipeline.bucket_lengths(prepared_config))

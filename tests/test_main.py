@@ -65,3 +65,15 @@ def test_end_to_end_tiny_demo(tmp_path):
                 f"--config.data_dir={tmp_path / 'data'}", timeout=600)
   assert again.returncode == 0, again.stderr[-3000:]
   assert "resuming from this workdir's step 30" in again.stderr
+
+
+@pytest.mark.parametrize("name", ["demo", "distill", "asr_pretrain", "distill_from_asr",
+                                  "multitask_from_asr"])
+def test_every_regime_config_sets_its_losses(name):
+  import importlib
+  c = importlib.import_module(f"configs.{name}").get_config("tiny")
+  weights = (c.loss.distill != "none", c.loss.ctc_weight > 0)
+  expected = {"demo": (True, True), "distill": (True, False), "asr_pretrain": (False, True),
+              "distill_from_asr": (True, False), "multitask_from_asr": (True, True)}[name]
+  assert weights == expected
+  assert bool(c.init_from) == name.endswith("_from_asr")

@@ -23,15 +23,42 @@ def _params(config, workdir):
   return jax.tree.leaves(params)
 
 
+def _run(config, workdir, **overrides):
+  c = config.copy_and_resolve_references()
+  c.train.steps, c.train.log_every, c.train.lr = 30, 3, 3e-3
+  for key, value in overrides.items():
+    section, name = key.split("__")
+    c[section][name] = value
+  train.train_and_evaluate(c, workdir)
+  return [h["loss"] for h in _history(workdir)["history"]]
+
+
+def _assert_falls(name, losses):
+  assert np.mean(losses[-3:]) < 0.9 * np.mean(losses[:2]), (name, losses)
+
+
 def test_loss_goes_down_for_every_regime(prepared_config, tmp_path):
-  for name, distill, contrastive, ctc in [("distill", "cosine", 1.0, 0.0), ("asr", "none", 0.0, 1.0),
-                                          ("multitask", "cosine", 1.0, 0.3)]:
-    c = prepared_config.copy_and_resolve_references()
-    c.loss.distill, c.loss.contrastive_weight, c.loss.ctc_weight = distill, contrastive, ctc
-    c.train.steps, c.train.log_every, c.train.lr = 30, 3, 3e-3
-    train.train_and_evaluate(c, str(tmp_path / name))
-    losses = [h["loss"] for h in _history(str(tmp_path / name))["history"]]
-    assert np.mean(losses[-3:]) < 0.9 * np.mean(losses[:2]), (name, losses)
+  """(a) distillation, (b) ASR pretraining then distillation from it, (c) multitask, (d) (b)+(c)."""
+  distill = dict(loss__distill="cosine", loss__contrastive_weight=1.0, loss__ctc_weight=0.0)
+  asr = dict(loss__distill="none", loss__contrastive_weight=0.0, loss__ctc_weight=1.0)
+  multitask = dict(loss__distill="cosine", loss__contrastive_weight=1.0, loss__ctc_weight=0.3)
+  asr_dir = str(tmp_path / "asr")
+  _assert_falls("a", _run(prepared_config, str(tmp_path / "a"), **distill))
+  _assert_falls("b-asr", _run(prepared_config, asr_dir, **asr))
+  _assert_falls("c", _run(prepared_config, str(tmp_path / "c"), **multitask))
+  c = prepared_config.copy_and_resolve_references()
+  c.init_from, c.init_skip = asr_dir, ("pool_",)
+  for name, regime in (("b", distill), ("d", multitask)):
+    _assert_falls(name, _run(c, str(tmp_path / name), **regime))
+
+
+def test_accumulation_bf16_attention_pooling_and_spec_augment_train(prepared_config, tmp_path):
+  losses = _run(prepared_config, str(tmp_path / "x"), train__grad_accumulation=2,
+                train__compute_dtype="bfloat16", model__pooling="attention")
+  assert np.isfinite(losses).all()
+  c = prepared_config.copy_and_resolve_references()
+  c.train.spec_augment.freq_masks, c.train.spec_augment.time_masks = 2, 2
+  _assert_falls("specaug", _run(c, str(tmp_path / "s")))
 
 
 def test_sigterm_saves_and_resume_matches_uninterrupted(prepared_config, tmp_path, monkeypatch):

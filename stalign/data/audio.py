@@ -1,15 +1,21 @@
 """Reading audio files into model-rate mono waveforms, with checks that name the file.
 
-Every data source goes through `load_audio`, so corrupt, empty, silent or
-absurdly long files are caught in one place; the TFRecord writer turns an
+Every data source goes through `load_audio` or `check_waveform`, so corrupt,
+empty, silent, absurdly short or long files, implausible sample rates and
+channel layouts are caught in one place; the TFRecord writer turns an
 `AudioError` into a counted skip with its reason.
 """
+from absl import logging
 import numpy as np
 import soundfile as sf
 import soxr
 
 MIN_SECONDS = 0.1
 SILENCE_PEAK = 1e-4
+# Below telephone band (8 kHz) speech is not intelligible; such a rate is a broken header.
+MIN_SAMPLE_RATE = 4000
+# Stereo is averaged; more channels (arrays, surround) are not one voice, so are refused.
+MAX_CHANNELS = 2
 
 
 class AudioError(ValueError):
@@ -22,7 +28,25 @@ def load_audio(path: str, sample_rate: int, max_seconds: float) -> np.ndarray:
     wave, file_rate = sf.read(path, dtype="float32", always_2d=True)
   except Exception as e:  # soundfile raises several types for bad headers.
     raise AudioError(f"{path}: cannot decode audio ({e}); re-encode it as WAV/FLAC or drop it") from e
-  return check_waveform(wave.mean(axis=1), file_rate, sample_rate, max_seconds, path)
+  return check_waveform(to_mono(wave, path), file_rate, sample_rate, max_seconds, path)
+
+
+def to_mono(wave: np.ndarray, name: str) -> np.ndarray:
+  """(samples,) or (samples, channels) -> (samples,); logs each downmix, naming the file.
+
+  Averaging stereo is what a listener hears, but it can cancel out-of-phase
+  channels, so a downmix is logged rather than silent.
+  """
+  if wave.ndim == 1:
+    return wave
+  channels = wave.shape[1]
+  if channels == 1:
+    return wave[:, 0]
+  if channels > MAX_CHANNELS:
+    raise AudioError(f"{name}: {channels} audio channels (at most {MAX_CHANNELS}); "
+                     "pick or mix the speech channel before training")
+  logging.info("%s: downmixed %d channels to mono", name, channels)
+  return wave.mean(axis=1)
 
 
 def check_waveform(wave: np.ndarray, file_rate: int, sample_rate: int,
@@ -30,6 +54,9 @@ def check_waveform(wave: np.ndarray, file_rate: int, sample_rate: int,
   """Validates an in-memory mono waveform and resamples it to `sample_rate`."""
   if wave.size == 0:
     raise AudioError(f"{name}: empty audio (0 samples)")
+  if file_rate < MIN_SAMPLE_RATE:
+    raise AudioError(f"{name}: sample rate {file_rate} Hz is too low for speech "
+                     f"(min {MIN_SAMPLE_RATE} Hz); the header is probably wrong")
   if not np.all(np.isfinite(wave)):
     raise AudioError(f"{name}: audio contains NaN/Inf samples")
   seconds = wave.size / file_rate

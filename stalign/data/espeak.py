@@ -36,6 +36,7 @@ _CHARS_UTF8 = 1
 _PARAM_RATE = 1
 _PARAM_PITCH = 3
 _EE_OK = 0
+_PHONEMES_IPA = 0x02  # espeak_TextToPhonemes phonememode bit 1; bits 8-23 hold a separator.
 
 # int callback(short *wav, int numsamples, espeak_EVENT *events); non-zero aborts.
 _SynthCallback = ctypes.CFUNCTYPE(
@@ -69,6 +70,9 @@ class _Engine:
         ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
         ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
     lib.espeak_Synth.restype = ctypes.c_int
+    lib.espeak_TextToPhonemes.argtypes = [
+        ctypes.POINTER(ctypes.c_void_p), ctypes.c_int, ctypes.c_int]
+    lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
     data_path = espeakng_loader.get_data_path()
     self.sample_rate = lib.espeak_Initialize(
         _AUDIO_OUTPUT_SYNCHRONOUS, 0, data_path.encode(), _INITIALIZE_DONT_EXIT)
@@ -123,6 +127,17 @@ class _Engine:
           f"espeak-ng produced no audio with voice {voice!r} for {text!r}")
     return np.concatenate(blocks).astype(np.float32) / 32768.0
 
+  def phonemize(self, text: str, voice: str, separator: str) -> str:
+    self._set_voice(voice)
+    data = ctypes.create_string_buffer(text.encode("utf-8"))
+    # The library advances this pointer clause by clause and sets it to NULL at the end.
+    cursor = ctypes.c_void_p(ctypes.addressof(data))
+    mode = _PHONEMES_IPA | (ord(separator) << 8)
+    clauses = []
+    while cursor.value:
+      clauses.append(self._lib.espeak_TextToPhonemes(ctypes.byref(cursor), _CHARS_UTF8, mode))
+    return " ".join(c.decode("utf-8") for c in clauses if c)
+
 
 _lock = threading.Lock()
 _engines: dict[int, _Engine] = {}
@@ -152,6 +167,18 @@ def synthesize(text: str, voice: str = "en-us", rate_wpm: int = 175,
   """
   with _lock:
     return _engine().synthesize(text, voice, rate_wpm, pitch)
+
+
+def phonemize(text: str, voice: str = "en-us", separator: str = "_") -> str:
+  """IPA phonemes of `text` as espeak-ng would speak them (no audio is made).
+
+  Words are separated by spaces and phonemes within a word by `separator`, so
+  multi-letter phonemes ("tʃ", "aɪ") stay one unit; stress marks are kept on
+  the vowel they precede. espeak may join unstressed function words into one
+  word ("on the" -> "ɔ_n_ð_ə").
+  """
+  with _lock:
+    return _engine().phonemize(text, voice, separator)
 
 
 def __getattr__(name: str) -> int:

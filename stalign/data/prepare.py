@@ -22,6 +22,11 @@ def prepare(config: ml_collections.ConfigDict) -> dict:
   for split in splits(config):
     if os.path.exists(tfrecords.summary_path(config.data_dir, split)):
       summaries[split] = tfrecords.read_summary(config.data_dir, split)
+      stored = summaries[split].get("ctc_targets", "chars")
+      if stored != config.features.ctc_targets:
+        raise ValueError(
+            f"{config.data_dir} holds {stored} CTC targets but features.ctc_targets="
+            f"{config.features.ctc_targets!r}; point --config.data_dir at a new folder")
       logging.info("split %s: reusing %d examples in %s", split, summaries[split]["written"],
                    config.data_dir)
       continue

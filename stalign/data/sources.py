@@ -5,13 +5,19 @@ hold decoded audio (TFDS), `{"id", "text", "labels", "waveform", "sample_rate"}`
 The TFRecord writer is the only consumer, so adding a dataset means adding one
 function here and naming it in the config (`data.source`).
 """
+import collections
 from collections.abc import Callable, Iterator
+import dataclasses
 import glob
 import json
 import os
 import re
 
+from absl import logging
 import ml_collections
+import numpy as np
+
+from stalign.data import audio
 
 Source = Callable[[ml_collections.ConfigDict, str], Iterator[dict]]
 _REGISTRY: dict[str, Source] = {}
@@ -104,3 +110,108 @@ def fsdd(config: ml_collections.ConfigDict, split: str) -> Iterator[dict]:
         "text": DIGIT_WORDS[int(digit)],
         "labels": {"digit": int(digit), "speaker": speaker, "domain": "digits"},
     }
+
+
+@dataclasses.dataclass(frozen=True)
+class _TfdsDataset:
+  """How one TFDS speech dataset maps onto stalign examples."""
+  audio_key: str
+  splits: dict[str, str]  # stalign split -> TFDS split, unless data.tfds_splits says otherwise.
+  # (TFDS example, label names) -> (text, labels), or a str: the reason to skip it.
+  fields: Callable[[dict, tuple[str, ...]], tuple[str, dict] | str]
+
+
+def _librispeech_fields(ex: dict, names: tuple[str, ...]) -> tuple[str, dict]:
+  del names
+  return ex["text"].decode(), {"speaker": str(ex["speaker_id"]), "chapter": str(ex["chapter_id"]),
+                               "domain": "librispeech"}
+
+
+def _spoken_digit_fields(ex: dict, names: tuple[str, ...]) -> tuple[str, dict]:
+  del names
+  digit = int(ex["label"])
+  labels = {"digit": digit, "domain": "digits"}
+  # TFDS keeps FSDD's file name, so the speaker label matches the `fsdd` source's.
+  match = _FSDD_NAME.match(os.path.basename(ex["audio/filename"].decode()))
+  if match:
+    labels["speaker"] = match.group(2)
+  return DIGIT_WORDS[digit], labels
+
+
+def _speech_commands_fields(ex: dict, names: tuple[str, ...]) -> tuple[str, dict] | str:
+  word = names[int(ex["label"])]
+  if word.startswith("_"):
+    # `_silence_` is background noise with no transcript; `_unknown_` pools many
+    # other words without saying which, so neither has a text to align to.
+    return word
+  return word, {"command": word, "domain": "commands"}
+
+
+TFDS_DATASETS = {
+    "librispeech": _TfdsDataset(
+        "speech", {"train": "train_clean100", "valid": "dev_clean", "test": "test_clean"},
+        _librispeech_fields),
+    # TFDS has one split of all FSDD clips; sliced 80/10/10 by default.
+    "spoken_digit": _TfdsDataset(
+        "audio", {"train": "train[:80%]", "valid": "train[80%:90%]", "test": "train[90%:]"},
+        _spoken_digit_fields),
+    "speech_commands": _TfdsDataset(
+        "audio", {"train": "train", "valid": "validation", "test": "test"},
+        _speech_commands_fields),
+}
+
+
+def _pcm_to_float(wave: np.ndarray) -> np.ndarray:
+  """TFDS stores 16-bit PCM as int16 (or int64 for spoken_digit); both scale by 2**15."""
+  if np.issubdtype(wave.dtype, np.integer):
+    return wave.astype(np.float32) / 32768.0
+  return wave.astype(np.float32)
+
+
+@register("tfds")
+def tfds_source(config: ml_collections.ConfigDict, split: str) -> Iterator[dict]:
+  """A prepared TensorFlow Datasets speech dataset: `data.tfds_name`, read from `data.tfds_dir`.
+
+  Nothing is downloaded here: a dataset that was never built is an error that
+  says how to build it, so a training job never starts a multi-GB download.
+  `data.tfds_splits.<split>` overrides the default TFDS split of each split
+  (any TFDS split string, e.g. "train_clean360" or "train[:5%]").
+  """
+  import tensorflow_datasets as tfds  # Imported here: only this source needs it.
+  name = config.data.get("tfds_name", "")
+  dataset = TFDS_DATASETS.get(name.split(":")[0].split("/")[0])
+  if dataset is None:
+    raise ValueError(f"data.tfds_name={name!r} is not one of the TFDS speech datasets stalign "
+                     f"knows how to read: {sorted(TFDS_DATASETS)}")
+  tfds_split = config.data.get("tfds_splits", {}).get(split) or dataset.splits.get(split)
+  if not tfds_split:
+    raise KeyError(f"no TFDS split for split {split!r}: set --config.data.tfds_splits.{split}=SPLIT")
+  data_dir = config.data.get("tfds_dir", "") or None
+  builder = tfds.builder(name, data_dir=data_dir)
+  if not builder.is_prepared():
+    raise FileNotFoundError(
+        f"TFDS dataset {name!r} is not prepared under {builder.data_dir}; build it once with "
+        f"`tfds build {name} --data_dir={data_dir or '~/tensorflow_datasets'}` (downloads the "
+        "data), or point --config.data.tfds_dir at a folder that holds it")
+  features = builder.info.features
+  sample_rate = features[dataset.audio_key].sample_rate
+  names = tuple(features["label"].names) if "label" in features else ()
+  skipped = collections.Counter()
+  ds = builder.as_dataset(split=tfds_split, shuffle_files=False)
+  for index, ex in enumerate(tfds.as_numpy(ds)):
+    fields = dataset.fields(ex, names)
+    if isinstance(fields, str):
+      skipped[fields] += 1
+      continue
+    text, labels = fields
+    own_id = ex.get("id", ex.get("audio/filename", b"")).decode()
+    example_id = f"{name}/{tfds_split}/{own_id or index}"
+    yield {
+        "id": example_id,
+        "text": text,
+        "labels": labels,
+        "waveform": audio.to_mono(_pcm_to_float(ex[dataset.audio_key]), example_id),
+        "sample_rate": sample_rate,
+    }
+  if skipped:
+    logging.info("tfds %s/%s: left out %s (no transcript)", name, tfds_split, dict(skipped))

@@ -1,20 +1,43 @@
 """Transcript normalisation and CTC targets.
 
-The CTC head predicts characters; index 0 is the CTC blank so that
-`optax.ctc_loss` and greedy decoding agree on it without extra arguments.
-Transcripts are normalised the same way for CTC targets and for the teacher's
-input statistics, so a user's "Turn ON the lights!" and the corpus's
-"turn on the lights" meet in one place.
+The CTC head predicts characters or, optionally, phonemes (`encode_targets`);
+index 0 is the CTC blank so that `optax.ctc_loss` and greedy decoding agree on
+it without extra arguments. Transcripts are normalised the same way for CTC
+targets and for the teacher's input statistics, so a user's "Turn ON the
+lights!" and the corpus's "turn on the lights" meet in one place.
 """
+from collections.abc import Sequence
 import re
 import unicodedata
 
 import numpy as np
 
+from stalign.data import espeak
+
 BLANK = 0
 ALPHABET = " 'abcdefghijklmnopqrstuvwxyz"
 VOCAB_SIZE = len(ALPHABET) + 1  # + blank.
 _CHAR_TO_ID = {ch: i + 1 for i, ch in enumerate(ALPHABET)}
+
+# Phoneme targets: the IPA phonemes espeak-ng's en-us voice produces, stress
+# removed. Fixed here rather than collected from the data, so the CTC head has
+# the same size and ids for every dataset; a phoneme outside it is an error, as
+# a character outside ALPHABET is. " " marks espeak's word boundaries.
+PHONEME_VOICE = "en-us"
+PHONEMES = (
+    " ",
+    # Consonants ("əl", "n̩": syllabic; "ɾ": flap; "x", "ɬ", "r": loan words, spellings).
+    "p", "b", "t", "d", "k", "ɡ", "ʔ", "f", "v", "θ", "ð", "s", "z", "ʃ", "ʒ", "h", "x", "ɬ",
+    "tʃ", "dʒ", "m", "n", "ŋ", "n̩", "l", "əl", "ɹ", "r", "ɾ", "w", "j",
+    # Monophthongs.
+    "i", "iː", "ɪ", "ᵻ", "ɛ", "æ", "ɐ", "ə", "ɚ", "ɜː", "ʌ", "ʊ", "uː", "ɑː", "ɔ", "ɔː",
+    # Diphthongs, triphthongs and r-coloured vowels.
+    "eɪ", "aɪ", "ɔɪ", "aʊ", "oʊ", "iə", "aɪə", "aɪɚ", "ɑːɹ", "ɔːɹ", "ɛɹ", "ɪɹ", "ʊɹ",
+)
+_PHONEME_TO_ID = {p: i + 1 for i, p in enumerate(PHONEMES)}
+_STRESS = re.compile("[ˈˌ]")
+_SEPARATOR = "_"
+_VOCABULARIES = {"chars": tuple(ALPHABET), "phonemes": PHONEMES}
 _DROP = re.compile(r"[\.,;:!\?\"\(\)\[\]]")
 _SPACES = re.compile(r"[\s\-_/]+")
 
@@ -44,18 +67,73 @@ def encode(text: str) -> np.ndarray:
   return np.array([_CHAR_TO_ID[ch] for ch in norm], np.int32)
 
 
-def decode_greedy(ids: np.ndarray) -> str:
-  """Best-path CTC decoding: merge repeats, then drop blanks."""
+def phonemize(text: str) -> list[str]:
+  """Normalised transcript -> en-us phoneme tokens (from PHONEMES when known), stress dropped."""
+  tokens = []
+  for word in espeak.phonemize(normalize(text), PHONEME_VOICE, _SEPARATOR).split():
+    if tokens:
+      tokens.append(" ")
+    # Empty pieces are espeak's zero-length pauses between linked words.
+    tokens += [p for p in _STRESS.sub("", word).split(_SEPARATOR) if p]
+  return tokens
+
+
+def encode_phonemes(text: str) -> np.ndarray:
+  """Transcript -> int32 phoneme CTC label ids (never containing BLANK)."""
+  tokens = phonemize(text)
+  unknown = sorted({p for p in tokens if p not in _PHONEME_TO_ID})
+  if unknown:
+    raise TranscriptError(
+        f"phonemes outside the inventory {unknown!r} in {text!r}; "
+        "espeak-ng read part of it as another language or an odd spelling")
+  if not tokens:
+    raise TranscriptError(f"transcript {text!r} has no phonemes")
+  return np.array([_PHONEME_TO_ID[p] for p in tokens], np.int32)
+
+
+def encode_targets(text: str, kind: str) -> np.ndarray:
+  """CTC label ids of the kind `config.features.ctc_targets` names: "chars" | "phonemes"."""
+  if kind == "chars":
+    return encode(text)
+  if kind == "phonemes":
+    return encode_phonemes(text)
+  raise ValueError(f"unknown CTC target kind {kind!r}; use one of {sorted(_VOCABULARIES)}")
+
+
+def vocabulary(kind: str) -> tuple[str, ...]:
+  """The tokens of label ids 1..N for `kind` (id 0 is BLANK)."""
+  if kind not in _VOCABULARIES:
+    raise ValueError(f"unknown CTC target kind {kind!r}; use one of {sorted(_VOCABULARIES)}")
+  return _VOCABULARIES[kind]
+
+
+def vocab_size(kind: str) -> int:
+  """Output size of a CTC head for `kind`, blank included."""
+  return len(vocabulary(kind)) + 1
+
+
+def collapse(ids: np.ndarray) -> list[int]:
+  """Best-path CTC decoding to label ids: merge repeats, then drop blanks."""
   out, prev = [], BLANK
   for i in np.asarray(ids).tolist():
     if i != prev and i != BLANK:
-      out.append(ALPHABET[i - 1])
+      out.append(i)
     prev = i
-  return "".join(out)
+  return out
 
 
-def edit_distance(a: str, b: str) -> int:
-  """Levenshtein distance; used for the character error rate."""
+def decode_greedy(ids: np.ndarray, kind: str = "chars") -> str:
+  """Best-path CTC decoding to text.
+
+  Phonemes are concatenated, which reads well but is ambiguous ("t"+"ʃ" vs
+  "tʃ"); error rates compare id sequences (`collapse` + `edit_distance`).
+  """
+  tokens = vocabulary(kind)
+  return "".join(tokens[i - 1] for i in collapse(ids))
+
+
+def edit_distance(a: Sequence, b: Sequence) -> int:
+  """Levenshtein distance of strings or id lists; used for character and phoneme error rates."""
   prev = list(range(len(b) + 1))
   for i, ca in enumerate(a, 1):
     cur = [i]

@@ -126,7 +126,7 @@ def _featurize(examples: Iterable[dict], config: ml_collections.ConfigDict,
                                     fcfg.sample_rate, fcfg.max_seconds, name)
       else:
         wave = audio.load_audio(ex["audio_filepath"], fcfg.sample_rate, fcfg.max_seconds)
-      labels = text_lib.encode(ex["text"])
+      labels = text_lib.encode_targets(ex["text"], config.features.ctc_targets)
     except (audio.AudioError, text_lib.TranscriptError) as e:
       reason = type(e).__name__ + ": " + str(e).split(": ", 1)[-1].split(";")[0]
       skipped[reason] += 1
@@ -180,6 +180,7 @@ def write_split(examples: Iterable[dict], config: ml_collections.ConfigDict, spl
       "ctc_unalignable": unalignable,
       "hours": seconds / 3600,
       "shards": num_shards,
+      "ctc_targets": config.features.ctc_targets,
   }
   with open(summary_path(config.data_dir, split) + ".tmp", "w") as f:
     json.dump(summary, f, indent=2)

@@ -17,7 +17,6 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from stalign.data import text as text_lib
 from stalign.sharding import constrain, logical
 
 _init = nnx.initializers.xavier_uniform()
@@ -127,7 +126,7 @@ class Student(nnx.Module):
 
 
   def __init__(self, config: ml_collections.ConfigDict, num_mels: int, embed_dim: int,
-               temperature: float, rngs: nnx.Rngs):
+               vocab_size: int, temperature: float, rngs: nnx.Rngs):
     dim = config.dim
     self.subsample = config.subsample
     self.ctc_layer = config.ctc_layer % config.depth
@@ -137,7 +136,12 @@ class Student(nnx.Module):
                             for _ in range(config.depth)])
     # CTC reads `ctc_upsample` outputs per encoder frame: characters come faster than 80 ms.
     self.ctc_upsample = config.ctc_upsample
-    self.ctc_head = _dense(dim, config.ctc_upsample * text_lib.VOCAB_SIZE, ("embed", "vocab"), rngs)
+    self.vocab_size = vocab_size
+    self.ctc_head = _dense(dim, config.ctc_upsample * vocab_size, ("embed", "vocab"), rngs)
+    if config.pooling not in ("mean", "attention"):
+      raise ValueError(f"model.pooling={config.pooling!r}; use 'mean' or 'attention'")
+    # Attentive pooling learns which frames matter; mean pooling weighs all real frames alike.
+    self.pool_score = _dense(dim, 1, ("embed", None), rngs) if config.pooling == "attention" else None
     self.pool_hidden = _dense(dim, dim, ("embed", "mlp"), rngs)
     self.pool_out = _dense(dim, embed_dim, ("mlp", None), rngs)
     self.dropout = nnx.Dropout(config.dropout)
@@ -163,9 +167,13 @@ class Student(nnx.Module):
       x = block(x, mask, rngs)
       if i == self.ctc_layer:
         ctc_hidden = x
-    weights = mask / jnp.maximum(mask.sum(axis=1, keepdims=True), 1)
+    if self.pool_score is None:
+      weights = mask / jnp.maximum(mask.sum(axis=1, keepdims=True), 1)
+    else:
+      scores = jnp.where(mask, self.pool_score(x)[..., 0], -1e9)
+      weights = jax.nn.softmax(scores, axis=1) * mask
     pooled = jnp.einsum("bt,btd->bd", weights, x)
     embedding = self.pool_out(nnx.gelu(self.pool_hidden(pooled)))
-    ctc_logits = self.ctc_head(ctc_hidden).reshape(batch, -1, text_lib.VOCAB_SIZE)
+    ctc_logits = self.ctc_head(ctc_hidden).reshape(batch, -1, self.vocab_size)
     return {"embedding": embedding, "ctc_logits": ctc_logits,
             "ctc_mask": jnp.repeat(mask, self.ctc_upsample, axis=1), "mask": mask}

@@ -1,3 +1,5 @@
+import logging
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -40,4 +42,40 @@ def test_bad_audio_raises_an_error_naming_the_file(tmp_path, case, match):
     open(path, "wb").write(open(full, "rb").read()[:40])
   with pytest.raises(audio.AudioError, match=match) as err:
     audio.load_audio(path, 16000, max_seconds=2.0)
+  assert path in str(err.value)
+
+
+def test_stereo_downmix_is_logged_with_the_file_name(tmp_path, caplog):
+  left = np.sin(2 * np.pi * 440 * np.arange(16000) / 16000) * 0.5
+  path = _write(tmp_path / "stereo.wav", np.stack([left, np.zeros_like(left)], axis=1))
+  caplog.set_level(logging.INFO)
+  wave = audio.load_audio(path, 16000, 10.0)
+  np.testing.assert_allclose(wave, left / 2, atol=1e-4)
+  assert f"{path}: downmixed 2 channels to mono" in caplog.text
+  caplog.clear()
+  audio.load_audio(_write(tmp_path / "mono.wav", left), 16000, 10.0)
+  assert "downmixed" not in caplog.text
+
+
+def test_more_than_two_channels_are_refused(tmp_path):
+  noise = np.random.default_rng(0).standard_normal((16000, 4)) * 0.1
+  path = _write(tmp_path / "array.wav", noise)
+  with pytest.raises(audio.AudioError, match="4 audio channels") as err:
+    audio.load_audio(path, 16000, 10.0)
+  assert path in str(err.value)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_samples_are_refused(bad):
+  wave = np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1
+  wave[100] = bad
+  with pytest.raises(audio.AudioError, match="clip-7: audio contains NaN/Inf"):
+    audio.check_waveform(wave, 16000, 16000, 10.0, "clip-7")
+
+
+def test_implausible_sample_rate_is_refused(tmp_path):
+  noise = np.random.default_rng(0).standard_normal(2000) * 0.1
+  path = _write(tmp_path / "x.wav", noise, rate=1000)  # A 2 s file whose header says 1 kHz.
+  with pytest.raises(audio.AudioError, match="1000 Hz is too low") as err:
+    audio.load_audio(path, 16000, 10.0)
   assert path in str(err.value)

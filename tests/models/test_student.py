@@ -8,7 +8,7 @@ from stalign.models.student import Student
 
 def _model():
   c = demo.get_config("tiny")
-  model = Student(c.model, 80, 384, 0.07, nnx.Rngs(0))
+  model = Student(c.model, 80, 384, text.VOCAB_SIZE, 0.07, nnx.Rngs(0))
   model.eval()
   return c, model
 

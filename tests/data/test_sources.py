@@ -1,0 +1,121 @@
+import contextlib
+import logging
+from unittest import mock
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from testdata import tiny_config
+from stalign.data import sources
+from stalign.data import tfrecords
+
+
+def _tone(seconds: float, rate: int, dtype=np.int16) -> np.ndarray:
+  t = np.arange(int(seconds * rate)) / rate
+  return (np.sin(2 * np.pi * 220 * t) * 8000).astype(dtype)
+
+
+@contextlib.contextmanager
+def _fake_tfds(examples: list[dict]):
+  """Every `tfds` dataset holds `examples`; mock_data's builders look unprepared, so say otherwise."""
+  def as_dataset(self, split, **kwargs):
+    del split, kwargs
+    return tf.data.Dataset.from_generator(
+        lambda: iter(examples), output_signature=self.info.features.get_tensor_spec())
+
+  with tfds.testing.mock_data(as_dataset_fn=as_dataset, policy=tfds.testing.MockPolicy.USE_CODE), \
+       mock.patch.object(tfds.core.DatasetBuilder, "is_prepared", return_value=True):
+    yield
+
+
+def _config(tmp_path, name: str, **data):
+  config = tiny_config(str(tmp_path / "data"))
+  config.data.source = "tfds"
+  config.data.tfds_name = name
+  config.data.tfds_dir = str(tmp_path / "tfds")
+  for key, value in data.items():
+    config.data[key] = value
+  return config
+
+
+def test_librispeech_fields_and_int16_audio_become_float(tmp_path):
+  speech = _tone(1.0, 16000)
+  examples = [{"speech": speech, "text": "HE'S GONE", "speaker_id": 19, "chapter_id": 198,
+               "id": "19-198-0001"}]
+  with _fake_tfds(examples):
+    [ex] = sources.get("tfds")(_config(tmp_path, "librispeech"), "valid")
+  assert ex["id"] == "librispeech/dev_clean/19-198-0001"
+  assert ex["text"] == "HE'S GONE" and ex["sample_rate"] == 16000
+  assert ex["labels"] == {"speaker": "19", "chapter": "198", "domain": "librispeech"}
+  assert ex["waveform"].dtype == np.float32
+  np.testing.assert_allclose(ex["waveform"], speech / 32768.0)
+
+
+def test_spoken_digit_label_becomes_the_digit_word_and_speaker(tmp_path):
+  examples = [{"audio": _tone(0.5, 8000, np.int64), "label": d,
+               "audio/filename": f"{d}_theo_{d}.wav"} for d in (3, 7)]
+  with _fake_tfds(examples):
+    got = list(sources.get("tfds")(_config(tmp_path, "spoken_digit"), "train"))
+  assert [ex["text"] for ex in got] == ["three", "seven"]
+  assert got[0]["labels"] == {"digit": 3, "speaker": "theo", "domain": "digits"}
+  assert got[0]["id"] == "spoken_digit/train[:80%]/3_theo_3.wav" and got[0]["sample_rate"] == 8000
+
+
+def test_speech_commands_words_and_left_out_silence_and_unknown(tmp_path, caplog):
+  names = tfds.builder("speech_commands").info.features["label"].names
+  labels = [names.index(w) for w in ("yes", "_silence_", "stop", "_unknown_", "_unknown_")]
+  examples = [{"audio": _tone(1.0, 16000), "label": i} for i in labels]
+  caplog.set_level(logging.INFO)
+  with _fake_tfds(examples):
+    got = list(sources.get("tfds")(_config(tmp_path, "speech_commands"), "test"))
+  assert [ex["text"] for ex in got] == ["yes", "stop"]
+  assert got[1]["labels"] == {"command": "stop", "domain": "commands"}
+  assert "{'_silence_': 1, '_unknown_': 2}" in caplog.text
+
+
+def test_split_mapping_from_the_config_overrides_the_default(tmp_path):
+  seen = []
+
+  def as_dataset(self, split, **kwargs):
+    del self, kwargs
+    seen.append(str(split))
+    return tf.data.Dataset.from_tensors(
+        {"audio": _tone(1.0, 16000), "label": np.int64(0)})
+
+  config = _config(tmp_path, "speech_commands", tfds_splits={"train": "train[:10%]"})
+  with tfds.testing.mock_data(as_dataset_fn=as_dataset, policy=tfds.testing.MockPolicy.USE_CODE), \
+       mock.patch.object(tfds.core.DatasetBuilder, "is_prepared", return_value=True):
+    list(sources.get("tfds")(config, "train"))
+    list(sources.get("tfds")(config, "valid"))
+  assert seen == ["train[:10%]", "validation"]
+  with pytest.raises(KeyError, match="tfds_splits.zero_shot"):
+    next(sources.get("tfds")(config, "zero_shot"))
+
+
+def test_missing_dataset_says_how_to_build_it_and_downloads_nothing(tmp_path):
+  config = _config(tmp_path, "spoken_digit")
+  with pytest.raises(FileNotFoundError, match=r"tfds build spoken_digit --data_dir=.*tfds"):
+    next(sources.get("tfds")(config, "train"))
+  assert not (tmp_path / "tfds").exists()
+
+
+def test_unknown_dataset_names_the_supported_ones(tmp_path):
+  with pytest.raises(ValueError, match="speech_commands"):
+    next(sources.get("tfds")(_config(tmp_path, "mnist"), "train"))
+
+
+def test_tfds_examples_are_written_resampled_with_bad_ones_counted(tmp_path):
+  """The writer's `waveform` path: 8 kHz int audio in, 16 kHz log-mel out, bad clips skipped."""
+  examples = [{"audio": _tone(0.5, 8000, np.int64), "label": 4, "audio/filename": "4_theo_0.wav"},
+              {"audio": np.zeros(4000, np.int64), "label": 5, "audio/filename": "5_theo_0.wav"}]
+  config = _config(tmp_path, "spoken_digit")
+  with _fake_tfds(examples):
+    summary = tfrecords.write_split(sources.get("tfds")(config, "train"), config, "train", 1)
+  assert summary["written"] == 1
+  assert summary["skipped_example"] == {"AudioError: audio is silent (peak below 0.0001)":
+                                        "spoken_digit/train[:80%]/5_theo_0.wav"}
+  [record] = tfrecords.iterate_records(tfrecords.list_shards(config.data_dir, "train"))
+  assert record["text"] == "four" and record["labels"]["speaker"] == "theo"
+  assert record["duration"] == pytest.approx(0.5, abs=1e-3)
