@@ -125,5 +125,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict()
   c.eval.split = "test"
   c.eval.batch_size = 64
-  c.eval.evaluators = ("retrieval",)
+  c.eval.evaluators = ("retrieval", "geometry", "probing")
+  c.eval.zero_shot = ("synthetic", "fsdd")  # Held-out intents; real spoken digits (data.fsdd_dir).
+  c.eval.fsdd_held_out_speakers = ("nicolas",)  # Voices never trained on, reported apart.
   return c

@@ -44,19 +44,23 @@ def restore(mgr: ocp.CheckpointManager, step: int, abstract_state) -> tuple:
   return out["state"], out["position"]
 
 
-def restore_params(path: str, abstract_params) -> dict:
-  """Params (only) of the latest checkpoint under a workdir or checkpoint folder, for `init_from`."""
+def restore_params(path: str, abstract_params, step: int | None = None) -> tuple:
+  """(params, step) of checkpoint `step` (default: latest) under a workdir or checkpoints folder.
+
+  Only the params are read (no optimizer state): for `init_from` and for inference.
+  """
   root = os.path.join(path, "checkpoints") if os.path.isdir(os.path.join(path, "checkpoints")) else path
   mgr = ocp.CheckpointManager(os.path.abspath(root))
-  step = mgr.latest_step()
-  if step is None:
-    raise FileNotFoundError(f"init_from={path}: no checkpoint found under {root}")
+  step = mgr.latest_step() if step is None else step
+  if step is None or step not in mgr.all_steps():
+    raise FileNotFoundError(f"no checkpoint {'' if step is None else step} under {root} "
+                            f"(have {sorted(mgr.all_steps())})")
   target = {"params": abstract_params}
   restored = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
       target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
       partial_restore=True)))
   mgr.close()
-  return restored["state"]["params"]
+  return restored["state"]["params"], step
 
 
 def warm_start(fresh, restored, skip: Sequence[str]):

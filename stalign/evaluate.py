@@ -1,79 +1,164 @@
-"""Evaluates a trained run: embeds a split once, runs the configured evaluators, writes the report.
+r"""Evaluates a trained run: embeds a split once, runs the evaluators, zero-shot tasks, the report.
 
-  python -m stalign.evaluate --config=configs/demo.py --workdir=runs/demo
+  python -m stalign.evaluate --workdir=runs/demo                 # config from runs/demo/config.json
+  python -m stalign.evaluate --workdir=runs/demo --step=1000 --fsdd_dir=../shared/data/fsdd
+
+Sections of the report (schema: docs/report_schema.md):
+  retrieval, geometry, probing   evaluators named in `eval.evaluators`, on `eval.split`;
+  zero_shot.synthetic            held-out intents of the corpus's `zero_shot` split, classified by
+                                 their text descriptions (runs when `data.source` is synthetic);
+  zero_shot.fsdd                 spoken digits of real people classified by the digit words, per
+                                 speaker, held-out speakers (`eval.fsdd_held_out_speakers`) apart.
 
 The student's embeddings are compared with the teacher's in the space the
 student was trained to match (teacher minus the training mean when
 `loss.centre_targets`), which is the space users query.
 """
-import json
 import os
 
 from absl import app
 from absl import flags
 from absl import logging
 from flax import nnx
-import jax
 import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
+from stalign import api
 from stalign import checkpoints
 from stalign import evaluators
-from stalign import input_pipeline
 from stalign import report
 from stalign import train
+from stalign.data import sources
+from stalign.data import tfrecords
+from stalign.evaluators import zero_shot
+
+ZERO_SHOT_DATASETS = ("synthetic", "fsdd")
+FSDD_HELD_OUT_SPEAKERS = ("nicolas",)
 
 
 def load_student(config: ml_collections.ConfigDict, workdir: str):
   """(graphdef, params) of the latest checkpoint in `workdir`."""
   dim, _ = train.teacher_stats(config)
   graphdef, abstract = nnx.split(nnx.eval_shape(lambda: train.build_student(config, dim)))
-  return graphdef, checkpoints.restore_params(workdir, abstract)
+  params, _ = checkpoints.restore_params(workdir, abstract)
+  return graphdef, params
 
 
-def embed_split(config: ml_collections.ConfigDict, graphdef, params, split: str) -> evaluators.Embeddings:
-  dim, mean = train.teacher_stats(config)
-
-  @jax.jit
-  def forward(params, features, num_frames):
-    model = nnx.merge(graphdef, params)
-    model.eval()
-    return model(features, num_frames)["embedding"]
-
-  speech, teacher, texts = [], [], []
-  for batch in input_pipeline.eval_batches(config, split, dim, config.eval.batch_size):
-    keep = batch["valid"]
-    speech.append(np.asarray(forward(params, batch["features"], batch["num_frames"]))[keep])
-    teacher.append(batch["teacher"][keep])
-    texts += [t.decode() for t in batch["text"][keep]]
-  speech, teacher = np.concatenate(speech), np.concatenate(teacher)
+def embed_split(model: api.Model, split: str) -> evaluators.Embeddings:
+  """Every record of `split`, in file order, with its transcript, labels and pooled layers."""
+  records = list(tfrecords.iterate_records(tfrecords.list_shards(model.config.data_dir, split)))
+  speech, layers = model.embed_features([r["features"] for r in records])
+  texts = [r["text"] for r in records]
   gallery, first, index = np.unique(np.array(texts), return_index=True, return_inverse=True)
-  raw = teacher[first]
-  target = raw - mean if config.loss.centre_targets else raw
-  return evaluators.Embeddings(speech=speech, text=target, text_index=index, texts=list(gallery),
-                               raw_text=raw)
+  if all(r["teacher_embedding"] is not None for r in records):
+    raw = np.stack([records[i]["teacher_embedding"] for i in first])
+  else:
+    raw = model.teacher.embed(list(gallery))
+  return evaluators.Embeddings(
+      speech=speech, text=raw - model.target_mean, text_index=index, texts=list(gallery),
+      raw_text=raw, labels=[r["labels"] for r in records], ids=[r["id"] for r in records],
+      layers=layers)
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  graphdef, params = load_student(config, workdir)
-  emb = embed_split(config, graphdef, params, config.eval.split)
-  results = {"split": config.eval.split, "utterances": len(emb.speech)}
-  for name in config.eval.evaluators:
+def _ensure_zero_shot_split(config: ml_collections.ConfigDict) -> None:
+  """Writes the corpus's `zero_shot` TFRecords on first use (features only: no teacher needed)."""
+  if os.path.exists(tfrecords.summary_path(config.data_dir, "zero_shot")):
+    return
+  logging.info("writing the zero_shot split's TFRecords under %s", config.data_dir)
+  tfrecords.write_split(sources.get("synthetic")(config, "zero_shot"), config, "zero_shot",
+                        config.data.num_shards)
+
+
+def zero_shot_synthetic(model: api.Model) -> dict:
+  """Held-out intents against their descriptions: among the held-out ones, and among all intents."""
+  from stalign.data import corpus  # Needs espeak-ng only when the corpus is built.
+  config = model.config
+  _ensure_zero_shot_split(config)
+  emb = embed_split(model, "zero_shot")
+  templates = config.eval.get("zero_shot_templates", zero_shot.TEMPLATES)
+  descriptions = corpus.intent_descriptions()
+  intents = [d["intent"] for d in emb.labels]
+  out = {}
+  for name, names in (("held_out", sorted(corpus.HELD_OUT_INTENTS)),
+                      ("all_intents", sorted(descriptions))):
+    classes = zero_shot.class_embeddings(model.embed_text, [descriptions[n] for n in names], templates)
+    out[name] = zero_shot.evaluate(emb.speech, np.array([names.index(i) for i in intents]), classes,
+                                   names, groups=[d.get("voice", "") for d in emb.labels])
+  # The headline figure: the held-out intents among themselves.
+  return {"accuracy": out["held_out"]["accuracy"], "chance": out["held_out"]["chance"],
+          "utterances": out["held_out"]["utterances"], **out}
+
+
+def zero_shot_fsdd(model: api.Model, fsdd_dir: str, held_out: tuple[str, ...]) -> dict:
+  """Real spoken digits classified against the ten digit words; per speaker, held-out voices apart."""
+  examples = list(sources.fsdd_examples(fsdd_dir))
+  speech = model.embed_speech([ex["audio_filepath"] for ex in examples])
+  digits = np.array([ex["labels"]["digit"] for ex in examples])
+  speakers = [ex["labels"]["speaker"] for ex in examples]
+  templates = model.config.eval.get("zero_shot_templates", zero_shot.TEMPLATES)
+  classes = zero_shot.class_embeddings(model.embed_text, list(sources.DIGIT_WORDS), templates)
+  out = zero_shot.evaluate(speech, digits, classes, list(sources.DIGIT_WORDS), groups=speakers)
+  held = np.isin(speakers, held_out)
+  correct = np.asarray(zero_shot.predict(speech, classes)) == digits
+  out["held_out_speakers"] = list(held_out)
+  out["held_out_accuracy"] = float(correct[held].mean()) if held.any() else None
+  out["seen_accuracy"] = float(correct[~held].mean()) if (~held).any() else None
+  return out
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str, step: int | None = None,
+             fsdd_dir: str | None = None, evaluator_names: tuple[str, ...] | None = None) -> dict:
+  """Runs every evaluation of a run and writes RUN/report.json, RUN/report.md and the plots."""
+  model = api.load(workdir, step=step, config=config)
+  config = model.config
+  split = config.eval.split
+  emb = embed_split(model, split)
+  results = {"split": split, "utterances": len(emb.speech), "step": model.step}
+  for name in evaluator_names or config.eval.evaluators:
     logging.info("running evaluator %s", name)
     results[name] = evaluators.get(name)(emb)
-  report.write(workdir, results)
+  datasets = config.eval.get("zero_shot", ZERO_SHOT_DATASETS)
+  results["zero_shot"] = {}
+  if "synthetic" in datasets and config.data.source == "synthetic":
+    logging.info("zero-shot: synthetic held-out intents")
+    results["zero_shot"]["synthetic"] = zero_shot_synthetic(model)
+  fsdd_dir = fsdd_dir or (config.data.get("fsdd_dir") if "fsdd" in datasets else None)
+  if fsdd_dir and os.path.isdir(os.path.join(fsdd_dir, "recordings")):
+    logging.info("zero-shot: FSDD digits in %s", fsdd_dir)
+    held_out = tuple(config.eval.get("fsdd_held_out_speakers", FSDD_HELD_OUT_SPEAKERS))
+    results["zero_shot"]["fsdd"] = zero_shot_fsdd(model, fsdd_dir, held_out)
+  report.write(workdir, results, emb)
   return results
 
 
 def main(argv):
-  del argv
-  results = evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  f = flags.FLAGS
+  config = f.config or api.config_from_workdir(f.workdir)
+  results = evaluate(config, f.workdir, f.step, f.fsdd_dir, tuple(f.evaluators or ()) or None)
   print(report.headline(results))
+  fsdd = results["zero_shot"].get("fsdd")
+  if fsdd:
+    print("\nFSDD zero-shot digit accuracy per speaker:")
+    for speaker, g in fsdd["per_group"].items():
+      tag = " (held out)" if speaker in fsdd["held_out_speakers"] else ""
+      print(f"  {speaker:10s} {g['accuracy']:.3f}  ({g['utterances']} clips){tag}")
+  print(f"\nreport: {os.path.join(f.workdir, 'report.md')}")
 
 
 if __name__ == "__main__":
-  config_flags.DEFINE_config_file("config", None, "Config file (see configs/).", lock_config=True)
-  flags.DEFINE_string("workdir", None, "Run directory holding checkpoints/.")
-  flags.mark_flags_as_required(["config", "workdir"])
+  # Defined here, not at import: stalign.main imports this module and owns --config/--workdir.
+  flags.DEFINE_string("workdir", None, "Run directory holding checkpoints/ and config.json.")
+  config_flags.DEFINE_config_file(
+      "config", None, "Config file; default: the run's own WORKDIR/config.json.", lock_config=True)
+  flags.DEFINE_integer("step", None, "Checkpoint step to evaluate; default the latest.")
+  flags.DEFINE_string(
+      "fsdd_dir", None, "Folder in Free Spoken Digit layout (recordings/{digit}_{speaker}_{take}.wav) for "
+      "zero-shot digit classification; default the config's data.fsdd_dir when it exists.")
+  flags.DEFINE_list(
+      "evaluators", None, "Evaluators to run on eval.split (retrieval, geometry, probing); default the "
+      "config's eval.evaluators.")
+  flags.mark_flags_as_required(["workdir"])
   app.run(main)

@@ -9,7 +9,6 @@ checkpoint and resume at exactly the next batch.
 """
 import collections
 from collections.abc import Iterator
-import os
 
 import jax
 import ml_collections

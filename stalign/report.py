@@ -1,6 +1,22 @@
-"""The run report: `report.json` (stable schema, see README) and a short `report.md`."""
+"""The run report: `report.json` (stable schema, docs/report_schema.md), `report.md` and plots.
+
+`headline` is the short table `make demo` prints; `write` adds every section
+in detail and, given the split's embeddings, the figures (PNG, beside the
+report): a speech x text similarity matrix, a PCA map of both modalities and
+probe accuracies per task and per student layer.
+"""
 import json
 import os
+
+import matplotlib
+
+matplotlib.use("Agg")  # Files only: reports are written on headless machines.
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+SCHEMA_VERSION = 1
+HEADLINE_PROBES = ("intent", "topic", "digit", "voice")  # Shown in the headline when present.
+SIMILARITY_SAMPLE = 32
 
 
 def _rows(results: dict) -> list[tuple[str, str]]:
@@ -14,6 +30,28 @@ def _rows(results: dict) -> list[tuple[str, str]]:
                    f"  (gallery {d['gallery']}, median rank {d['median_rank']:.0f})"))
     rows.append(("paired / unpaired cosine", f"{r['paired_cosine']:.3f} / {r['unpaired_cosine']:.3f}"))
     rows.append(("gallery difficulty (mean NN teacher cosine)", f"{r['gallery_difficulty']:.3f}"))
+  g = results.get("geometry")
+  if g:
+    rows.append(("modality gap / alignment", f"{g['modality_gap']:.3f} / {g['alignment']:.3f}"))
+    rows.append(("uniformity speech / text", f"{g['uniformity_speech']:.3f} / {g['uniformity_text']:.3f}"))
+  zs = results.get("zero_shot", {})
+  if "synthetic" in zs:
+    s = zs["synthetic"]
+    rows.append(("zero-shot held-out intents (synthetic)",
+                 f"{s['accuracy']:.3f}  (chance {s['chance']:.3f}, {s['utterances']} utterances; "
+                 f"among all intents {s['all_intents']['accuracy']:.3f})"))
+  if "fsdd" in zs:
+    f = zs["fsdd"]
+    held = ("" if f["held_out_accuracy"] is None else
+            f"; held out {', '.join(f['held_out_speakers'])} {f['held_out_accuracy']:.3f}")
+    rows.append(("zero-shot FSDD digits (real speech)",
+                 f"{f['accuracy']:.3f}  (chance {f['chance']:.3f}, {f['utterances']} clips{held})"))
+  for task in HEADLINE_PROBES:
+    p = results.get("probing", {}).get(task)
+    if p:
+      rows.append((f"probe {task}: speech / text / text->speech",
+                   f"{p['speech']:.3f} / {p['text']:.3f} / {p['text_to_speech_transfer']:.3f}"
+                   f"  (chance {p['chance']:.3f})"))
   return rows
 
 
@@ -24,8 +62,127 @@ def headline(results: dict) -> str:
   return "\n".join(lines)
 
 
-def write(workdir: str, results: dict) -> None:
+def _markdown(workdir: str, results: dict) -> str:
+  parts = [f"# stalign report: {os.path.abspath(workdir)}\n",
+           f"Checkpoint step {results.get('step')}. Schema: docs/report_schema.md.\n",
+           headline(results) + "\n"]
+  probing = results.get("probing")
+  if probing:
+    parts.append("## Linear probes (test accuracy)\n")
+    parts.append("| task | classes | chance | speech | text | text->speech | speech->text |")
+    parts.append("|---|---|---|---|---|---|---|")
+    for task, p in sorted(probing.items()):
+      parts.append(f"| {task} | {p['classes']} | {p['chance']:.3f} | {p['speech']:.3f} | {p['text']:.3f}"
+                   f" | {p['text_to_speech_transfer']:.3f} | {p['speech_to_text_transfer']:.3f} |")
+    parts.append("")
+  fsdd = results.get("zero_shot", {}).get("fsdd")
+  if fsdd:
+    parts.append("## Zero-shot FSDD digits per speaker\n")
+    parts.append("| speaker | accuracy | clips |")
+    parts.append("|---|---|---|")
+    for speaker, g in fsdd["per_group"].items():
+      tag = " (held out)" if speaker in fsdd["held_out_speakers"] else ""
+      parts.append(f"| {speaker}{tag} | {g['accuracy']:.3f} | {g['utterances']} |")
+    parts.append("")
+  for name, path in results.get("figures", {}).items():
+    parts.append(f"## {name.replace('_', ' ')}\n\n![{name}]({path})\n")
+  return "\n".join(parts)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+  return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def similarity_figure(emb) -> plt.Figure:
+  """Cosine of the first utterances (rows) with their own transcripts (columns): pairs on the diagonal."""
+  n = min(SIMILARITY_SAMPLE, len(emb.speech))
+  sim = _unit(emb.speech[:n]) @ _unit(emb.paired_text[:n]).T
+  fig, ax = plt.subplots(figsize=(6, 5))
+  im = ax.imshow(sim, cmap="viridis")
+  fig.colorbar(im, ax=ax, label="cosine")
+  ax.set(xlabel="transcript (teacher)", ylabel="utterance (student)",
+         title=f"speech x text cosine, first {n} utterances")
+  fig.tight_layout()
+  return fig
+
+
+def pca_2d(x: np.ndarray) -> np.ndarray:
+  """Projection onto the two leading principal components."""
+  centred = x - x.mean(axis=0)
+  _, _, vt = np.linalg.svd(centred, full_matrices=False)
+  return centred @ vt[:2].T
+
+
+def pca_figure(emb) -> plt.Figure:
+  """Both modalities in one PCA map (fit on both): the modality gap and the pairing, at a glance."""
+  speech, text = _unit(emb.speech), _unit(emb.paired_text)
+  xy = pca_2d(np.concatenate([speech, text]))
+  s, t = xy[:len(speech)], xy[len(speech):]
+  fig, ax = plt.subplots(figsize=(6, 5))
+  for i in range(min(50, len(s))):
+    ax.plot([s[i, 0], t[i, 0]], [s[i, 1], t[i, 1]], color="0.8", lw=0.5, zorder=0)
+  ax.scatter(s[:, 0], s[:, 1], s=6, label="speech (student)")
+  ax.scatter(t[:, 0], t[:, 1], s=6, label="text (teacher)")
+  ax.set(xlabel="PC 1", ylabel="PC 2", title="PCA of unit embeddings (grey: 50 pairs)")
+  ax.legend()
+  fig.tight_layout()
+  return fig
+
+
+def probes_figure(probing: dict) -> plt.Figure:
+  tasks = sorted(probing)
+  kinds = ("speech", "text", "text_to_speech_transfer", "speech_to_text_transfer")
+  x = np.arange(len(tasks))
+  width = 0.8 / len(kinds)
+  fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(tasks)), 4))
+  for i, kind in enumerate(kinds):
+    ax.bar(x + i * width, [probing[t][kind] for t in tasks], width, label=kind.replace("_", " "))
+  ax.scatter(x + 0.4 - width / 2, [probing[t]["chance"] for t in tasks], marker="_", s=200,
+             color="k", label="chance (majority)", zorder=3)
+  ax.set_xticks(x + 0.4 - width / 2, tasks, rotation=45, ha="right")
+  ax.set(ylabel="test accuracy", ylim=(0, 1), title="linear probes")
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  return fig
+
+
+def probe_layers_figure(probing: dict) -> plt.Figure:
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for task in sorted(probing):
+    acc = probing[task]["layers"]
+    ax.plot(range(len(acc)), acc, marker="o", label=task)
+  depth = len(next(iter(probing.values()))["layers"])
+  ax.set_xticks(range(depth), ["frontend"] + [f"block {i}" for i in range(1, depth)])
+  ax.set(ylabel="test accuracy", ylim=(0, 1), title="probes on mean-pooled student layers")
+  ax.legend(fontsize=6, ncol=2)
+  fig.tight_layout()
+  return fig
+
+
+def _save(fig: plt.Figure, workdir: str, name: str) -> str:
+  fig.savefig(os.path.join(workdir, name), dpi=100)
+  plt.close(fig)
+  return name
+
+
+def write_figures(workdir: str, results: dict, emb) -> dict[str, str]:
+  """Saves the plots in `workdir`; returns {figure: file name}."""
+  figures = {"similarity_matrix": _save(similarity_figure(emb), workdir, "similarity.png"),
+             "pca": _save(pca_figure(emb), workdir, "pca.png")}
+  probing = results.get("probing")
+  if probing:
+    figures["probes"] = _save(probes_figure(probing), workdir, "probes.png")
+    if all("layers" in p for p in probing.values()):
+      figures["probe_layers"] = _save(probe_layers_figure(probing), workdir, "probe_layers.png")
+  return figures
+
+
+def write(workdir: str, results: dict, emb=None) -> None:
+  """Writes report.json and report.md (and, given the split's `Embeddings`, the figures)."""
+  results["schema_version"] = SCHEMA_VERSION
+  if emb is not None:
+    results["figures"] = write_figures(workdir, results, emb)
   with open(os.path.join(workdir, "report.json"), "w") as f:
     json.dump(results, f, indent=2, sort_keys=True)
   with open(os.path.join(workdir, "report.md"), "w") as f:
-    f.write(f"# stalign report: {os.path.abspath(workdir)}\n\n{headline(results)}\n")
+    f.write(_markdown(workdir, results))

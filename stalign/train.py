@@ -5,7 +5,6 @@ checkpoint restore, loop (metrics, validation, checkpoints, preemption), final
 save. The jitted update step is a pure function of plain state pytrees; models
 are Flax NNX modules rebuilt inside it with `nnx.merge`.
 """
-import functools
 import json
 import os
 import signal
@@ -28,7 +27,6 @@ from stalign import losses
 from stalign import sharding
 from stalign.data import features as features_lib
 from stalign.data import text as text_lib
-from stalign.data import tfrecords
 from stalign.models.student import Student
 
 
@@ -215,7 +213,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       state = jax.jit(init_state, out_shardings=state_sharding)()
     position = None
     if config.init_from:
-      restored = checkpoints.restore_params(config.init_from, abstract_state["params"])
+      restored, _ = checkpoints.restore_params(config.init_from, abstract_state["params"])
       state["params"] = checkpoints.warm_start(state["params"], restored, config.init_skip)
       logging.info("initialised params from %s (optimizer state and step start fresh)",
                    config.init_from)

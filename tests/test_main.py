@@ -39,7 +39,6 @@ def test_help_explains_the_flags():
 
 
 def test_demo_config_loads_with_overrides():
-  from ml_collections import config_flags  # noqa: F401
   from configs import demo
   for arg in (None, "tiny"):
     c = demo.get_config(arg)

@@ -12,7 +12,9 @@ SPLITS = ("train", "valid", "test")
 
 
 def splits(config: ml_collections.ConfigDict) -> tuple[str, ...]:
-  return tuple(dict.fromkeys(SPLITS + (config.eval.split,)))
+  """Splits to build; the synthetic corpus adds its zero-shot split (intents unseen in training)."""
+  extra = ("zero_shot",) if config.data.source == "synthetic" else ()
+  return tuple(dict.fromkeys(SPLITS + (config.eval.split,) + extra))
 
 
 def prepare(config: ml_collections.ConfigDict) -> dict:

@@ -6,7 +6,7 @@ The TFRecord writer is the only consumer, so adding a dataset means adding one
 function here and naming it in the config (`data.source`).
 """
 import collections
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 import dataclasses
 import glob
 import json
@@ -92,11 +92,16 @@ def fsdd(config: ml_collections.ConfigDict, split: str) -> Iterator[dict]:
   `data.fsdd_speakers.<split>` lists the speakers of each split (all when empty),
   so a voice can be kept out of training and used to test generalisation.
   """
-  folder = os.path.join(config.data.fsdd_dir, "recordings")
+  yield from fsdd_examples(config.data.fsdd_dir, config.data.get("fsdd_speakers", {}).get(split, ()))
+
+
+def fsdd_examples(fsdd_dir: str, speakers: Sequence[str] = ()) -> Iterator[dict]:
+  """Examples of an FSDD-layout folder, optionally only some speakers (all when empty)."""
+  folder = os.path.join(fsdd_dir, "recordings")
   files = sorted(glob.glob(os.path.join(folder, "*.wav")))
   if not files:
-    raise FileNotFoundError(f"no FSDD recordings in {folder}; set --config.data.fsdd_dir")
-  speakers = config.data.get("fsdd_speakers", {}).get(split, ())
+    raise FileNotFoundError(f"no FSDD recordings ({{digit}}_{{speaker}}_{{take}}.wav) in {folder}; "
+                            "set --config.data.fsdd_dir (or --fsdd_dir)")
   for path in files:
     match = _FSDD_NAME.match(os.path.basename(path))
     if not match:

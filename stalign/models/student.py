@@ -162,18 +162,21 @@ class Student(nnx.Module):
     x = (features * real[..., None]).reshape(batch, length // self.subsample, mels * self.subsample)
     x = self.frontend(self.input_norm(x)) + _sinusoids(x.shape[1], self.frontend.out_features)
     x = constrain(self.dropout(x, rngs=rngs) * mask[..., None], "batch", "length", None)
-    ctc_hidden = x
-    for i, block in enumerate(self.blocks):
-      x = block(x, mask, rngs)
-      if i == self.ctc_layer:
-        ctc_hidden = x
+    hidden = [x]
+    for block in self.blocks:
+      hidden.append(block(x := hidden[-1], mask, rngs))
+    x = hidden[-1]
+    ctc_hidden = hidden[self.ctc_layer + 1]
+    mean_weights = mask / jnp.maximum(mask.sum(axis=1, keepdims=True), 1)
     if self.pool_score is None:
-      weights = mask / jnp.maximum(mask.sum(axis=1, keepdims=True), 1)
+      weights = mean_weights
     else:
       scores = jnp.where(mask, self.pool_score(x)[..., 0], -1e9)
       weights = jax.nn.softmax(scores, axis=1) * mask
     pooled = jnp.einsum("bt,btd->bd", weights, x)
     embedding = self.pool_out(nnx.gelu(self.pool_hidden(pooled)))
     ctc_logits = self.ctc_head(ctc_hidden).reshape(batch, -1, self.vocab_size)
-    return {"embedding": embedding, "ctc_logits": ctc_logits,
+    # Mean-pooled front end and block outputs, for layer-wise probes (unused ones are pruned by jit).
+    layers = jnp.stack([jnp.einsum("bt,btd->bd", mean_weights, h) for h in hidden])
+    return {"embedding": embedding, "ctc_logits": ctc_logits, "layers": layers,
             "ctc_mask": jnp.repeat(mask, self.ctc_upsample, axis=1), "mask": mask}

@@ -53,3 +53,13 @@ def test_depthwise_conv_equals_grouped_convolution():
         x, m.kernel[...][:, None, :], (1,), [((kernel - 1) // 2, kernel // 2)],
         dimension_numbers=("NWC", "WIO", "NWC"), feature_group_count=8) + m.bias[...]
     np.testing.assert_allclose(m(x), ref, atol=1e-5)
+
+
+def test_layers_are_mean_pooled_block_outputs_that_the_head_reads():
+  c, model = _model()
+  feats = np.random.default_rng(0).standard_normal((3, 96, 80)).astype(np.float32)
+  out = model(feats, np.array([96, 50, 9]))
+  assert out["layers"].shape == (c.model.depth + 1, 3, c.model.dim)
+  # With mean pooling the utterance head reads exactly the last pooled layer.
+  np.testing.assert_allclose(model.pool_out(nnx.gelu(model.pool_hidden(out["layers"][-1]))),
+                             out["embedding"], atol=1e-5)
