@@ -100,10 +100,12 @@ def test_nonfinite_updates_are_skipped_then_the_run_stops(prepared_config, tmp_p
   assert not os.path.exists(os.path.join(tmp_path, "nan", "checkpoints", "3"))
 
 
-EIGHT_DEVICE_SCRIPT = """
+DRIVER = """
 import json, sys
 sys.path.insert(0, {repo!r}); sys.path.insert(0, {tests!r})
 import jax
+if {process_id} >= 0:
+  jax.distributed.initialize("127.0.0.1:{port}", num_processes=2, process_id={process_id})
 from stalign import train
 import testdata
 c = testdata.tiny_config({data!r})
@@ -111,23 +113,47 @@ c.data.manifests = {manifests!r}
 c.train.steps, c.train.log_every = 6, 1
 c.train.checkpoint_every = 100
 train.train_and_evaluate(c, {workdir!r})
-print(jax.device_count())
+print(jax.device_count(), jax.process_count())
 """
+
+
+def _driver(config, workdir, process_id=-1, port=0):
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  return DRIVER.format(repo=repo, tests=os.path.join(repo, "tests"), data=config.data_dir,
+                       workdir=workdir, manifests=dict(config.data.manifests),
+                       process_id=process_id, port=port)
 
 
 @pytest.mark.slow
 def test_eight_devices_match_one_device(prepared_config, tmp_path):
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   runs = {}
   for devices in (1, 8):
     workdir = str(tmp_path / f"d{devices}")
-    script = EIGHT_DEVICE_SCRIPT.format(repo=repo, tests=os.path.join(repo, "tests"),
-                                        data=prepared_config.data_dir, workdir=workdir,
-                                        manifests=dict(prepared_config.data.manifests))
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
-                         timeout=300)
+    out = subprocess.run([sys.executable, "-c", _driver(prepared_config, workdir)], env=env,
+                         capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.strip().splitlines()[-1] == str(devices)
+    assert out.stdout.strip().splitlines()[-1] == f"{devices} 1"
     runs[devices] = [h["loss"] for h in _history(workdir)["history"]]
   np.testing.assert_allclose(runs[1], runs[8], rtol=2e-4)
+
+
+@pytest.mark.slow
+def test_two_processes_train_together(prepared_config, tmp_path):
+  """Two CPU processes joined by jax.distributed on localhost: one mesh, one checkpoint."""
+  import socket
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  workdir = str(tmp_path / "two")
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  procs = [subprocess.Popen([sys.executable, "-c", _driver(prepared_config, workdir, i, port)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for i in range(2)]
+  outs = [p.communicate(timeout=400) for p in procs]
+  for p, (stdout, stderr) in zip(procs, outs):
+    assert p.returncode == 0, stderr[-3000:]
+    assert stdout.strip().splitlines()[-1] == "2 2"
+  losses = [h["loss"] for h in _history(workdir)["history"]]
+  assert len(losses) == 6 and np.isfinite(losses).all()
+  assert os.path.isdir(os.path.join(workdir, "checkpoints", "6"))
