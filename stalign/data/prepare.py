@@ -1,4 +1,5 @@
 """Builds every split's TFRecords from the configured source, once, then adds teacher embeddings."""
+import itertools
 import os
 
 from absl import logging
@@ -32,7 +33,10 @@ def prepare(config: ml_collections.ConfigDict) -> dict:
       logging.info("split %s: reusing %d examples in %s", split, summaries[split]["written"],
                    config.data_dir)
       continue
-    summaries[split] = tfrecords.write_split(source(config, split), config, split,
-                                             config.data.num_shards)
+    examples = source(config, split)
+    if split == "train" and config.data.train_extra:
+      extra = [sources.get(name)(config, split) for name in config.data.train_extra]
+      examples = itertools.chain(examples, *extra)  # The reader's shuffle mixes them.
+    summaries[split] = tfrecords.write_split(examples, config, split, config.data.num_shards)
   precompute.precompute(config, splits(config))
   return summaries

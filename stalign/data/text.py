@@ -54,17 +54,21 @@ def normalize(text: str) -> str:
   return _SPACES.sub(" ", text).strip()
 
 
+def _to_ids(tokens: Sequence[str], table: dict[str, int], text: str, unknown: str,
+            fix: str) -> np.ndarray:
+  """Token sequence -> int32 label ids; unknown tokens or an empty result name the transcript."""
+  missing = sorted({t for t in tokens if t not in table})
+  if missing:
+    raise TranscriptError(f"{unknown} {missing!r} in {text!r}; {fix}")
+  if not tokens:
+    raise TranscriptError(f"transcript {text!r} is empty after normalisation")
+  return np.array([table[t] for t in tokens], np.int32)
+
+
 def encode(text: str) -> np.ndarray:
   """Normalised transcript -> int32 CTC label ids (never containing BLANK)."""
-  norm = normalize(text)
-  unknown = sorted({ch for ch in norm if ch not in _CHAR_TO_ID})
-  if unknown:
-    raise TranscriptError(
-        f"characters outside the CTC alphabet {unknown!r} in {text!r}; "
-        "spell numbers and symbols out as words")
-  if not norm:
-    raise TranscriptError(f"transcript {text!r} is empty after normalisation")
-  return np.array([_CHAR_TO_ID[ch] for ch in norm], np.int32)
+  return _to_ids(list(normalize(text)), _CHAR_TO_ID, text,
+                 "characters outside the CTC alphabet", "spell numbers and symbols out as words")
 
 
 def phonemize(text: str) -> list[str]:
@@ -80,15 +84,9 @@ def phonemize(text: str) -> list[str]:
 
 def encode_phonemes(text: str) -> np.ndarray:
   """Transcript -> int32 phoneme CTC label ids (never containing BLANK)."""
-  tokens = phonemize(text)
-  unknown = sorted({p for p in tokens if p not in _PHONEME_TO_ID})
-  if unknown:
-    raise TranscriptError(
-        f"phonemes outside the inventory {unknown!r} in {text!r}; "
-        "espeak-ng read part of it as another language or an odd spelling")
-  if not tokens:
-    raise TranscriptError(f"transcript {text!r} has no phonemes")
-  return np.array([_PHONEME_TO_ID[p] for p in tokens], np.int32)
+  return _to_ids(phonemize(text), _PHONEME_TO_ID, text,
+                 "phonemes outside the inventory",
+                 "espeak-ng read part of it as another language or an odd spelling")
 
 
 def encode_targets(text: str, kind: str) -> np.ndarray:
