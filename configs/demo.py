@@ -66,7 +66,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Frozen teacher (stalign/teacher.py); "" = packaged all-MiniLM-L6-v2.
   c.teacher = ml_collections.ConfigDict()
   c.teacher.path = ""
-  c.teacher.batch_size = 256
+  c.teacher.batch_size = 64  # Faster than 256 on CPU (bench/README.md); raise it on accelerators.
   c.teacher.max_tokens = 64
 
   # Student (stalign/models/student.py).

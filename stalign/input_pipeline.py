@@ -78,14 +78,21 @@ def _bucketed(ds: tf.data.Dataset, config: ml_collections.ConfigDict, batch_size
       pad_to_bucket_boundary=False,
       padded_shapes=None,
       drop_remainder=drop_remainder,
-  ).map(lambda b: _pad_frames(b, lengths))
+  ).map(lambda b: _pad_to_bucket(b, lengths, config.model))
 
 
-def _pad_frames(batch: dict, lengths: tuple[int, ...]) -> dict:
-  """Pads the time axis up to the smallest bucket length that holds the batch."""
+def _pad_to_bucket(batch: dict, lengths: tuple[int, ...], model: ml_collections.ConfigDict) -> dict:
+  """Pads the time axis up to the smallest bucket length that holds the batch.
+
+  CTC targets are cut to the most labels that bucket's frames can align
+  (longer ones are masked out of the loss anyway): the CTC lattice, and its
+  cost, scale with the label axis, so short buckets stay cheap.
+  """
   frames = tf.shape(batch["features"])[1]
   target = tf.reduce_min(tf.boolean_mask(lengths, tf.constant(lengths) >= frames))
   batch["features"] = tf.pad(batch["features"], [[0, 0], [0, target - frames], [0, 0]])
+  max_labels = target // model.subsample * model.ctc_upsample
+  batch["ctc_labels"] = batch["ctc_labels"][:, :max_labels]
   return batch
 
 

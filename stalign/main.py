@@ -34,6 +34,9 @@ _COORDINATOR = flags.DEFINE_string(
     "host:port of process 0 for multi-process runs on CPU/GPU (TPU pods find it themselves).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
+_COMPILATION_CACHE = flags.DEFINE_string(
+    "compilation_cache", os.path.expanduser("~/.cache/stalign/jax"),
+    "Persistent XLA compilation cache: a rerun skips recompiling each bucket shape. '' disables it.")
 
 
 def _save_config(config, workdir: str) -> None:
@@ -46,6 +49,8 @@ def _save_config(config, workdir: str) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}; settings go in --config.KEY=VALUE")
+  if _COMPILATION_CACHE.value and not jax.config.jax_compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir", _COMPILATION_CACHE.value)
   if _COORDINATOR.value:
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   config, workdir = _CONFIG.value, _WORKDIR.value
