@@ -26,6 +26,7 @@ import numpy as np
 
 from stalign import checkpoints
 from stalign import input_pipeline
+from stalign import losses
 from stalign import precompute
 from stalign import train
 from stalign.data import audio
@@ -73,9 +74,7 @@ def _ancestors(path: str) -> list[str]:
 
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
   """[len(a), len(b)] cosine similarities."""
-  a = a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
-  b = b / np.maximum(np.linalg.norm(b, axis=-1, keepdims=True), 1e-12)
-  return a @ b.T
+  return losses.unit(np.asarray(a)) @ losses.unit(np.asarray(b)).T
 
 
 class Model:

@@ -7,15 +7,18 @@ telling utterances apart, which is what retrieval measures.
 """
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 
-def _unit(x: jax.Array) -> jax.Array:
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-6)
+def unit(x):
+  """Rows scaled to unit length; numpy in, numpy out (evaluators), jax in, jax out (training)."""
+  xp = jnp if isinstance(x, jax.Array) else np
+  return x / xp.maximum(xp.linalg.norm(x, axis=-1, keepdims=True), 1e-6)
 
 
 def cosine_distillation(student: jax.Array, target: jax.Array, weights: jax.Array) -> jax.Array:
-  cos = jnp.sum(_unit(student) * _unit(target), axis=-1)
+  cos = jnp.sum(unit(student) * unit(target), axis=-1)
   return jnp.sum((1.0 - cos) * weights) / jnp.maximum(weights.sum(), 1)
 
 
@@ -31,7 +34,7 @@ def info_nce(student: jax.Array, target: jax.Array, log_temperature: jax.Array,
   Utterances of the same transcript are all positives for each other (soft
   targets), so repeated sentences in a batch are not pushed apart.
   """
-  s, t = _unit(student), _unit(target)
+  s, t = unit(student), unit(target)
   logits = s @ t.T / jnp.exp(log_temperature)
   same = (t @ t.T > 0.9999) & (weights[:, None] > 0) & (weights[None, :] > 0)
   targets = same / jnp.maximum(same.sum(axis=1, keepdims=True), 1)

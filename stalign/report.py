@@ -14,6 +14,8 @@ matplotlib.use("Agg")  # Files only: reports are written on headless machines.
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from stalign.losses import unit  # noqa: E402
+
 SCHEMA_VERSION = 1
 HEADLINE_PROBES = ("intent", "topic", "digit", "voice")  # Shown in the headline when present.
 SIMILARITY_SAMPLE = 32
@@ -89,14 +91,11 @@ def _markdown(workdir: str, results: dict) -> str:
   return "\n".join(parts)
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-  return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
 
 def similarity_figure(emb) -> plt.Figure:
   """Cosine of the first utterances (rows) with their own transcripts (columns): pairs on the diagonal."""
   n = min(SIMILARITY_SAMPLE, len(emb.speech))
-  sim = _unit(emb.speech[:n]) @ _unit(emb.paired_text[:n]).T
+  sim = unit(emb.speech[:n]) @ unit(emb.paired_text[:n]).T
   fig, ax = plt.subplots(figsize=(6, 5))
   im = ax.imshow(sim, cmap="viridis")
   fig.colorbar(im, ax=ax, label="cosine")
@@ -115,7 +114,7 @@ def pca_2d(x: np.ndarray) -> np.ndarray:
 
 def pca_figure(emb) -> plt.Figure:
   """Both modalities in one PCA map (fit on both): the modality gap and the pairing, at a glance."""
-  speech, text = _unit(emb.speech), _unit(emb.paired_text)
+  speech, text = unit(emb.speech), unit(emb.paired_text)
   xy = pca_2d(np.concatenate([speech, text]))
   s, t = xy[:len(speech)], xy[len(speech):]
   fig, ax = plt.subplots(figsize=(6, 5))

@@ -65,11 +65,16 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
   return optax.apply_if_finite(tx, max_consecutive_errors=t.max_nonfinite_steps + 1)
 
 
+def targets(batch: dict, target_mean: jax.Array, loss_config: ml_collections.ConfigDict) -> jax.Array:
+  """What the student's embedding is pulled towards: the teacher's, centred or raw."""
+  return batch["teacher"] - target_mean if loss_config.centre_targets else batch["teacher"]
+
+
 def compute_losses(outputs: dict, batch: dict, target_mean: jax.Array,
                    loss_config: ml_collections.ConfigDict, log_temperature: jax.Array) -> tuple:
   """Weighted sum of the loss parts, and each part for logging."""
   weights = batch["weight"]
-  target = batch["teacher"] - target_mean if loss_config.centre_targets else batch["teacher"]
+  target = targets(batch, target_mean, loss_config)
   parts = {}
   if loss_config.distill == "cosine":
     parts["distill"] = losses.cosine_distillation(outputs["embedding"], target, weights)
@@ -152,15 +157,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # ------------------------------------------------------------ update step
   base_rng = jax.random.key(config.seed)
+  data_sharding = sharding.batch_sharding(mesh)
+  compute_dtype = jnp.dtype(config.train.compute_dtype)
   spec = config.train.spec_augment
 
   def _augment(features, num_frames, rng):
     if not (spec.freq_masks or spec.time_masks):
       return features
     return features_lib.spec_augment(features, num_frames, rng, **spec)
-  data_sharding = sharding.batch_sharding(mesh)
-
-  compute_dtype = jnp.dtype(config.train.compute_dtype)
 
   def loss_fn(params, batch, rng, train):
     model = nnx.merge(graphdef, jax.tree.map(lambda p: p.astype(compute_dtype), params))
@@ -183,8 +187,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     (loss, (parts, outputs)), grads = grad_fn(state["params"], batch, rng, True)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
-    teacher_cos = jnp.sum(losses._unit(outputs["embedding"]) *
-                          losses._unit(batch["teacher"] - target_mean), -1).mean()
+    teacher_cos = jnp.sum(losses.unit(outputs["embedding"]) *
+                          losses.unit(targets(batch, target_mean, config.loss)), -1).mean()
     metrics = {"loss": loss, **{f"loss_{k}": v for k, v in parts.items()},
                "grad_norm": optax.global_norm(grads), "param_norm": optax.global_norm(params),
                "cosine_to_target": teacher_cos,

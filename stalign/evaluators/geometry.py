@@ -21,12 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from stalign.evaluators import Embeddings, register
+from stalign.losses import unit
 
 MAX_UNIFORMITY_ROWS = 4096  # Pairwise terms are O(N^2) memory: larger sets are subsampled.
-
-
-def unit(x: jax.Array) -> jax.Array:
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 @jax.jit

@@ -11,12 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from stalign.evaluators import Embeddings, register
+from stalign.losses import unit
 
 KS = (1, 5, 10)
 
-
-def _unit(x: np.ndarray) -> np.ndarray:
-  return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 @jax.jit
@@ -30,7 +28,7 @@ def _count_block(queries, positive_score, gallery, gallery_ids, query_ids, galle
 def ranks(queries: np.ndarray, query_ids: np.ndarray, gallery: np.ndarray,
           gallery_ids: np.ndarray, block: int = 1024) -> np.ndarray:
   """1-based rank of each query's best-scoring correct gallery item (ids equal = correct)."""
-  queries, gallery = _unit(queries).astype(np.float32), _unit(gallery).astype(np.float32)
+  queries, gallery = unit(queries).astype(np.float32), unit(gallery).astype(np.float32)
   positive = np.full(len(queries), -np.inf, np.float32)
   for g in range(0, len(gallery), block):
     s = queries @ gallery[g:g + block].T
@@ -73,12 +71,12 @@ def evaluate(emb: Embeddings) -> dict:
   s2t["gallery"] = len(emb.text)
   t2s = summarize(ranks(emb.text, text_ids, emb.speech, speech_ids))
   t2s["gallery"] = len(emb.speech)
-  speech, text = _unit(emb.speech), _unit(emb.text)
+  speech, text = unit(emb.speech), unit(emb.text)
   paired = np.sum(speech * text[speech_ids], axis=1)
   rng = np.random.default_rng(0)
   others = (speech_ids + rng.integers(1, len(text), len(speech_ids))) % len(text)
   unpaired = np.sum(speech * text[others], axis=1)
-  raw = _unit(emb.raw_text)
+  raw = unit(emb.raw_text)
   sim = raw @ raw.T
   np.fill_diagonal(sim, -np.inf)
   return {

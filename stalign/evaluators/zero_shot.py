@@ -14,27 +14,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from stalign.losses import unit
+
 TEMPLATES = ("{}", "the speaker says {}", "a recording of someone saying {}")
 
-
-def _unit(x: np.ndarray) -> np.ndarray:
-  return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 def class_embeddings(embed_text: Callable[[list[str]], np.ndarray], descriptions: Sequence[str],
                      templates: Sequence[str] = TEMPLATES) -> np.ndarray:
   """[C, D] unit class embeddings, each the renormalised mean over its prompt templates."""
   prompts = [t.format(d) for d in descriptions for t in templates]
-  e = _unit(embed_text(prompts)).reshape(len(descriptions), len(templates), -1)
-  return _unit(e.mean(axis=1))
+  e = unit(embed_text(prompts)).reshape(len(descriptions), len(templates), -1)
+  return unit(e.mean(axis=1))
 
 
 @jax.jit
 def predict(speech: jax.Array, classes: jax.Array) -> jax.Array:
   """[N] index of the class with the highest cosine to each utterance."""
-  s = speech / jnp.maximum(jnp.linalg.norm(speech, axis=-1, keepdims=True), 1e-12)
-  c = classes / jnp.maximum(jnp.linalg.norm(classes, axis=-1, keepdims=True), 1e-12)
-  return jnp.argmax(s @ c.T, axis=1)
+  return jnp.argmax(unit(speech) @ unit(classes).T, axis=1)
 
 
 def evaluate(speech: np.ndarray, targets: np.ndarray, classes: np.ndarray, names: Sequence[str],
