@@ -229,6 +229,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   valid_refs = [list(labels[:n]) for labels, n, w in zip(
       valid_batch["ctc_labels"], valid_batch["num_labels"], valid_batch["weight"]) if w]
 
+  def run_evaluators(params, step: int) -> dict:
+    """The configured evaluators on the valid split, as flat scalars for TensorBoard."""
+    from stalign import api, evaluate, evaluators  # They import this module.
+    host_params = multihost_utils.process_allgather(params, tiled=True)  # Global values.
+    emb = evaluate.embed_split(api.Model(config, graphdef, host_params, target_mean, step), "valid")
+    results = {name: evaluators.get(name)(emb) for name in config.eval.during_training}
+    return {f"valid/{k}": v for k, v in _flatten(results).items() if isinstance(v, (int, float))}
+
   # SIGTERM (preemption, scheduler) asks for a save at the next step boundary.
   preempted = {"flag": False}
   previous_handler = signal.signal(signal.SIGTERM, lambda *_: preempted.update(flag=True))
@@ -284,6 +292,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       history.append({"step": step, **metrics})
       last_metrics = metrics
       t_window, utts_window, secs_window = time.perf_counter(), 0, 0.0
+
+    if config.eval.every_steps and step % config.eval.every_steps == 0:
+      t0 = time.perf_counter()
+      writer.write_scalars(step, run_evaluators(state["params"], step))
+      t_window += time.perf_counter() - t0  # Throughput counts training time only.
 
     stop = preempted["flag"]
     if jax.process_count() > 1:

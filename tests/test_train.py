@@ -157,3 +157,17 @@ def test_two_processes_train_together(prepared_config, tmp_path):
   losses = [h["loss"] for h in _history(workdir)["history"]]
   assert len(losses) == 6 and np.isfinite(losses).all()
   assert os.path.isdir(os.path.join(workdir, "checkpoints", "6"))
+
+
+def test_evaluators_run_during_training_and_reach_tensorboard(prepared_config, tmp_path):
+  import glob
+  import tensorflow as tf
+  c = prepared_config.copy_and_resolve_references()
+  c.train.steps, c.eval.every_steps, c.eval.during_training = 6, 3, ("retrieval",)
+  train.train_and_evaluate(c, str(tmp_path / "run"))
+  tags = {}
+  for path in glob.glob(str(tmp_path / "run" / "tensorboard" / "*")):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for value in event.summary.value:
+        tags.setdefault(value.tag, []).append(event.step)
+  assert tags["valid/retrieval.speech_to_text.recall_at_1"] == [3, 6]
