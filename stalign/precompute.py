@@ -38,7 +38,10 @@ def _has_embeddings(shard: str) -> bool:
 
 
 def _texts(files: list[str]) -> list[str]:
-  return [r["text"] for r in tfrecords.iterate_records(files)]
+  """Transcripts only: parsing just this field skips decoding every record's features."""
+  spec = {"text": tf.io.FixedLenFeature([], tf.string)}
+  ds = tf.data.TFRecordDataset(files).map(lambda raw: tf.io.parse_single_example(raw, spec)["text"])
+  return [t.decode() for t in ds.as_numpy_iterator()]
 
 
 def load_teacher(config: ml_collections.ConfigDict) -> teacher_lib.Teacher:

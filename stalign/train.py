@@ -142,6 +142,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # ------------------------------------------------- model, state, sharding
   tx = make_optimizer(config)
+  schedule = make_schedule(config)  # For logging; the optimizer holds its own copy.
   graphdef, abstract_params = nnx.split(nnx.eval_shape(lambda: build_student(config, teacher_dim)))
 
   def init_state():
@@ -278,7 +279,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       elapsed = max(time.perf_counter() - t_window, 1e-9)
       metrics = {k: float(v) for k, v in metrics.items()}
       metrics.update(utterances_per_s=utts_window / elapsed, audio_s_per_s=secs_window / elapsed,
-                     lr=float(make_schedule(config)(step)))
+                     lr=float(schedule(step)))
       with sharding.rules_context(mesh, rules):
         vloss, ids = jit_eval(state["params"], sharding.global_batch(valid_batch, mesh))
       ids = np.asarray(multihost_utils.process_allgather(ids, tiled=True))[:len(valid_refs)]
