@@ -5,16 +5,20 @@ The whole pipeline runs from this one file on a laptop CPU:
   python -m stalign.main --config=configs/demo.py --workdir=runs/demo
 
 `--config=configs/demo.py:tiny` shrinks every size for a quick local run (the
-end-to-end test uses it). Any key can be overridden, e.g.
-`--config.train.steps=200 --config.loss.ctc_weight=0`.
+end-to-end test uses it); `:tiny,seed=3` also sets the seed. Any key can be
+overridden, e.g. `--config.train.steps=200 --config.loss.ctc_weight=0`. Every
+key is declared here with a comment; `stalign.config.validate` checks them all.
 """
 import ml_collections
 
+from stalign import config as config_lib
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  tiny = arg == "tiny"
+  args = config_lib.parse_arg(arg, tiny=False, seed=0)
+  tiny = args.tiny
   c = ml_collections.ConfigDict()
-  c.seed = 0
+  c.seed = args.seed  # Model init, dropout and the input order.
   # Data built once and shared by every run that points at the same folder.
   c.data_dir = "data/tiny" if tiny else "data/demo"
 
@@ -26,6 +30,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.corpus.num_test = 60 if tiny else 600
   c.corpus.num_zero_shot = 40 if tiny else 400
   c.corpus.workers = 0  # 0 = all cores.
+  c.corpus.chunk_size = 64  # Utterances rendered per task; the audio depends on it.
+  # espeak-ng voices, drawn per utterance.
+  c.corpus.voices = (
+      "en-us", "en-us+f2", "en-us+m3", "en-us-nyc", "en-us-nyc+m7", "en", "en+f4", "en+m2",
+      "en-gb-x-rp", "en-gb-x-rp+f3", "en-gb-x-rp+m4", "en-gb-scotland", "en-gb-scotland+f1",
+      "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-029")
   c.corpus.rate = (150, 230)  # espeak words per minute.
   c.corpus.pitch = (30, 70)  # espeak pitch 0..100.
   c.corpus.augment = ml_collections.ConfigDict(
@@ -64,7 +74,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.input.shuffle_buffer = 2_000
   c.input.prefetch = 2
 
-  # Frozen teacher (stalign/teacher.py); "" = packaged all-MiniLM-L6-v2.
+  # Frozen teacher (stalign/models/teacher.py); "" = packaged all-MiniLM-L6-v2.
   c.teacher = ml_collections.ConfigDict()
   c.teacher.path = ""
   c.teacher.batch_size = 64  # Faster than 256 on CPU (bench/README.md); raise it on accelerators.
@@ -134,5 +144,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval.every_steps = 10 if tiny else 0
   c.eval.during_training = ("retrieval", "geometry")
   c.eval.zero_shot = ("synthetic", "fsdd")  # Held-out intents; real spoken digits (data.fsdd_dir).
+  # Prompts a class name is embedded in; class embeddings average over them.
+  c.eval.zero_shot_templates = ("{}", "the speaker says {}", "a recording of someone saying {}")
   c.eval.fsdd_held_out_speakers = ("nicolas",)  # Voices never trained on, reported apart.
   return c

@@ -25,12 +25,13 @@ import ml_collections
 import numpy as np
 
 from stalign import checkpoints
-from stalign import input_pipeline
-from stalign import losses
-from stalign import precompute
-from stalign import train
+from stalign import config as config_lib
+from stalign import utils
 from stalign.data import audio
 from stalign.data import features as features_lib
+from stalign.data import layout
+from stalign.models import student as student_lib
+from stalign.models import teacher as teacher_lib
 
 
 def config_from_workdir(workdir: str) -> ml_collections.ConfigDict:
@@ -58,7 +59,7 @@ def _resolve_data_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
   rel = config.data_dir
   candidates = [rel] + [os.path.join(d, rel) for d in _ancestors(workdir)]
   for c in candidates:
-    if os.path.exists(os.path.join(c, "tfrecords", "teacher_stats.npz")):
+    if os.path.exists(layout.teacher_stats_path(c)):
       return os.path.abspath(c)
   raise FileNotFoundError(f"teacher_stats.npz not found under data_dir={rel!r} (tried {candidates}); "
                           "the run's data folder holds the training mean the embeddings are centred on")
@@ -74,11 +75,15 @@ def _ancestors(path: str) -> list[str]:
 
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
   """[len(a), len(b)] cosine similarities."""
-  return losses.unit(np.asarray(a)) @ losses.unit(np.asarray(b)).T
+  return utils.unit(np.asarray(a)) @ utils.unit(np.asarray(b)).T
 
 
 class Model:
-  """A restored student plus the teacher, embedding speech and text into the same space."""
+  """A restored student plus the teacher, embedding speech and text into the same space.
+
+  `params` and `step` may be replaced (training evaluates its current params
+  this way) without recompiling the forward pass.
+  """
 
   def __init__(self, config: ml_collections.ConfigDict, graphdef, params, target_mean: np.ndarray,
                step: int | None = None):
@@ -88,8 +93,6 @@ class Model:
     self.step = step
     self.target_mean = target_mean if config.loss.centre_targets else np.zeros_like(target_mean)
     self._forward = jax.jit(self._apply)
-    fcfg = config.features
-    self._log_mel = jax.jit(lambda w: features_lib.log_mel(w, fcfg))
 
   def _apply(self, params, feats, num_frames):
     model = nnx.merge(self.graphdef, params)
@@ -100,7 +103,7 @@ class Model:
   @functools.cached_property
   def teacher(self):
     """Loaded on first use: embedding speech alone never needs it."""
-    return precompute.load_teacher(self.config)
+    return teacher_lib.from_config(self.config)
 
   def embed_text(self, texts: Sequence[str]) -> np.ndarray:
     """[N, D] teacher embeddings, centred as the student's targets were."""
@@ -108,11 +111,7 @@ class Model:
 
   def features(self, waveform: np.ndarray) -> np.ndarray:
     """Log-mel frames of a model-rate waveform, exactly as the TFRecord writer stores them."""
-    rate = self.config.features.sample_rate
-    _, hop = features_lib.frame_params(self.config.features)
-    padded = -(-waveform.size // rate) * rate  # Whole seconds: few compiled shapes.
-    feats = np.asarray(self._log_mel(np.pad(waveform, (0, padded - waveform.size))))
-    return feats[:features_lib.num_frames(waveform.size, hop)].astype(np.float16)
+    return features_lib.featurize(waveform, self.config.features)
 
   def load_waveform(self, item, sample_rate: int = 16_000) -> np.ndarray:
     """A path or an in-memory waveform -> checked mono audio at the model's rate."""
@@ -136,14 +135,13 @@ class Model:
     """
     batch_size = self.config.eval.batch_size
     lengths = np.array([len(f) for f in feats])
-    buckets = input_pipeline.bucket_lengths(self.config)
-    sub = self.config.model.subsample
+    buckets = features_lib.bucket_lengths(self.config)
     order = np.argsort(lengths, kind="stable")
     emb, layers = [None] * len(feats), [None] * len(feats)
     for start in range(0, len(order), batch_size):
       index = order[start:start + batch_size]
       longest = lengths[index[-1]]
-      padded = next((b for b in buckets if b >= longest), -(-longest // sub) * sub)
+      padded = features_lib.padded_length(longest, buckets, self.config.model.subsample)
       x = np.zeros((batch_size, padded, self.config.features.num_mels), np.float32)
       for row, i in enumerate(index):
         x[row, :lengths[i]] = feats[i]
@@ -171,11 +169,11 @@ def load(path: str, step: int | None = None,
     A `Model` whose `embed_speech` and `embed_text` share one space.
   """
   workdir, path_step = _split_path(path)
-  config = config or config_from_workdir(workdir)
+  config = config_lib.validate(config or config_from_workdir(workdir))
   config = ml_collections.ConfigDict(config.to_dict())  # Unlocked copy: data_dir may be resolved.
   config.data_dir = _resolve_data_dir(config, workdir)
-  dim, mean = train.teacher_stats(config)
-  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: train.build_student(config, dim)))
+  dim, mean = layout.read_teacher_stats(config.data_dir)
+  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: student_lib.build(config, dim)))
   params, step = checkpoints.restore_params(workdir, abstract, step if step is not None else path_step)
   logging.info("loaded %s step %d", workdir, step)
   return Model(config, graphdef, params, mean, step)

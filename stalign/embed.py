@@ -21,6 +21,7 @@ from absl import logging
 import numpy as np
 
 from stalign import api
+from stalign import cli
 from stalign.data import audio
 from stalign.data import sources
 
@@ -99,4 +100,4 @@ if __name__ == "__main__":
   flags.DEFINE_string("output", None, "out.parquet (one row per file) or out.npy (+ out.json index).")
   flags.DEFINE_integer("step", None, "Checkpoint step; default the latest.")
   flags.mark_flags_as_required(["workdir", "input", "output"])
-  app.run(main)
+  cli.run(main)

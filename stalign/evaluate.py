@@ -3,6 +3,9 @@ r"""Evaluates a trained run: embeds a split once, runs the evaluators, zero-shot
   python -m stalign.evaluate --workdir=runs/demo                 # config from runs/demo/config.json
   python -m stalign.evaluate --workdir=runs/demo --step=1000 --fsdd_dir=../shared/data/fsdd
 
+Evaluation only reads: every split it needs is built by the data stage
+(`python -m stalign.main ... --stages=data`).
+
 Sections of the report (schema: docs/report_schema.md):
   retrieval, geometry, probing   evaluators named in `eval.evaluators`, on `eval.split`;
   zero_shot.synthetic            held-out intents of the corpus's `zero_shot` split, classified by
@@ -19,35 +22,26 @@ import os
 from absl import app
 from absl import flags
 from absl import logging
-from flax import nnx
 import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
 from stalign import api
-from stalign import checkpoints
+from stalign import cli
+from stalign import config as config_lib
+from stalign import data
 from stalign import evaluators
 from stalign import report
-from stalign import train
+from stalign.data import grammar
+from stalign.data import layout
 from stalign.data import sources
 from stalign.data import tfrecords
 from stalign.evaluators import zero_shot
 
-ZERO_SHOT_DATASETS = ("synthetic", "fsdd")
-FSDD_HELD_OUT_SPEAKERS = ("nicolas",)
-
-
-def load_student(config: ml_collections.ConfigDict, workdir: str):
-  """(graphdef, params) of the latest checkpoint in `workdir`."""
-  dim, _ = train.teacher_stats(config)
-  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: train.build_student(config, dim)))
-  params, _ = checkpoints.restore_params(workdir, abstract)
-  return graphdef, params
-
 
 def embed_split(model: api.Model, split: str) -> evaluators.Embeddings:
   """Every record of `split`, in file order, with its transcript, labels and pooled layers."""
-  records = list(tfrecords.iterate_records(tfrecords.list_shards(model.config.data_dir, split)))
+  records = list(tfrecords.iterate_records(layout.list_shards(model.config.data_dir, split)))
   speech, layers = model.embed_features([r["features"] for r in records])
   texts = [r["text"] for r in records]
   gallery, first, index = np.unique(np.array(texts), return_index=True, return_inverse=True)
@@ -61,26 +55,14 @@ def embed_split(model: api.Model, split: str) -> evaluators.Embeddings:
       layers=layers)
 
 
-def _ensure_zero_shot_split(config: ml_collections.ConfigDict) -> None:
-  """Writes the corpus's `zero_shot` TFRecords on first use (features only: no teacher needed)."""
-  if os.path.exists(tfrecords.summary_path(config.data_dir, "zero_shot")):
-    return
-  logging.info("writing the zero_shot split's TFRecords under %s", config.data_dir)
-  tfrecords.write_split(sources.get("synthetic")(config, "zero_shot"), config, "zero_shot",
-                        config.data.num_shards)
-
-
 def zero_shot_synthetic(model: api.Model) -> dict:
   """Held-out intents against their descriptions: among the held-out ones, and among all intents."""
-  from stalign.data import corpus  # Needs espeak-ng only when the corpus is built.
-  config = model.config
-  _ensure_zero_shot_split(config)
-  emb = embed_split(model, "zero_shot")
-  templates = config.eval.get("zero_shot_templates", zero_shot.TEMPLATES)
-  descriptions = corpus.intent_descriptions()
+  emb = embed_split(model, data.ZERO_SHOT_SPLIT)
+  templates = model.config.eval.zero_shot_templates
+  descriptions = grammar.intent_descriptions()
   intents = [d["intent"] for d in emb.labels]
   out = {}
-  for name, names in (("held_out", sorted(corpus.HELD_OUT_INTENTS)),
+  for name, names in (("held_out", sorted(grammar.HELD_OUT_INTENTS)),
                       ("all_intents", sorted(descriptions))):
     classes = zero_shot.class_embeddings(model.embed_text, [descriptions[n] for n in names], templates)
     out[name] = zero_shot.evaluate(emb.speech, np.array([names.index(i) for i in intents]), classes,
@@ -96,7 +78,7 @@ def zero_shot_fsdd(model: api.Model, fsdd_dir: str, held_out: tuple[str, ...]) -
   speech = model.embed_speech([ex["audio_filepath"] for ex in examples])
   digits = np.array([ex["labels"]["digit"] for ex in examples])
   speakers = [ex["labels"]["speaker"] for ex in examples]
-  templates = model.config.eval.get("zero_shot_templates", zero_shot.TEMPLATES)
+  templates = model.config.eval.zero_shot_templates
   classes = zero_shot.class_embeddings(model.embed_text, list(sources.DIGIT_WORDS), templates)
   out = zero_shot.evaluate(speech, digits, classes, list(sources.DIGIT_WORDS), groups=speakers)
   held = np.isin(speakers, held_out)
@@ -118,16 +100,16 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, step: int | None =
   for name in evaluator_names or config.eval.evaluators:
     logging.info("running evaluator %s", name)
     results[name] = evaluators.get(name)(emb)
-  datasets = config.eval.get("zero_shot", ZERO_SHOT_DATASETS)
+  datasets = config.eval.zero_shot
   results["zero_shot"] = {}
   if "synthetic" in datasets and config.data.source == "synthetic":
     logging.info("zero-shot: synthetic held-out intents")
     results["zero_shot"]["synthetic"] = zero_shot_synthetic(model)
-  fsdd_dir = fsdd_dir or (config.data.get("fsdd_dir") if "fsdd" in datasets else None)
+  fsdd_dir = fsdd_dir or (config.data.fsdd_dir if "fsdd" in datasets else None)
   if fsdd_dir and os.path.isdir(os.path.join(fsdd_dir, "recordings")):
     logging.info("zero-shot: FSDD digits in %s", fsdd_dir)
-    held_out = tuple(config.eval.get("fsdd_held_out_speakers", FSDD_HELD_OUT_SPEAKERS))
-    results["zero_shot"]["fsdd"] = zero_shot_fsdd(model, fsdd_dir, held_out)
+    results["zero_shot"]["fsdd"] = zero_shot_fsdd(model, fsdd_dir,
+                                                  tuple(config.eval.fsdd_held_out_speakers))
   report.write(workdir, results, emb)
   return results
 
@@ -136,7 +118,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   f = flags.FLAGS
-  config = f.config or api.config_from_workdir(f.workdir)
+  config = config_lib.validate(f.config or api.config_from_workdir(f.workdir))
   results = evaluate(config, f.workdir, f.step, f.fsdd_dir, tuple(f.evaluators or ()) or None)
   print(report.headline(results))
   fsdd = results["zero_shot"].get("fsdd")
@@ -161,4 +143,4 @@ if __name__ == "__main__":
       "evaluators", None, "Evaluators to run on eval.split (retrieval, geometry, probing); default the "
       "config's eval.evaluators.")
   flags.mark_flags_as_required(["workdir"])
-  app.run(main)
+  cli.run(main)

@@ -10,30 +10,27 @@ checkpoint and resume at exactly the next batch.
 import collections
 from collections.abc import Iterator
 
+from absl import logging
 import jax
 import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from stalign.data import tfrecords
-
-# Data loading must not grab the accelerator memory or threads the step needs.
-tf.config.set_visible_devices([], "GPU")
+from stalign.data import features
+from stalign.data import layout
 
 
-def bucket_lengths(config: ml_collections.ConfigDict) -> tuple[int, ...]:
-  """Padded lengths in feature frames; the last one fits the longest allowed utterance."""
-  hop_ms = config.features.hop_ms
-  longest = int(config.features.max_seconds * 1000 / hop_ms) + 1
-  lengths = sorted({*config.input.bucket_boundaries, longest})
-  lengths = [b for b in lengths if b <= longest]
-  sub = config.model.subsample
-  return tuple(-(-b // sub) * sub for b in lengths)  # Multiples of the frame stacking.
+def _keep_tf_off_accelerators() -> None:
+  """Data loading must not grab the accelerator memory or threads the step needs."""
+  try:
+    tf.config.set_visible_devices([], "GPU")
+  except RuntimeError:  # TF already initialised its devices in this process.
+    logging.warning("TensorFlow was initialised before the input pipeline; it may use the GPU")
 
 
 def max_label_length(config: ml_collections.ConfigDict) -> int:
   """Longest CTC target that the longest bucket could align (longer ones are cut)."""
-  return bucket_lengths(config)[-1] // config.model.subsample * config.model.ctc_upsample
+  return features.ctc_frames(features.bucket_lengths(config)[-1], config.model)
 
 
 def _parse_fn(config: ml_collections.ConfigDict, teacher_dim: int):
@@ -70,7 +67,7 @@ def _parse_fn(config: ml_collections.ConfigDict, teacher_dim: int):
 
 def _bucketed(ds: tf.data.Dataset, config: ml_collections.ConfigDict, batch_size: int,
               drop_remainder: bool) -> tf.data.Dataset:
-  lengths = bucket_lengths(config)
+  lengths = features.bucket_lengths(config)
   return ds.bucket_by_sequence_length(
       element_length_func=lambda ex: ex["num_frames"],
       bucket_boundaries=[b + 1 for b in lengths[:-1]],
@@ -88,10 +85,14 @@ def _pad_to_bucket(batch: dict, lengths: tuple[int, ...], model: ml_collections.
   (longer ones are masked out of the loss anyway): the CTC lattice, and its
   cost, scale with the label axis, so short buckets stay cheap.
   """
+  def padded_sizes(frames):
+    target = features.padded_length(int(frames), lengths, model.subsample)
+    return np.array([target, features.ctc_frames(target, model)], np.int32)
+
   frames = tf.shape(batch["features"])[1]
-  target = tf.reduce_min(tf.boolean_mask(lengths, tf.constant(lengths) >= frames))
+  sizes = tf.numpy_function(padded_sizes, [frames], tf.int32, stateful=False)
+  target, max_labels = sizes[0], sizes[1]
   batch["features"] = tf.pad(batch["features"], [[0, 0], [0, target - frames], [0, 0]])
-  max_labels = target // model.subsample * model.ctc_upsample
   batch["ctc_labels"] = batch["ctc_labels"][:, :max_labels]
   return batch
 
@@ -117,7 +118,8 @@ def train_iterator(config: ml_collections.ConfigDict, split: str, teacher_dim: i
 
   `position = {"epoch": e, "batch": k}` resumes at the (k+1)-th batch of epoch e.
   """
-  files = local_files(tfrecords.list_shards(config.data_dir, split))
+  _keep_tf_off_accelerators()
+  files = local_files(layout.list_shards(config.data_dir, split))
   parse = _parse_fn(config, teacher_dim)
   batch_size = local_batch_size(config.input.batch_size)
   seed = config.seed + 1000 * jax.process_index()
@@ -148,7 +150,8 @@ def eval_batches(config: ml_collections.ConfigDict, split: str, teacher_dim: int
   Evaluation reads all shards on every process: the embeddings are small and
   every process then holds the whole gallery for the metrics.
   """
-  files = tfrecords.list_shards(config.data_dir, split)
+  _keep_tf_off_accelerators()
+  files = layout.list_shards(config.data_dir, split)
   ds = tf.data.TFRecordDataset(files).map(_parse_fn(config, teacher_dim))
   ds = _bucketed(ds, config, batch_size, drop_remainder=False).prefetch(2)
   for batch in ds.as_numpy_iterator():

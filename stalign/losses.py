@@ -10,11 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-
-def unit(x):
-  """Rows scaled to unit length; numpy in, numpy out (evaluators), jax in, jax out (training)."""
-  xp = jnp if isinstance(x, jax.Array) else np
-  return x / xp.maximum(xp.linalg.norm(x, axis=-1, keepdims=True), 1e-6)
+from stalign.data import text as text_lib
+from stalign.utils import unit
 
 
 def cosine_distillation(student: jax.Array, target: jax.Array, weights: jax.Array) -> jax.Array:
@@ -44,23 +41,16 @@ def info_nce(student: jax.Array, target: jax.Array, log_temperature: jax.Array,
   return jnp.sum((s2t + t2s) * 0.5 * weights) / jnp.maximum(weights.sum(), 1)
 
 
-def ctc_alignable(frame_mask: jax.Array, labels: jax.Array, num_labels: jax.Array) -> jax.Array:
-  """CTC needs a frame per label plus a blank between repeated labels; else its loss is infinite."""
-  real = jnp.arange(labels.shape[1])[None, 1:] < num_labels[:, None]
-  repeats = jnp.sum((labels[:, 1:] == labels[:, :-1]) & real, axis=1)
-  return frame_mask.sum(axis=1) >= num_labels + repeats
-
-
 def ctc(logits: jax.Array, frame_mask: jax.Array, labels: jax.Array, num_labels: jax.Array,
         weights: jax.Array) -> jax.Array:
   """optax CTC, averaged per target character over the utterances that can be aligned."""
   label_pad = (jnp.arange(labels.shape[1])[None, :] >= num_labels[:, None]).astype(jnp.float32)
   per_utt = optax.ctc_loss(logits, 1.0 - frame_mask.astype(jnp.float32), labels, label_pad)
-  weights = weights * ctc_alignable(frame_mask, labels, num_labels)
+  weights = weights * text_lib.ctc_alignable(labels, num_labels, frame_mask.sum(axis=1))
   per_utt = jnp.where(weights > 0, per_utt, 0.0)  # Unalignable rows are inf; keep grads finite.
   return jnp.sum(per_utt * weights) / jnp.maximum(jnp.sum(num_labels * weights), 1)
 
 
 def greedy_ctc_ids(logits: jax.Array, frame_mask: jax.Array) -> jax.Array:
-  """Best-path ids per frame (blank=0 in padding); decode with `text.decode_greedy`."""
+  """Best-path ids per frame (blank=0 in padding); `text.collapse` turns them into labels."""
   return jnp.where(frame_mask, jnp.argmax(logits, axis=-1), 0)

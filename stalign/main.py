@@ -6,19 +6,26 @@ r"""stalign's one entry point: data -> teacher embeddings -> training -> evaluat
 
 Every stage is resumable: rerunning the same command reuses finished data,
 resumes training from the workdir's latest checkpoint and rewrites the report.
+Output is a progress bar and one summary line per stage; `--verbosity=0` adds
+the INFO log (resolved config, mesh, batch arithmetic, checkpoints).
 """
 import os
 
-from absl import app
-from absl import flags
-from absl import logging
-import jax
-from ml_collections import config_flags
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Before TensorFlow loads: no C++ INFO lines.
 
-from stalign import evaluate
-from stalign import report
-from stalign import train
-from stalign.data import prepare
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
+import jax  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from stalign import cli  # noqa: E402
+from stalign import config as config_lib  # noqa: E402
+from stalign import evaluate  # noqa: E402
+from stalign import prepare  # noqa: E402
+from stalign import report  # noqa: E402
+from stalign import train  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None,
@@ -53,7 +60,7 @@ def main(argv):
     jax.config.update("jax_compilation_cache_dir", _COMPILATION_CACHE.value)
   if _COORDINATOR.value:
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  config, workdir = _CONFIG.value, _WORKDIR.value
+  config, workdir = config_lib.validate(_CONFIG.value), _WORKDIR.value
   logging.info("process %d of %d, %d local / %d global devices (%s)", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.devices()[0].platform)
@@ -62,11 +69,19 @@ def main(argv):
   unknown = set(_STAGES.value) - {"data", "train", "evaluate"}
   if unknown:
     raise app.UsageError(f"unknown stages {sorted(unknown)}; use data, train, evaluate")
+  is_main = jax.process_index() == 0
   if "data" in _STAGES.value:
-    prepare.prepare(config)
+    summaries = prepare.prepare(config)
+    if is_main:
+      print("data: " + ", ".join(f"{split} {s['written']} utterances ({s['hours']:.2f} h)"
+                                 for split, s in summaries.items()) + f" in {config.data_dir}")
   if "train" in _STAGES.value:
-    train.train_and_evaluate(config, workdir)
-  if "evaluate" in _STAGES.value and jax.process_index() == 0:
+    summary = train.train_and_evaluate(config, workdir)
+    if is_main:
+      valid = ", ".join(f"{k} {v:.3f}" for k, v in summary["valid"].items())
+      print(f"train: step {summary['steps']} of {config.train.steps}"
+            f"{' (preempted: rerun to resume)' if summary['preempted'] else ''}; {valid}")
+  if "evaluate" in _STAGES.value and is_main:
     results = evaluate.evaluate(config, workdir)
     print(report.headline(results))
     print(f"\nreport: {os.path.join(workdir, 'report.md')}")
@@ -74,7 +89,7 @@ def main(argv):
 
 def run():
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  cli.run(main)
 
 
 if __name__ == "__main__":

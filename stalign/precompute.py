@@ -25,8 +25,11 @@ import numpy as np
 import tensorflow as tf
 import tqdm
 
-from stalign import teacher as teacher_lib
+from stalign import cli
+from stalign import utils
+from stalign.data import layout
 from stalign.data import tfrecords
+from stalign.models import teacher as teacher_lib
 
 CHUNK = 4096
 
@@ -44,19 +47,6 @@ def _texts(files: list[str]) -> list[str]:
   return [t.decode() for t in ds.as_numpy_iterator()]
 
 
-def load_teacher(config: ml_collections.ConfigDict) -> teacher_lib.Teacher:
-  """The configured teacher, each batch split over this process's devices.
-
-  Processes embed disjoint chunks, so the mesh holds local devices only: a
-  global one would make every batch wait on the other hosts.
-  """
-  devices = jax.local_devices()
-  mesh = (jax.sharding.Mesh(np.array(devices), ("data",))
-          if len(devices) > 1 else None)
-  return teacher_lib.load_teacher(
-      config.teacher.path, max_tokens=config.teacher.max_tokens, mesh=mesh)
-
-
 def _embed_chunks(texts: list[str], teacher, cache_dir: str, batch_size: int) -> dict[str, np.ndarray]:
   """Embeds `texts` (sorted, distinct) chunk by chunk; finished chunks are reused on restart."""
   os.makedirs(cache_dir, exist_ok=True)
@@ -66,9 +56,8 @@ def _embed_chunks(texts: list[str], teacher, cache_dir: str, batch_size: int) ->
     digest = hashlib.sha1("\n".join(chunks[i]).encode()).hexdigest()[:16]
     path = os.path.join(cache_dir, f"chunk-{i:05d}-{digest}.npy")
     if not os.path.exists(path):
-      with open(path + ".tmp", "wb") as f:
+      with utils.atomic_write(path, "wb") as f:
         np.save(f, teacher.embed(chunks[i], batch_size=batch_size))
-      os.replace(path + ".tmp", path)
   multihost_utils.sync_global_devices("teacher chunks")
   table = {}
   for i, chunk in enumerate(chunks):
@@ -90,15 +79,15 @@ def _rewrite_shard(shard: str, table: dict[str, np.ndarray]) -> int:
 
 def precompute(config: ml_collections.ConfigDict, splits: tuple[str, ...]) -> dict:
   """Adds teacher embeddings to every listed split; returns counts. Idempotent and resumable."""
-  shards = {s: tfrecords.list_shards(config.data_dir, s) for s in splits}
+  shards = {s: layout.list_shards(config.data_dir, s) for s in splits}
   todo = [f for s in splits for f in shards[s] if not _has_embeddings(f)]
-  stats_path = os.path.join(config.data_dir, "tfrecords", "teacher_stats.npz")
+  stats_path = layout.teacher_stats_path(config.data_dir)
   if todo or not os.path.exists(stats_path):
-    teacher = load_teacher(config)
+    teacher = teacher_lib.from_config(config)
     split_texts = {s: _texts(shards[s]) for s in splits}
     texts = sorted(set().union(*split_texts.values()))
     logging.info("teacher %s: %d distinct transcripts to embed", teacher.name, len(texts))
-    table = _embed_chunks(texts, teacher, os.path.join(config.data_dir, "teacher_cache"),
+    table = _embed_chunks(texts, teacher, layout.teacher_cache_dir(config.data_dir),
                           config.teacher.batch_size)
     mine = [f for i, f in enumerate(todo) if i % jax.process_count() == jax.process_index()]
     for shard in tqdm.tqdm(mine, desc="write embeddings", unit="shard"):
@@ -106,8 +95,8 @@ def precompute(config: ml_collections.ConfigDict, splits: tuple[str, ...]) -> di
     if jax.process_index() == 0:
       # Centring targets uses the mean over distinct training transcripts.
       mean = np.mean([table[t] for t in sorted(set(split_texts["train"]))], axis=0)
-      np.savez(stats_path + ".tmp.npz", mean=mean, dim=teacher.dim, name=teacher.name)
-      os.replace(stats_path + ".tmp.npz", stats_path)
+      with utils.atomic_write(stats_path, "wb") as f:
+        np.savez(f, mean=mean, dim=teacher.dim, name=teacher.name)
     # After the stats, so no process goes on to train before they exist.
     multihost_utils.sync_global_devices("teacher shards and stats")
   return verify(config, splits)
@@ -117,8 +106,8 @@ def verify(config: ml_collections.ConfigDict, splits: tuple[str, ...]) -> dict:
   """Every written example holds exactly one embedding, else a RuntimeError that says which."""
   counts = {}
   for split in splits:
-    expected = tfrecords.read_summary(config.data_dir, split)["written"]
-    records = list(tfrecords.iterate_records(tfrecords.list_shards(config.data_dir, split)))
+    expected = layout.read_summary(config.data_dir, split)["written"]
+    records = list(tfrecords.iterate_records(layout.list_shards(config.data_dir, split)))
     missing = [r["id"] for r in records if r["teacher_embedding"] is None]
     if missing or len(records) != expected:
       raise RuntimeError(
@@ -137,4 +126,4 @@ def main(argv):
 if __name__ == "__main__":
   config_flags.DEFINE_config_file("config", None, "Config file (see configs/).", lock_config=True)
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  cli.run(main)

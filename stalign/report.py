@@ -8,13 +8,14 @@ probe accuracies per task and per student layer.
 import json
 import os
 
-import matplotlib
+# Figures are built with matplotlib's object API, not pyplot: no global backend
+# or figure registry, so writing a report works on headless machines and
+# changes nothing for a notebook that imports this module.
+from matplotlib.figure import Figure
+import numpy as np
 
-matplotlib.use("Agg")  # Files only: reports are written on headless machines.
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from stalign.losses import unit  # noqa: E402
+from stalign import utils
+from stalign.utils import unit
 
 SCHEMA_VERSION = 1
 HEADLINE_PROBES = ("intent", "topic", "digit", "voice")  # Shown in the headline when present.
@@ -92,11 +93,16 @@ def _markdown(workdir: str, results: dict) -> str:
 
 
 
-def similarity_figure(emb) -> plt.Figure:
+def _axes(size: tuple[float, float]):
+  fig = Figure(figsize=size)
+  return fig, fig.subplots()
+
+
+def similarity_figure(emb) -> Figure:
   """Cosine of the first utterances (rows) with their own transcripts (columns): pairs on the diagonal."""
   n = min(SIMILARITY_SAMPLE, len(emb.speech))
   sim = unit(emb.speech[:n]) @ unit(emb.paired_text[:n]).T
-  fig, ax = plt.subplots(figsize=(6, 5))
+  fig, ax = _axes((6, 5))
   im = ax.imshow(sim, cmap="viridis")
   fig.colorbar(im, ax=ax, label="cosine")
   ax.set(xlabel="transcript (teacher)", ylabel="utterance (student)",
@@ -112,12 +118,12 @@ def pca_2d(x: np.ndarray) -> np.ndarray:
   return centred @ vt[:2].T
 
 
-def pca_figure(emb) -> plt.Figure:
+def pca_figure(emb) -> Figure:
   """Both modalities in one PCA map (fit on both): the modality gap and the pairing, at a glance."""
   speech, text = unit(emb.speech), unit(emb.paired_text)
   xy = pca_2d(np.concatenate([speech, text]))
   s, t = xy[:len(speech)], xy[len(speech):]
-  fig, ax = plt.subplots(figsize=(6, 5))
+  fig, ax = _axes((6, 5))
   for i in range(min(50, len(s))):
     ax.plot([s[i, 0], t[i, 0]], [s[i, 1], t[i, 1]], color="0.8", lw=0.5, zorder=0)
   ax.scatter(s[:, 0], s[:, 1], s=6, label="speech (student)")
@@ -128,12 +134,12 @@ def pca_figure(emb) -> plt.Figure:
   return fig
 
 
-def probes_figure(probing: dict) -> plt.Figure:
+def probes_figure(probing: dict) -> Figure:
   tasks = sorted(probing)
   kinds = ("speech", "text", "text_to_speech_transfer", "speech_to_text_transfer")
   x = np.arange(len(tasks))
   width = 0.8 / len(kinds)
-  fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(tasks)), 4))
+  fig, ax = _axes((max(6, 0.7 * len(tasks)), 4))
   for i, kind in enumerate(kinds):
     ax.bar(x + i * width, [probing[t][kind] for t in tasks], width, label=kind.replace("_", " "))
   ax.scatter(x + 0.4 - width / 2, [probing[t]["chance"] for t in tasks], marker="_", s=200,
@@ -145,8 +151,8 @@ def probes_figure(probing: dict) -> plt.Figure:
   return fig
 
 
-def probe_layers_figure(probing: dict) -> plt.Figure:
-  fig, ax = plt.subplots(figsize=(6, 4))
+def probe_layers_figure(probing: dict) -> Figure:
+  fig, ax = _axes((6, 4))
   for task in sorted(probing):
     acc = probing[task]["layers"]
     ax.plot(range(len(acc)), acc, marker="o", label=task)
@@ -158,9 +164,8 @@ def probe_layers_figure(probing: dict) -> plt.Figure:
   return fig
 
 
-def _save(fig: plt.Figure, workdir: str, name: str) -> str:
+def _save(fig: Figure, workdir: str, name: str) -> str:
   fig.savefig(os.path.join(workdir, name), dpi=100)
-  plt.close(fig)
   return name
 
 
@@ -181,7 +186,7 @@ def write(workdir: str, results: dict, emb=None) -> None:
   results["schema_version"] = SCHEMA_VERSION
   if emb is not None:
     results["figures"] = write_figures(workdir, results, emb)
-  with open(os.path.join(workdir, "report.json"), "w") as f:
+  with utils.atomic_write(os.path.join(workdir, "report.json")) as f:
     json.dump(results, f, indent=2, sort_keys=True)
-  with open(os.path.join(workdir, "report.md"), "w") as f:
+  with utils.atomic_write(os.path.join(workdir, "report.md")) as f:
     f.write(_markdown(workdir, results))

@@ -5,13 +5,17 @@ r"""Finds the sentences nearest in meaning to a spoken query, with a trained run
 The query is embedded by the student and every line of `--texts` by the
 teacher, in the shared space; sentences are printed best first with their
 cosine. The sentences need not occur in training: this is the retrieval the
-report measures, on your own data.
+report measures, on your own data. Only the answer lines are printed;
+`--verbosity=0` shows the INFO log.
 """
+import os
+
 from absl import app
 from absl import flags
 import numpy as np
 
 from stalign import api
+from stalign import cli
 
 
 def search(model: api.Model, query: str, texts: list[str], top_k: int) -> list[tuple[float, str]]:
@@ -25,6 +29,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   f = flags.FLAGS
+  for flag in ("query", "texts"):
+    if not os.path.isfile(f[flag].value):
+      raise FileNotFoundError(f"--{flag}={f[flag].value} is not a file")
   with open(f.texts) as fh:
     texts = [line.strip() for line in fh if line.strip()]
   if not texts:
@@ -41,4 +48,4 @@ if __name__ == "__main__":
   flags.DEFINE_integer("top_k", 5, "How many sentences to print.")
   flags.DEFINE_integer("step", None, "Checkpoint step; default the latest.")
   flags.mark_flags_as_required(["workdir", "query", "texts"])
-  app.run(main)
+  cli.run(main)

@@ -1,10 +1,13 @@
-"""The train loop: one function, read top to bottom.
+"""Training: the step functions, then one driver read top to bottom.
 
-Phases: logging, mesh, input, model and sharding, optimizer, update step,
-checkpoint restore, loop (metrics, validation, checkpoints, preemption), final
-save. The jitted update step is a pure function of plain state pytrees; models
-are Flax NNX modules rebuilt inside it with `nnx.merge`.
+`loss_fn`, `train_step` and `eval_step` are module-level pure functions of
+plain state pytrees (the student is rebuilt inside with `nnx.merge`), bound to
+their fixed arguments with `functools.partial` before `jax.jit`, so each can be
+tested alone. `train_and_evaluate` keeps the phases apart with banner comments:
+logging, mesh, input, model and sharding, update step, checkpoint restore, loop
+(metrics, validation, evaluators, checkpoints, preemption), final save.
 """
+import functools
 import json
 import os
 import signal
@@ -12,6 +15,7 @@ import time
 
 from absl import logging
 from clu import metric_writers
+from clu import periodic_actions
 from flax import nnx
 import jax
 import jax.numpy as jnp
@@ -21,23 +25,25 @@ import numpy as np
 import optax
 import tqdm
 
+from stalign import api
 from stalign import checkpoints
+from stalign import evaluate
+from stalign import evaluators
 from stalign import input_pipeline
 from stalign import losses
 from stalign import sharding
+from stalign import utils
 from stalign.data import features as features_lib
+from stalign.data import layout
 from stalign.data import text as text_lib
-from stalign.models.student import Student
+from stalign.models import student as student_lib
 
 
 class NonFiniteLossError(RuntimeError):
   """Too many consecutive steps with NaN/Inf loss or gradients."""
 
 
-def build_student(config: ml_collections.ConfigDict, embed_dim: int, seed: int = 0) -> Student:
-  return Student(config.model, config.features.num_mels, embed_dim,
-                 text_lib.vocab_size(config.features.ctc_targets), config.loss.temperature,
-                 nnx.Rngs(seed))
+# ----------------------------------------------------------------- optimizer
 
 
 def make_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
@@ -46,23 +52,26 @@ def make_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
   decay_steps = max(t.steps - t.warmup_steps, 1)
   if t.schedule == "cosine":
     tail = optax.cosine_decay_schedule(t.lr, decay_steps, alpha=0.02)
-  elif t.schedule == "linear":
-    tail = optax.linear_schedule(t.lr, 0.02 * t.lr, decay_steps)
   else:
-    raise ValueError(f"train.schedule={t.schedule!r}; use 'cosine' or 'linear'")
+    tail = optax.linear_schedule(t.lr, 0.02 * t.lr, decay_steps)
   return optax.join_schedules([optax.linear_schedule(0.0, t.lr, t.warmup_steps), tail],
                               [t.warmup_steps])
 
 
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+def make_optimizer(config: ml_collections.ConfigDict,
+                   schedule: optax.Schedule) -> optax.GradientTransformation:
+  """AdamW with clipping, optional accumulation, and a guard that skips non-finite updates."""
   t = config.train
   tx = optax.chain(optax.clip_by_global_norm(t.grad_clip),
-                   optax.adamw(make_schedule(config), weight_decay=t.weight_decay))
+                   optax.adamw(schedule, weight_decay=t.weight_decay))
   if t.grad_accumulation > 1:
     tx = optax.MultiSteps(tx, every_k_schedule=t.grad_accumulation)
   # Skips (and counts) updates whose gradients are not finite; the loop stops
   # the run before optax would give up and apply them.
   return optax.apply_if_finite(tx, max_consecutive_errors=t.max_nonfinite_steps + 1)
+
+
+# --------------------------------------------------------------------- losses
 
 
 def targets(batch: dict, target_mean: jax.Array, loss_config: ml_collections.ConfigDict) -> jax.Array:
@@ -71,7 +80,8 @@ def targets(batch: dict, target_mean: jax.Array, loss_config: ml_collections.Con
 
 
 def compute_losses(outputs: dict, batch: dict, target_mean: jax.Array,
-                   loss_config: ml_collections.ConfigDict, log_temperature: jax.Array) -> tuple:
+                   loss_config: ml_collections.ConfigDict,
+                   log_temperature: jax.Array) -> tuple[jax.Array, dict]:
   """Weighted sum of the loss parts, and each part for logging."""
   weights = batch["weight"]
   target = targets(batch, target_mean, loss_config)
@@ -80,6 +90,8 @@ def compute_losses(outputs: dict, batch: dict, target_mean: jax.Array,
     parts["distill"] = losses.cosine_distillation(outputs["embedding"], target, weights)
   elif loss_config.distill == "mse":
     parts["distill"] = losses.mse_distillation(outputs["embedding"], target, weights)
+  elif loss_config.distill != "none":
+    raise ValueError(f"loss.distill={loss_config.distill!r}; use 'cosine', 'mse' or 'none'")
   if loss_config.contrastive_weight:
     parts["contrastive"] = losses.info_nce(outputs["embedding"], target, log_temperature, weights)
   if loss_config.ctc_weight:
@@ -91,65 +103,151 @@ def compute_losses(outputs: dict, batch: dict, target_mean: jax.Array,
   return total, parts
 
 
-def teacher_stats(config: ml_collections.ConfigDict) -> tuple[int, np.ndarray]:
-  """(teacher width, mean teacher embedding of the training transcripts), from precompute."""
-  stats = np.load(os.path.join(config.data_dir, "tfrecords", "teacher_stats.npz"))
-  return int(stats["dim"]), stats["mean"]
+# ---------------------------------------------------------------- step functions
 
 
-def _with_weights(batch: dict) -> dict:
-  """Numeric arrays the step needs; `weight` is 0 for padding rows of eval batches."""
+def loss_fn(params, batch: dict, rng: jax.Array | None, *, graphdef: nnx.GraphDef,
+            config: ml_collections.ConfigDict, target_mean: jax.Array,
+            train: bool) -> tuple[jax.Array, tuple[dict, dict]]:
+  """(total loss, (loss parts, model outputs)) of `params` on one batch.
+
+  Computes in `train.compute_dtype` (bf16 compute keeps f32 master weights);
+  losses are taken in float32. In training, SpecAugment and dropout draw from
+  `rng`; in evaluation neither runs and `rng` may be None.
+  """
+  compute_dtype = jnp.dtype(config.train.compute_dtype)
+  model = nnx.merge(graphdef, jax.tree.map(lambda p: p.astype(compute_dtype), params))
+  features = batch["features"].astype(compute_dtype)
+  if train:
+    spec = config.train.spec_augment
+    if spec.freq_masks or spec.time_masks:
+      features = features_lib.spec_augment(features, batch["num_frames"],
+                                           jax.random.fold_in(rng, 1), **spec)
+    outputs = model(features, batch["num_frames"], nnx.Rngs(dropout=rng))
+  else:
+    model.eval()
+    outputs = model(features, batch["num_frames"])
+  outputs = jax.tree.map(lambda x: x.astype(jnp.float32) if x.dtype == compute_dtype else x,
+                         outputs)
+  total, parts = compute_losses(outputs, batch, target_mean, config.loss,
+                                model.log_temperature[...].astype(jnp.float32))
+  return total, (parts, outputs)
+
+
+def train_step(state: dict, batch: dict, *, graphdef: nnx.GraphDef,
+               tx: optax.GradientTransformation, config: ml_collections.ConfigDict,
+               target_mean: jax.Array) -> tuple[dict, dict]:
+  """One optimizer update: state in, (state, metrics) out. The step number keys the RNG."""
+  rng = jax.random.fold_in(jax.random.key(config.seed), state["step"])
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  (loss, (parts, outputs)), grads = grad_fn(state["params"], batch, rng, graphdef=graphdef,
+                                            config=config, target_mean=target_mean, train=True)
+  updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+  params = optax.apply_updates(state["params"], updates)
+  target = targets(batch, target_mean, config.loss)
+  cosine = jnp.sum(utils.unit(outputs["embedding"]) * utils.unit(target), -1)
+  metrics = {"loss": loss, **{f"loss_{k}": v for k, v in parts.items()},
+             "grad_norm": optax.global_norm(grads), "param_norm": optax.global_norm(params),
+             "cosine_to_target": jnp.sum(cosine * batch["weight"]) / batch["weight"].sum(),
+             "temperature": jnp.exp(params["log_temperature"][...]),
+             "nonfinite_total": opt_state.total_notfinite,
+             "nonfinite_consecutive": opt_state.notfinite_count}
+  return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
+
+
+def eval_step(params, batch: dict, *, graphdef: nnx.GraphDef, config: ml_collections.ConfigDict,
+              target_mean: jax.Array) -> dict:
+  """Loss (summed over the batch's real rows, to average over a split) and greedy CTC ids."""
+  loss, (_, outputs) = loss_fn(params, batch, None, graphdef=graphdef, config=config,
+                               target_mean=target_mean, train=False)
+  rows = batch["weight"].sum()
+  return {"loss_sum": loss * rows, "rows": rows,
+          "ctc_ids": losses.greedy_ctc_ids(outputs["ctc_logits"], outputs["ctc_mask"])}
+
+
+# ------------------------------------------------------------------- helpers
+
+
+def init_state(config: ml_collections.ConfigDict, tx: optax.GradientTransformation,
+               teacher_dim: int) -> dict:
+  """Fresh train state: params of seed `config.seed`, optimizer state, step 0."""
+  params = nnx.state(student_lib.build(config, teacher_dim, config.seed))
+  return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+
+
+def device_batch(local: dict) -> dict:
+  """The numeric arrays a step reads; `weight` is 0 for padding rows of eval batches."""
   keys = ("features", "num_frames", "ctc_labels", "num_labels", "teacher")
-  out = {k: batch[k] for k in keys}
-  out["weight"] = batch.get("valid", np.ones(batch["num_frames"].shape, bool)).astype(np.float32)
+  out = {k: local[k] for k in keys}
+  out["weight"] = local.get("valid", np.ones(local["num_frames"].shape, bool)).astype(np.float32)
   return out
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict:
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      out.update(_flatten(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
-  return out
-
-
-def _advance(position: dict | None, epoch: int) -> dict:
+def advance(position: dict | None, epoch: int) -> dict:
   """Input position after consuming one more batch, which came from `epoch`."""
   if position and position["epoch"] == epoch:
     return {"epoch": epoch, "batch": position["batch"] + 1}
   return {"epoch": epoch, "batch": 1}
 
 
+def validate(jit_eval, params, config: ml_collections.ConfigDict, mesh, teacher_dim: int) -> dict:
+  """Loss and CTC error rate over the whole valid split (padding rows excluded).
+
+  `valid_loss` averages each batch's loss weighted by its utterances; it picks
+  the best checkpoint. `valid_cer` is the character (or phoneme) error rate of
+  greedy CTC decoding over every valid utterance.
+  """
+  local_batch = input_pipeline.local_batch_size(config.input.batch_size)
+  loss_sum = rows = errors = reference_length = 0.0
+  for local in input_pipeline.eval_batches(config, "valid", teacher_dim, local_batch):
+    batch = device_batch(local)
+    with sharding.rules_context(mesh, config.sharding_rules):
+      out = jit_eval(params, sharding.global_batch(batch, mesh))
+    loss_sum += float(out["loss_sum"])
+    rows += float(out["rows"])
+    # Every process reads the whole valid split: the first local_batch rows are this batch.
+    ids = np.asarray(multihost_utils.process_allgather(out["ctc_ids"], tiled=True))[:local_batch]
+    for hyp, labels, n, real in zip(ids, batch["ctc_labels"], batch["num_labels"], batch["weight"]):
+      if real:
+        errors += text_lib.edit_distance(text_lib.collapse(hyp), list(labels[:n]))
+        reference_length += n
+  return {"valid_loss": loss_sum / max(rows, 1), "valid_cer": errors / max(reference_length, 1)}
+
+
+def _write_history(workdir: str, summary: dict, history: dict) -> None:
+  if jax.process_index() == 0:
+    with utils.atomic_write(os.path.join(workdir, "train_history.json")) as f:
+      json.dump({"summary": summary, **history}, f, indent=1)
+
+
+# -------------------------------------------------------------------- driver
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains (resuming from `workdir` if it holds a checkpoint) and returns final metrics."""
+  """Trains (resuming from `workdir` if it holds a checkpoint) and returns a summary."""
   # ---------------------------------------------------------------- logging
   writer = metric_writers.create_default_writer(
       os.path.join(workdir, "tensorboard"), just_logging=jax.process_index() > 0)
-  writer.write_hparams(_flatten(config.to_dict()))
+  writer.write_hparams({k: v if isinstance(v, (int, float, str, bool)) else str(v)
+                        for k, v in utils.flatten_dict(config.to_dict()).items()})
 
   # ------------------------------------------------------------------- mesh
   mesh = sharding.make_mesh(config.mesh)
   rules = config.sharding_rules
 
   # ------------------------------------------------------------------ input
-  teacher_dim, target_mean = teacher_stats(config)
+  teacher_dim, target_mean = layout.read_teacher_stats(config.data_dir)
   local_batch = input_pipeline.local_batch_size(config.input.batch_size)
   logging.info("global batch %d = %d per process x %d processes; %d per device",
                config.input.batch_size, local_batch, jax.process_count(),
                config.input.batch_size // jax.device_count())
 
   # ------------------------------------------------- model, state, sharding
-  tx = make_optimizer(config)
-  schedule = make_schedule(config)  # For logging; the optimizer holds its own copy.
-  graphdef, abstract_params = nnx.split(nnx.eval_shape(lambda: build_student(config, teacher_dim)))
-
-  def init_state():
-    params = nnx.state(build_student(config, teacher_dim, config.seed))
-    return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
-
-  abstract_state = jax.eval_shape(init_state)
+  schedule = make_schedule(config)
+  tx = make_optimizer(config, schedule)
+  graphdef, abstract_params = nnx.split(
+      nnx.eval_shape(lambda: student_lib.build(config, teacher_dim)))
+  abstract_state = jax.eval_shape(functools.partial(init_state, config, tx, teacher_dim))
   state_sharding = sharding.state_shardings(abstract_state, mesh, rules)
   abstract_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                                 abstract_state, state_sharding)
@@ -157,55 +255,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   logging.info("student: %.2fM parameters", num_params / 1e6)
 
   # ------------------------------------------------------------ update step
-  base_rng = jax.random.key(config.seed)
   data_sharding = sharding.batch_sharding(mesh)
-  compute_dtype = jnp.dtype(config.train.compute_dtype)
-  spec = config.train.spec_augment
-
-  def _augment(features, num_frames, rng):
-    if not (spec.freq_masks or spec.time_masks):
-      return features
-    return features_lib.spec_augment(features, num_frames, rng, **spec)
-
-  def loss_fn(params, batch, rng, train):
-    model = nnx.merge(graphdef, jax.tree.map(lambda p: p.astype(compute_dtype), params))
-    features = batch["features"].astype(compute_dtype)
-    if train:
-      features = _augment(features, batch["num_frames"], jax.random.fold_in(rng, 1))
-      outputs = model(features, batch["num_frames"], nnx.Rngs(dropout=rng))
-    else:
-      model.eval()
-      outputs = model(features, batch["num_frames"])
-    outputs = jax.tree.map(lambda x: x.astype(jnp.float32) if x.dtype == compute_dtype else x,
-                           outputs)
-    total, parts = compute_losses(outputs, batch, target_mean, config.loss,
-                                  model.log_temperature[...].astype(jnp.float32))
-    return total, (parts, outputs)
-
-  def train_step(state, batch):
-    rng = jax.random.fold_in(base_rng, state["step"])
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (loss, (parts, outputs)), grads = grad_fn(state["params"], batch, rng, True)
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
-    teacher_cos = jnp.sum(losses.unit(outputs["embedding"]) *
-                          losses.unit(targets(batch, target_mean, config.loss)), -1).mean()
-    metrics = {"loss": loss, **{f"loss_{k}": v for k, v in parts.items()},
-               "grad_norm": optax.global_norm(grads), "param_norm": optax.global_norm(params),
-               "cosine_to_target": teacher_cos,
-               "temperature": jnp.exp(params["log_temperature"][...]),
-               "nonfinite_total": opt_state.total_notfinite,
-               "nonfinite_consecutive": opt_state.notfinite_count}
-    return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
-
-  def eval_step(params, batch):
-    loss, (_, outputs) = loss_fn(params, batch, None, False)
-    return loss, losses.greedy_ctc_ids(outputs["ctc_logits"], outputs["ctc_mask"])
-
+  bound = dict(graphdef=graphdef, config=config, target_mean=target_mean)
   with sharding.rules_context(mesh, rules):
-    jit_train = jax.jit(train_step, in_shardings=(state_sharding, data_sharding),
+    jit_train = jax.jit(functools.partial(train_step, tx=tx, **bound),
+                        in_shardings=(state_sharding, data_sharding),
                         out_shardings=(state_sharding, None), donate_argnums=0)
-    jit_eval = jax.jit(eval_step, in_shardings=(state_sharding["params"], data_sharding))
+    jit_eval = jax.jit(functools.partial(eval_step, **bound),
+                       in_shardings=(state_sharding["params"], data_sharding))
 
   # ------------------------------------------------------------- checkpoint
   mgr = checkpoints.manager(workdir, config.train.keep_checkpoints)
@@ -215,7 +272,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                  position)
   else:
     with sharding.rules_context(mesh, rules):
-      state = jax.jit(init_state, out_shardings=state_sharding)()
+      state = jax.jit(functools.partial(init_state, config, tx, teacher_dim),
+                      out_shardings=state_sharding)()
     position = None
     if config.init_from:
       restored, _ = checkpoints.restore_params(config.init_from, abstract_state["params"])
@@ -225,18 +283,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     else:
       logging.info("starting from scratch (seed %d)", config.seed)
   train_iter = input_pipeline.train_iterator(config, "train", teacher_dim, position)
-  valid_batch = _with_weights(next(input_pipeline.eval_batches(
-      config, "valid", teacher_dim, local_batch)))
-  valid_refs = [list(labels[:n]) for labels, n, w in zip(
-      valid_batch["ctc_labels"], valid_batch["num_labels"], valid_batch["weight"]) if w]
+
+  # ------------------------------------------------------------- evaluators
+  # One inference model for the run: evaluations swap in the current params
+  # and reuse its compiled forward pass.
+  eval_model = None
 
   def run_evaluators(params, step: int) -> dict:
-    """The configured evaluators on the valid split, as flat scalars for TensorBoard."""
-    from stalign import api, evaluate, evaluators  # They import this module.
+    nonlocal eval_model
     host_params = multihost_utils.process_allgather(params, tiled=True)  # Global values.
-    emb = evaluate.embed_split(api.Model(config, graphdef, host_params, target_mean, step), "valid")
+    if eval_model is None:
+      eval_model = api.Model(config, graphdef, host_params, target_mean, step)
+    eval_model.params, eval_model.step = host_params, step
+    emb = evaluate.embed_split(eval_model, "valid")
     results = {name: evaluators.get(name)(emb) for name in config.eval.during_training}
-    return {f"valid/{k}": v for k, v in _flatten(results).items() if isinstance(v, (int, float))}
+    return {f"valid/{k}": v for k, v in utils.flatten_dict(results).items()
+            if isinstance(v, (int, float))}
 
   # SIGTERM (preemption, scheduler) asks for a save at the next step boundary.
   preempted = {"flag": False}
@@ -245,27 +307,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # ------------------------------------------------------------------- loop
   first_step = int(state["step"])
   total_steps = config.train.steps
+  report_progress = periodic_actions.ReportProgress(
+      num_train_steps=total_steps, writer=writer, every_steps=config.train.log_every)
   progress = tqdm.tqdm(total=total_steps, initial=first_step, desc="train", unit="step",
-                       disable=jax.process_index() > 0, mininterval=2)
-  history, last_metrics, compile_s = [], {}, None
-  t_window, utts_window, secs_window = time.perf_counter(), 0, 0.0
+                       disable=jax.process_index() > 0 or None, mininterval=2)
+  history = {"train": [], "valid": []}
+  compile_s = None
   step = first_step
   while step < total_steps:
     local = next(train_iter)
-    position = _advance(position, int(local["epoch"][0]))
-    batch = sharding.global_batch(_with_weights(local), mesh)
+    position = advance(position, int(local["epoch"][0]))
+    batch = sharding.global_batch(device_batch(local), mesh)
     t0 = time.perf_counter()
     with sharding.rules_context(mesh, rules):
       state, metrics = jit_train(state, batch)
     step += 1
-    utts_window += config.input.batch_size
-    secs_window += float(local["duration"].sum()) * jax.process_count()
     if compile_s is None:
       jax.block_until_ready(metrics)
       compile_s = time.perf_counter() - t0
       logging.info("first step (compile + run) took %.1f s", compile_s)
-      t_window = time.perf_counter()
-      utts_window, secs_window = 0, 0.0
+    report_progress(step)
     progress.update(1)
     # One scalar per step: the run must stop before a poisoned update or checkpoint.
     if int(metrics["nonfinite_consecutive"]) >= config.train.max_nonfinite_steps:
@@ -275,50 +336,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           "Lower train.lr, check the input data, or raise train.max_nonfinite_steps.")
 
     if step % config.train.log_every == 0 or step == total_steps:
-      metrics = jax.device_get(metrics)
-      elapsed = max(time.perf_counter() - t_window, 1e-9)
-      metrics = {k: float(v) for k, v in metrics.items()}
-      metrics.update(utterances_per_s=utts_window / elapsed, audio_s_per_s=secs_window / elapsed,
-                     lr=float(schedule(step)))
-      with sharding.rules_context(mesh, rules):
-        vloss, ids = jit_eval(state["params"], sharding.global_batch(valid_batch, mesh))
-      ids = np.asarray(multihost_utils.process_allgather(ids, tiled=True))[:len(valid_refs)]
-      errors = sum(text_lib.edit_distance(text_lib.collapse(h), r) for h, r in zip(ids, valid_refs))
-      metrics["valid_loss"] = float(vloss)
-      # Character (or phoneme) error rate of greedy CTC decoding on one validation batch.
-      metrics["valid_cer"] = errors / max(sum(len(r) for r in valid_refs), 1)
+      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      metrics["lr"] = float(schedule(step))
       writer.write_scalars(step, metrics)
-      progress.set_postfix(loss=f"{metrics['loss']:.3f}", cer=f"{metrics['valid_cer']:.2f}",
-                           utt_s=f"{metrics['utterances_per_s']:.0f}")
-      history.append({"step": step, **metrics})
-      last_metrics = metrics
-      t_window, utts_window, secs_window = time.perf_counter(), 0, 0.0
+      progress.set_postfix(loss=f"{metrics['loss']:.3f}")
+      history["train"].append({"step": step, **metrics})
 
     if config.eval.every_steps and step % config.eval.every_steps == 0:
-      t0 = time.perf_counter()
-      writer.write_scalars(step, run_evaluators(state["params"], step))
-      t_window += time.perf_counter() - t0  # Throughput counts training time only.
+      with report_progress.timed("evaluators"):
+        writer.write_scalars(step, run_evaluators(state["params"], step))
 
     stop = preempted["flag"]
     if jax.process_count() > 1:
       stop = bool(multihost_utils.process_allgather(np.array(stop)).any())
     if step % config.train.checkpoint_every == 0 or step == total_steps or stop:
-      ckpt_metrics = {"valid_loss": last_metrics["valid_loss"]} if last_metrics else None
-      checkpoints.save(mgr, step, state, position, ckpt_metrics)
+      with report_progress.timed("validate"):
+        valid = validate(jit_eval, state["params"], config, mesh, teacher_dim)
+      writer.write_scalars(step, valid)
+      history["valid"].append({"step": step, **valid})
+      checkpoints.save(mgr, step, state, position, valid)
     if stop:
       logging.warning("SIGTERM received: saved step %d, exiting; rerun the same command to resume",
                       step)
       break
 
+  # ------------------------------------------------------------- final save
   progress.close()
   mgr.wait_until_finished()
   mgr.close()
   signal.signal(signal.SIGTERM, previous_handler)
   writer.flush()
   summary = {"steps": step, "preempted": preempted["flag"], "compile_s": compile_s,
-             "last": last_metrics, "num_params": num_params}
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "train_history.json"), "w") as f:
-      json.dump({"summary": summary, "history": history}, f, indent=1)
+             "last": history["train"][-1] if history["train"] else {},
+             "valid": history["valid"][-1] if history["valid"] else {}, "num_params": num_params}
+  _write_history(workdir, summary, history)
   return summary
-

@@ -21,7 +21,7 @@ from testdata import tiny_config, fsdd_files, write_manifest  # noqa: E402
 @pytest.fixture(scope="session")
 def prepared_config(tmp_path_factory):
   """Tiny config whose data (train/valid/test TFRecords + teacher embeddings) is built once."""
-  from stalign.data import prepare
+  from stalign import prepare
   root = str(tmp_path_factory.mktemp("fsdd_tiny"))
   config = tiny_config(os.path.join(root, "data"))
   splits = {"train": fsdd_files("jackson", range(0, 4)) + fsdd_files("george", range(0, 2)),

@@ -13,7 +13,8 @@ import soundfile as sf
 
 import stalign
 from stalign import checkpoints
-from stalign import train
+from stalign.data import layout
+from stalign.models import student as student_lib
 from stalign.data import tfrecords
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,8 +25,8 @@ def make_run(config: ml_collections.ConfigDict, workdir: str) -> str:
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(config.to_json_best_effort())
-  dim, _ = train.teacher_stats(config)
-  params = nnx.state(train.build_student(config, dim, seed=1))
+  dim, _ = layout.read_teacher_stats(config.data_dir)
+  params = nnx.state(student_lib.build(config, dim, seed=1))
   mgr = checkpoints.manager(workdir, keep=1, async_save=False)
   checkpoints.save(mgr, 7, {"params": params}, {"epoch": 0, "batch": 0})
   mgr.wait_until_finished()
@@ -61,7 +62,7 @@ def test_speech_from_files_waveforms_and_tfrecords_agree(model, prepared_config)
   np.testing.assert_allclose(from_file, from_wave, atol=1e-6)
   # The same front end as the TFRecord writer: identical frames, so identical embeddings.
   stored = next(r for r in tfrecords.iterate_records(
-      tfrecords.list_shards(prepared_config.data_dir, "test")) if r["id"] == "test.jsonl:1")
+      layout.list_shards(prepared_config.data_dir, "test")) if r["id"] == "test.jsonl:1")
   np.testing.assert_array_equal(model.features(model.load_waveform(path)), stored["features"])
   np.testing.assert_allclose(model.embed_features([stored["features"]])[0][0], from_file, atol=1e-5)
 
@@ -81,11 +82,11 @@ def test_batches_and_buckets_do_not_change_embeddings(model, prepared_config):
   np.testing.assert_allclose(together[:3], alone, atol=1e-5)
 
 
-def _cli(module, *args):
+def _cli(module, *args, returncode=0):
   out = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True,
                        text=True, timeout=300)
-  assert out.returncode == 0, out.stderr[-3000:]
-  return out.stdout
+  assert out.returncode == returncode, out.stderr[-3000:]
+  return out
 
 
 def test_embed_cli_writes_npy_with_index_and_parquet_skipping_bad_files(tiny_run, prepared_config,
@@ -95,7 +96,8 @@ def test_embed_cli_writes_npy_with_index_and_parquet_skipping_bad_files(tiny_run
   for i, line in enumerate(open(prepared_config.data.manifests.test).readlines()[:3]):
     os.symlink(json.loads(line)["audio_filepath"], clips / f"c{i}.wav")
   (clips / "broken.wav").write_bytes(b"not audio")
-  _cli("stalign.embed", f"--workdir={tiny_run}", f"--input={clips}", f"--output={tmp_path / 'e.npy'}")
+  _cli("stalign.embed", f"--workdir={tiny_run}", f"--input={clips}",
+       f"--output={tmp_path / 'e.npy'}")
   emb = np.load(tmp_path / "e.npy")
   index = json.load(open(tmp_path / "e.json"))
   assert emb.shape == (3, index["dim"])
@@ -113,7 +115,22 @@ def test_search_cli_prints_sentences_best_first(tiny_run, prepared_config, tmp_p
   (tmp_path / "t.txt").write_text("one\n\ntwo\nthree\n")
   out = _cli("stalign.search", f"--workdir={tiny_run}", f"--query={query}",
              f"--texts={tmp_path / 't.txt'}", "--top_k=2")
-  lines = out.strip().splitlines()
+  lines = out.stdout.strip().splitlines()
   assert len(lines) == 2
   scores = [float(line.split()[0]) for line in lines]
   assert scores == sorted(scores, reverse=True)
+  assert out.stderr.strip() == "", out.stderr  # Quiet by default: only the answer lines.
+
+
+@pytest.mark.parametrize("flag", ["query", "texts", "workdir"])
+def test_search_cli_user_errors_are_one_line_without_traceback(tiny_run, prepared_config, tmp_path,
+                                                               flag):
+  args = {"workdir": tiny_run, "query": json.loads(
+      open(prepared_config.data.manifests.test).readline())["audio_filepath"],
+          "texts": str(tmp_path / "t.txt")}
+  (tmp_path / "t.txt").write_text("one\n")
+  args[flag] = str(tmp_path / "missing")
+  out = _cli("stalign.search", *(f"--{k}={v}" for k, v in args.items()), returncode=2)
+  assert out.stdout == ""
+  [line] = out.stderr.strip().splitlines()
+  assert line.startswith("error: ") and "missing" in line and "Traceback" not in out.stderr

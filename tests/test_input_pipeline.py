@@ -3,13 +3,15 @@ from unittest import mock
 import numpy as np
 
 from stalign import input_pipeline
+from stalign.data import features
+from stalign.data import layout
 from stalign.data import tfrecords
 
 
 def test_batches_have_static_bucket_shapes(prepared_config):
   c = prepared_config
   it = input_pipeline.train_iterator(c, "train", 384)
-  lengths = set(input_pipeline.bucket_lengths(c))
+  lengths = set(features.bucket_lengths(c))
   for _ in range(10):
     b = next(it)
     assert b["features"].shape[0] == c.input.batch_size
@@ -36,7 +38,7 @@ def test_resume_position_continues_with_the_same_batches(prepared_config):
 
 
 def test_two_processes_read_disjoint_shards_covering_everything(prepared_config):
-  files = tfrecords.list_shards(prepared_config.data_dir, "train")
+  files = layout.list_shards(prepared_config.data_dir, "train")
   seen = []
   for index in range(2):
     with mock.patch("jax.process_count", return_value=2), \
@@ -49,7 +51,7 @@ def test_two_processes_read_disjoint_shards_covering_everything(prepared_config)
 
 def test_eval_batches_cover_each_example_once(prepared_config):
   c = prepared_config
-  n = tfrecords.read_summary(c.data_dir, "test")["written"]
+  n = layout.read_summary(c.data_dir, "test")["written"]
   texts = []
   for b in input_pipeline.eval_batches(c, "test", 384, 8):
     assert b["features"].shape[0] == 8
@@ -73,4 +75,4 @@ def test_padding_efficiency_is_real_frames_over_padded_frames():
 def test_padding_efficiency_of_prepared_data(prepared_config):
   efficiency, lengths = input_pipeline.padding_efficiency(prepared_config, "train", 6)
   assert 0.3 < efficiency < 1
-  assert sum(lengths.values()) == 6 and set(lengths) <= set(input_pipeline.bucket_lengths(prepared_config))
+  assert sum(lengths.values()) == 6 and set(lengths) <= set(features.bucket_lengths(prepared_config))

@@ -19,8 +19,11 @@ import pytest
 import tensorflow as tf
 
 from stalign import precompute
+from stalign import prepare
 from stalign.data import sources
+from stalign.data import layout
 from stalign.data import tfrecords
+from stalign.models import teacher as teacher_lib
 from testdata import REPO, fsdd_files, tiny_config, write_manifest
 
 _SPLITS = ("train", "valid", "test")
@@ -40,7 +43,7 @@ def pristine(tmp_path_factory):
   for split in _SPLITS:
     manifest = os.path.join(root, f"{split}.jsonl")
     config.data.manifests[split] = write_manifest(manifest, files[split])
-    tfrecords.write_split(sources.get("manifest")(config, split), config, split,
+    prepare.write_split(sources.get("manifest")(config, split), config, split,
                           config.data.num_shards)
   return config
 
@@ -48,14 +51,14 @@ def pristine(tmp_path_factory):
 @pytest.fixture(scope="module")
 def teacher(pristine):
   """One loaded teacher for every run here; loading and compiling dominate a run's time."""
-  return precompute.load_teacher(pristine)
+  return teacher_lib.from_config(pristine)
 
 
 @pytest.fixture
 def make_config(pristine, tmp_path, monkeypatch, teacher):
   """Fresh copies of the pristine data, precomputed with small chunks."""
   monkeypatch.setattr(precompute, "CHUNK", 3)
-  monkeypatch.setattr(precompute, "load_teacher", lambda config: teacher)
+  monkeypatch.setattr(teacher_lib, "from_config", lambda config: teacher)
 
   def make(name: str):
     config = pristine.copy_and_resolve_references()
@@ -76,7 +79,7 @@ def _snapshot(data_dir: str) -> dict[str, bytes]:
 
 
 def _records(config) -> dict[str, list[dict]]:
-  return {s: list(tfrecords.iterate_records(tfrecords.list_shards(config.data_dir, s)))
+  return {s: list(tfrecords.iterate_records(layout.list_shards(config.data_dir, s)))
           for s in _SPLITS}
 
 
@@ -117,7 +120,7 @@ def test_resumed_run_equals_uninterrupted_run(make_config, teacher, pristine, mo
          pytest.raises(_Killed):
       precompute.precompute(resumed, _SPLITS)
     done = [precompute._has_embeddings(f) for s in _SPLITS
-            for f in tfrecords.list_shards(resumed.data_dir, s)]
+            for f in layout.list_shards(resumed.data_dir, s)]
     assert sum(done) == 1, done
   with pytest.raises(RuntimeError, match="without a teacher embedding"):
     precompute.verify(resumed, _SPLITS)
@@ -154,7 +157,7 @@ def test_finished_dataset_is_left_alone(make_config):
   counts = precompute.precompute(config, _SPLITS)
   before = _snapshot(config.data_dir)
   times = {f: os.stat(os.path.join(config.data_dir, f)).st_mtime_ns for f in before}
-  with mock.patch.object(precompute, "load_teacher", side_effect=AssertionError("loaded")):
+  with mock.patch.object(teacher_lib, "from_config", side_effect=AssertionError("loaded")):
     assert precompute.precompute(config, _SPLITS) == counts
   assert _snapshot(config.data_dir) == before
   assert {f: os.stat(os.path.join(config.data_dir, f)).st_mtime_ns for f in before} == times
@@ -172,7 +175,7 @@ def test_verify_says_which_split_lacks_embeddings(make_config, pristine):
     precompute.verify(pristine, _SPLITS)
   config = make_config("broken")
   precompute.precompute(config, _SPLITS)
-  shard = tfrecords.list_shards(config.data_dir, "valid")[1]
+  shard = layout.list_shards(config.data_dir, "valid")[1]
   _strip_embeddings(shard)
   with pytest.raises(RuntimeError, match=r"split valid: 10 examples .* 5 without a teacher "
                      r"embedding \(e\.g\. \['valid\.jsonl:"):
@@ -221,16 +224,16 @@ def test_processes_split_the_work_and_wait_for_the_stats(make_config, teacher, m
   if errors:
     raise errors[0]
   assert sorted(embedded) == sorted(set(embedded)) and len(embedded) == 10
-  shards = [f for s in _SPLITS for f in tfrecords.list_shards(config.data_dir, s)]
+  shards = [f for s in _SPLITS for f in layout.list_shards(config.data_dir, s)]
   assert sorted(rewritten) == sorted(shards)
 
 
 def test_teacher_batches_span_all_local_devices(pristine):
   script = f"""
 from configs import demo
-from stalign import precompute
+from stalign.models import teacher as teacher_lib
 config = demo.get_config("tiny")
-teacher = precompute.load_teacher(config)
+teacher = teacher_lib.from_config(config)
 print(teacher.mesh.devices.size, teacher.name, teacher.embed(["one", "two", "three"]).shape)
 """
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")

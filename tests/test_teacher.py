@@ -1,4 +1,4 @@
-"""Tests for stalign.teacher.
+"""Tests for stalign.models.teacher, .bert and .hf_loader.
 
 Two kinds of evidence: parity with sentence-transformers on the real
 all-MiniLM-L6-v2 (fixture made by tests/fixtures/make_teacher_reference.py),
@@ -18,7 +18,9 @@ import safetensors.numpy
 from scipy import special
 import tokenizers
 
-from stalign import teacher as teacher_lib
+from stalign.models import bert
+from stalign.models import hf_loader
+from stalign.models import teacher as teacher_lib
 
 _FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures",
                         "teacher_reference.npz")
@@ -140,7 +142,7 @@ def tiny_dir(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def tiny_teacher(tiny_dir) -> teacher_lib.Teacher:
-  return teacher_lib.load_teacher(tiny_dir, max_tokens=32)
+  return teacher_lib.load(tiny_dir, max_tokens=32)
 
 
 def _layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -188,7 +190,7 @@ def _reference_embedding(tensors: dict[str, np.ndarray],
 def test_tiny_model_matches_numpy_reference(tmp_path, prefix):
   tensors = _write_tiny_model(str(tmp_path), prefix=prefix)
   max_tokens = 16
-  teacher = teacher_lib.load_teacher(str(tmp_path), max_tokens=max_tokens)
+  teacher = teacher_lib.load(str(tmp_path), max_tokens=max_tokens)
   got = teacher.embed(_SENTENCES, batch_size=4)
 
   vocab = _tiny_vocab()
@@ -249,7 +251,7 @@ def test_every_parameter_has_logical_axis_names(tiny_teacher):
 
 def test_encode_is_pure_and_shards_over_a_mesh(tiny_dir, tiny_teacher):
   mesh = jax.make_mesh((len(jax.devices()),), ("data",))
-  sharded = teacher_lib.load_teacher(tiny_dir, max_tokens=32, mesh=mesh)
+  sharded = teacher_lib.load(tiny_dir, max_tokens=32, mesh=mesh)
   np.testing.assert_allclose(
       sharded.embed(_SENTENCES), tiny_teacher.embed(_SENTENCES), atol=1e-6)
   # The jitted function takes the state as an argument, not a closure: new
@@ -270,14 +272,14 @@ def test_encode_is_pure_and_shards_over_a_mesh(tiny_dir, tiny_teacher):
 ])
 def test_pooling_modes(tmp_path, config, modes):
   _write_tiny_model(str(tmp_path), pooling=config)
-  _, pooling = teacher_lib.load_pooling(str(tmp_path))
-  assert pooling == teacher_lib.Pooling(modes, normalize=True)
+  _, pooling = hf_loader.load_pooling(str(tmp_path))
+  assert pooling == bert.Pooling(modes, normalize=True)
 
   rng = np.random.default_rng(1)
   hidden = rng.normal(size=(2, 5, 3)).astype(np.float32)
   mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], np.int32)
-  got = np.asarray(teacher_lib.pool(
-      hidden, mask, teacher_lib.Pooling(modes, normalize=False)))
+  got = np.asarray(bert.pool(
+      hidden, mask, bert.Pooling(modes, normalize=False)))
   for row in range(2):
     real = hidden[row, :mask[row].sum()]
     expected = {"cls": real[0], "max": real.max(0),
@@ -289,7 +291,7 @@ def test_pooling_modes(tmp_path, config, modes):
 def test_unsupported_pooling_is_refused(tmp_path):
   _write_tiny_model(str(tmp_path), pooling={"pooling_mode": "lasttoken"})
   with pytest.raises(ValueError, match="lasttoken"):
-    teacher_lib.load_pooling(str(tmp_path))
+    hf_loader.load_pooling(str(tmp_path))
 
 
 @pytest.mark.parametrize("missing", [
@@ -300,7 +302,7 @@ def test_missing_file_is_named(tmp_path, tiny_dir, missing):
   shutil.copytree(tiny_dir, root)
   os.remove(os.path.join(root, missing))
   with pytest.raises(FileNotFoundError, match=missing):
-    teacher_lib.load_teacher(root, max_tokens=32)
+    teacher_lib.load(root, max_tokens=32)
 
 
 def test_torch_checkpoint_without_torch_says_convert(tmp_path, tiny_dir):
@@ -314,7 +316,7 @@ def test_torch_checkpoint_without_torch_says_convert(tmp_path, tiny_dir):
   os.rename(os.path.join(root, "model.safetensors"),
             os.path.join(root, "pytorch_model.bin"))
   with pytest.raises(ImportError, match="model.safetensors"):
-    teacher_lib.load_teacher(root, max_tokens=32)
+    teacher_lib.load(root, max_tokens=32)
 
 
 def test_wrong_shapes_are_named(tmp_path):
@@ -325,16 +327,35 @@ def test_wrong_shapes_are_named(tmp_path):
   with open(tmp_path / "config.json", "w") as f:
     json.dump(config, f)
   with pytest.raises(ValueError, match="mlp_in"):
-    teacher_lib.load_teacher(str(tmp_path))
+    teacher_lib.load(str(tmp_path))
+
+
+@pytest.mark.parametrize("change,named", [
+    ({"model_type": "roberta", "architectures": ["RobertaModel"]}, "'roberta'"),
+    ({"architectures": ["MPNetModel"]}, "MPNetModel"),
+])
+def test_other_model_family_is_refused(tmp_path, change, named):
+  # RoBERTa-style weights fit BertEncoder's shapes, so only config.json can
+  # tell them apart; loading them would embed wrongly without any error.
+  _write_tiny_model(str(tmp_path))
+  with open(tmp_path / "config.json") as f:
+    config = json.load(f)
+  with open(tmp_path / "config.json", "w") as f:
+    json.dump(dict(config, **change), f)
+  with pytest.raises(ValueError) as error:
+    teacher_lib.load(str(tmp_path))
+  message = str(error.value)
+  assert named in message and "('bert',)" in message, message
+  assert str(tmp_path) in message, message
 
 
 def test_minilm_matches_sentence_transformers():
   reference = np.load(_FIXTURE)
   # The fixture uses sentence-transformers' own truncation (256), and one
   # sentence is longer than the Teacher's default 128 tokens.
-  teacher = teacher_lib.load_teacher(
+  teacher = teacher_lib.load(
       max_tokens=int(reference["max_seq_length"]))
-  assert (teacher.dim, teacher.name) == (384, teacher_lib.DEFAULT_NAME)
+  assert (teacher.dim, teacher.name) == (384, hf_loader.DEFAULT_NAME)
   assert reference["token_counts"].max() > 128
   got = teacher.embed(list(reference["sentences"]), batch_size=16)
   want = reference["embeddings"]
@@ -345,7 +366,7 @@ def test_minilm_matches_sentence_transformers():
 
 
 def test_default_teacher_path_is_a_sentence_transformers_folder():
-  path = teacher_lib.default_teacher_path()
+  path = hf_loader.default_teacher_path()
   for name in ("config.json", "model.safetensors", "tokenizer.json",
                "modules.json"):
     assert os.path.exists(os.path.join(path, name)), name

@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 
+import stalign
 from stalign import input_pipeline
 from stalign import train
 
@@ -18,9 +19,7 @@ def _history(workdir):
 
 
 def _params(config, workdir):
-  from stalign import evaluate
-  _, params = evaluate.load_student(config, workdir)
-  return jax.tree.leaves(params)
+  return jax.tree.leaves(stalign.load(workdir, config=config).params)
 
 
 def _run(config, workdir, **overrides):
@@ -30,7 +29,7 @@ def _run(config, workdir, **overrides):
     section, name = key.split("__")
     c[section][name] = value
   train.train_and_evaluate(c, workdir)
-  return [h["loss"] for h in _history(workdir)["history"]]
+  return [h["loss"] for h in _history(workdir)["train"]]
 
 
 def _assert_falls(name, losses):
@@ -134,7 +133,7 @@ def test_eight_devices_match_one_device(prepared_config, tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-1] == f"{devices} 1"
-    runs[devices] = [h["loss"] for h in _history(workdir)["history"]]
+    runs[devices] = [h["loss"] for h in _history(workdir)["train"]]
   np.testing.assert_allclose(runs[1], runs[8], rtol=2e-4)
 
 
@@ -154,7 +153,7 @@ def test_two_processes_train_together(prepared_config, tmp_path):
   for p, (stdout, stderr) in zip(procs, outs):
     assert p.returncode == 0, stderr[-3000:]
     assert stdout.strip().splitlines()[-1] == "2 2"
-  losses = [h["loss"] for h in _history(workdir)["history"]]
+  losses = [h["loss"] for h in _history(workdir)["train"]]
   assert len(losses) == 6 and np.isfinite(losses).all()
   assert os.path.isdir(os.path.join(workdir, "checkpoints", "6"))
 

@@ -14,6 +14,8 @@ import librosa
 import ml_collections
 import numpy as np
 
+from stalign import utils
+
 LOG_FLOOR = 1e-6
 
 
@@ -45,6 +47,51 @@ def log_mel(waves: jax.Array, config: ml_collections.ConfigDict) -> jax.Array:
   spec = jnp.abs(jnp.fft.rfft(padded[..., idx] * window, n=win)) ** 2
   mel = spec @ _mel_matrix(config.sample_rate, win, config.num_mels)
   return jnp.log(mel + LOG_FLOOR)
+
+
+@functools.lru_cache(maxsize=4)
+def _jitted_log_mel(sample_rate: int, win_ms: float, hop_ms: float, num_mels: int):
+  config = ml_collections.ConfigDict(
+      dict(sample_rate=sample_rate, win_ms=win_ms, hop_ms=hop_ms, num_mels=num_mels))
+  return jax.jit(lambda w: log_mel(w, config))
+
+
+def featurize(wave: np.ndarray, config: ml_collections.ConfigDict) -> np.ndarray:
+  """Log-mel frames [frames, mels] of a checked waveform at the model's rate, as stored.
+
+  The one front end of the TFRecord writer and of inference, so an embedding
+  does not depend on whether a clip came from a TFRecord or a wav file. The
+  waveform is padded to whole seconds (the jitted transform compiles a bounded
+  number of shapes), frames past the real end are cut, and the result is
+  rounded to float16 as the TFRecords store it.
+  """
+  transform = _jitted_log_mel(config.sample_rate, config.win_ms, config.hop_ms, config.num_mels)
+  _, hop = frame_params(config)
+  padded = utils.round_up(wave.size, config.sample_rate)
+  feats = np.asarray(transform(np.pad(wave, (0, padded - wave.size))))
+  return feats[:num_frames(wave.size, hop)].astype(np.float16)
+
+
+def bucket_lengths(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+  """Padded lengths in feature frames; the last one fits the longest allowed utterance."""
+  longest = int(config.features.max_seconds * 1000 / config.features.hop_ms) + 1
+  lengths = sorted({*config.input.bucket_boundaries, longest})
+  # Multiples of the frame stacking, so every bucket stacks into whole encoder frames.
+  return tuple(utils.round_up(b, config.model.subsample) for b in lengths if b <= longest)
+
+
+def padded_length(longest: int, buckets: tuple[int, ...], multiple: int) -> int:
+  """The smallest bucket that holds `longest` frames (else `longest` rounded up to `multiple`).
+
+  The training input pipeline and inference both pad with this, so a clip is
+  embedded at the shape it was trained at.
+  """
+  return next((b for b in buckets if b >= longest), utils.round_up(int(longest), multiple))
+
+
+def ctc_frames(num_frames: int, model_config: ml_collections.ConfigDict) -> int:
+  """CTC outputs the student emits for `num_frames` feature frames (stacking, then upsampling)."""
+  return num_frames // model_config.subsample * model_config.ctc_upsample
 
 
 def spec_augment(features: jax.Array, lengths: jax.Array, rng: jax.Array, *,

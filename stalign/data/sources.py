@@ -17,25 +17,15 @@ from absl import logging
 import ml_collections
 import numpy as np
 
+from stalign import utils
 from stalign.data import audio
 
 Source = Callable[[ml_collections.ConfigDict, str], Iterator[dict]]
-_REGISTRY: dict[str, Source] = {}
+SOURCES: utils.Registry[Source] = utils.Registry("data source")
+register = SOURCES.register
+get = SOURCES.get
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-
-
-def register(name: str) -> Callable[[Source], Source]:
-  def wrap(fn: Source) -> Source:
-    _REGISTRY[name] = fn
-    return fn
-  return wrap
-
-
-def get(name: str) -> Source:
-  if name not in _REGISTRY:
-    raise KeyError(f"unknown data source {name!r}; known: {sorted(_REGISTRY)}")
-  return _REGISTRY[name]
 
 
 def read_manifest(path: str) -> Iterator[dict]:
@@ -92,7 +82,7 @@ def fsdd(config: ml_collections.ConfigDict, split: str) -> Iterator[dict]:
   `data.fsdd_speakers.<split>` lists the speakers of each split (all when empty),
   so a voice can be kept out of training and used to test generalisation.
   """
-  yield from fsdd_examples(config.data.fsdd_dir, config.data.get("fsdd_speakers", {}).get(split, ()))
+  yield from fsdd_examples(config.data.fsdd_dir, config.data.fsdd_speakers.get(split, ()))
 
 
 def fsdd_examples(fsdd_dir: str, speakers: Sequence[str] = ()) -> Iterator[dict]:
@@ -183,15 +173,15 @@ def tfds_source(config: ml_collections.ConfigDict, split: str) -> Iterator[dict]
   (any TFDS split string, e.g. "train_clean360" or "train[:5%]").
   """
   import tensorflow_datasets as tfds  # Imported here: only this source needs it.
-  name = config.data.get("tfds_name", "")
+  name = config.data.tfds_name
   dataset = TFDS_DATASETS.get(name.split(":")[0].split("/")[0])
   if dataset is None:
     raise ValueError(f"data.tfds_name={name!r} is not one of the TFDS speech datasets stalign "
                      f"knows how to read: {sorted(TFDS_DATASETS)}")
-  tfds_split = config.data.get("tfds_splits", {}).get(split) or dataset.splits.get(split)
+  tfds_split = config.data.tfds_splits.get(split) or dataset.splits.get(split)
   if not tfds_split:
     raise KeyError(f"no TFDS split for split {split!r}: set --config.data.tfds_splits.{split}=SPLIT")
-  data_dir = config.data.get("tfds_dir", "") or None
+  data_dir = config.data.tfds_dir or None
   builder = tfds.builder(name, data_dir=data_dir)
   if not builder.is_prepared():
     raise FileNotFoundError(

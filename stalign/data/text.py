@@ -10,6 +10,8 @@ from collections.abc import Sequence
 import re
 import unicodedata
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from stalign.data import espeak
@@ -120,14 +122,18 @@ def collapse(ids: np.ndarray) -> list[int]:
   return out
 
 
-def decode_greedy(ids: np.ndarray, kind: str = "chars") -> str:
-  """Best-path CTC decoding to text.
+def ctc_alignable(labels, num_labels, output_frames):
+  """Which rows CTC can align: a frame per label plus a blank between each repeated pair.
 
-  Phonemes are concatenated, which reads well but is ambiguous ("t"+"ʃ" vs
-  "tʃ"); error rates compare id sequences (`collapse` + `edit_distance`).
+  labels [B, L] (padded), num_labels [B], output_frames [B] -> bool [B]. numpy
+  in, numpy out (the TFRecord summary counts them); jax in, jax out (the loss
+  masks them, since their CTC loss is infinite). The stored data does not depend
+  on the model's frame rate; the step decides.
   """
-  tokens = vocabulary(kind)
-  return "".join(tokens[i - 1] for i in collapse(ids))
+  xp = jnp if isinstance(labels, jax.Array) else np
+  real = xp.arange(labels.shape[1])[None, 1:] < num_labels[:, None]
+  repeats = xp.sum((labels[:, 1:] == labels[:, :-1]) & real, axis=1)
+  return output_frames >= num_labels + repeats
 
 
 def edit_distance(a: Sequence, b: Sequence) -> int:

@@ -9,11 +9,10 @@ Zero-shot classification needs class prompts rather than a split's pairs, so
 """
 from collections.abc import Callable
 import dataclasses
-import importlib
 
 import numpy as np
 
-_MODULES = ("retrieval", "geometry", "probing")
+from stalign import utils
 
 
 @dataclasses.dataclass
@@ -46,19 +45,8 @@ class Embeddings:
 
 
 Evaluator = Callable[[Embeddings], dict]
-_REGISTRY: dict[str, Evaluator] = {}
-
-
-def register(name: str) -> Callable[[Evaluator], Evaluator]:
-  def wrap(fn: Evaluator) -> Evaluator:
-    _REGISTRY[name] = fn
-    return fn
-  return wrap
-
-
-def get(name: str) -> Evaluator:
-  for module in _MODULES:  # Each registers itself on import.
-    importlib.import_module(f"stalign.evaluators.{module}")
-  if name not in _REGISTRY:
-    raise KeyError(f"unknown evaluator {name!r}; known: {sorted(_REGISTRY)}")
-  return _REGISTRY[name]
+# Each evaluator module registers itself on import.
+EVALUATORS: utils.Registry[Evaluator] = utils.Registry(
+    "evaluator", tuple(f"stalign.evaluators.{m}" for m in ("retrieval", "geometry", "probing")))
+register = EVALUATORS.register
+get = EVALUATORS.get

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from stalign.evaluators import Embeddings, register
-from stalign.losses import unit
+from stalign.utils import unit
 
 MAX_UNIFORMITY_ROWS = 4096  # Pairwise terms are O(N^2) memory: larger sets are subsampled.
 

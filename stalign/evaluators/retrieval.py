@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from stalign.evaluators import Embeddings, register
-from stalign.losses import unit
+from stalign.utils import unit
 
 KS = (1, 5, 10)
 

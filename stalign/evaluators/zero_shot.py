@@ -14,15 +14,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stalign.losses import unit
-
-TEMPLATES = ("{}", "the speaker says {}", "a recording of someone saying {}")
+from stalign.utils import unit
 
 
 
 def class_embeddings(embed_text: Callable[[list[str]], np.ndarray], descriptions: Sequence[str],
-                     templates: Sequence[str] = TEMPLATES) -> np.ndarray:
-  """[C, D] unit class embeddings, each the renormalised mean over its prompt templates."""
+                     templates: Sequence[str]) -> np.ndarray:
+  """[C, D] unit class embeddings, each the renormalised mean over its prompt templates.
+
+  `templates` hold "{}" for the class description (`eval.zero_shot_templates`).
+  """
   prompts = [t.format(d) for d in descriptions for t in templates]
   e = unit(embed_text(prompts)).reshape(len(descriptions), len(templates), -1)
   return unit(e.mean(axis=1))

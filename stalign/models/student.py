@@ -12,11 +12,13 @@ block boundaries, so `stalign.sharding` can lay the model out on any mesh.
 Padding never changes an embedding: padded frames are masked out of attention,
 zeroed before every convolution and excluded from pooling.
 """
+from flax import nnx
 import jax
 import jax.numpy as jnp
 import ml_collections
-from flax import nnx
 
+from stalign import utils
+from stalign.data import text as text_lib
 from stalign.sharding import constrain, logical
 
 _init = nnx.initializers.xavier_uniform()
@@ -150,7 +152,7 @@ class Student(nnx.Module):
 
   def frame_mask(self, num_frames: jax.Array, padded_frames: int) -> jax.Array:
     """[batch, encoder frames] True where a stacked frame holds any real audio."""
-    frames = -(-num_frames // self.subsample)
+    frames = utils.ceil_div(num_frames, self.subsample)
     return jnp.arange(padded_frames // self.subsample)[None, :] < frames[:, None]
 
   def __call__(self, features: jax.Array, num_frames: jax.Array,
@@ -179,4 +181,15 @@ class Student(nnx.Module):
     # Mean-pooled front end and block outputs, for layer-wise probes (unused ones are pruned by jit).
     layers = jnp.stack([jnp.einsum("bt,btd->bd", mean_weights, h) for h in hidden])
     return {"embedding": embedding, "ctc_logits": ctc_logits, "layers": layers,
-            "ctc_mask": jnp.repeat(mask, self.ctc_upsample, axis=1), "mask": mask}
+            "ctc_mask": jnp.repeat(mask, self.ctc_upsample, axis=1)}
+
+
+def build(config: ml_collections.ConfigDict, embed_dim: int, seed: int = 0) -> Student:
+  """The student `config` describes, for a teacher of width `embed_dim`.
+
+  The one builder that training, evaluation and inference share, so a
+  checkpoint always meets the module structure it was saved from.
+  """
+  return Student(config.model, config.features.num_mels, embed_dim,
+                 text_lib.vocab_size(config.features.ctc_targets), config.loss.temperature,
+                 nnx.Rngs(seed))

@@ -4,7 +4,7 @@ import os
 import numpy as np
 import pytest
 
-from stalign.data import corpus
+from configs import demo
 from stalign.data import espeak
 
 
@@ -15,7 +15,7 @@ def test_sample_rate_comes_from_the_library():
   assert 0.05 < np.abs(wave).max() <= 1
 
 
-@pytest.mark.parametrize("voice", corpus.DEFAULT_VOICES)
+@pytest.mark.parametrize("voice", demo.get_config().corpus.voices)
 def test_corpus_voices_exist(voice):
   assert len(espeak.synthesize("one two", voice, 200, 50)) > 1000
 

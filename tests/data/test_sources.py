@@ -8,7 +8,9 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from testdata import tiny_config
+from stalign import prepare
 from stalign.data import sources
+from stalign.data import layout
 from stalign.data import tfrecords
 
 
@@ -112,10 +114,10 @@ def test_tfds_examples_are_written_resampled_with_bad_ones_counted(tmp_path):
               {"audio": np.zeros(4000, np.int64), "label": 5, "audio/filename": "5_theo_0.wav"}]
   config = _config(tmp_path, "spoken_digit")
   with _fake_tfds(examples):
-    summary = tfrecords.write_split(sources.get("tfds")(config, "train"), config, "train", 1)
+    summary = prepare.write_split(sources.get("tfds")(config, "train"), config, "train", 1)
   assert summary["written"] == 1
   assert summary["skipped_example"] == {"AudioError: audio is silent (peak below 0.0001)":
                                         "spoken_digit/train[:80%]/5_theo_0.wav"}
-  [record] = tfrecords.iterate_records(tfrecords.list_shards(config.data_dir, "train"))
+  [record] = tfrecords.iterate_records(layout.list_shards(config.data_dir, "train"))
   assert record["text"] == "four" and record["labels"]["speaker"] == "theo"
   assert record["duration"] == pytest.approx(0.5, abs=1e-3)

@@ -6,14 +6,16 @@ import numpy as np
 import soundfile as sf
 
 from testdata import fsdd_files, tiny_config, write_manifest
+from stalign import prepare
 from stalign.data import sources
+from stalign.data import layout
 from stalign.data import tfrecords
 
 
 def test_prepared_split_summary_and_round_trip(prepared_config):
-  summary = tfrecords.read_summary(prepared_config.data_dir, "train")
+  summary = layout.read_summary(prepared_config.data_dir, "train")
   assert summary["read"] == 60 and summary["written"] + sum(summary["skipped"].values()) == 60
-  records = list(tfrecords.iterate_records(tfrecords.list_shards(prepared_config.data_dir, "train")))
+  records = list(tfrecords.iterate_records(layout.list_shards(prepared_config.data_dir, "train")))
   assert len(records) == summary["written"]
   r = records[0]
   assert r["text"] in sources.DIGIT_WORDS
@@ -36,7 +38,7 @@ def test_bad_inputs_are_skipped_counted_and_named(tmp_path):
     f.write(json.dumps({"audio_filepath": good[0], "text": "room 101"}) + "\n")
   config = tiny_config(str(tmp_path / "data"))
   config.data.manifests["train"] = manifest
-  summary = tfrecords.write_split(sources.get("manifest")(config, "train"), config, "train", 2)
+  summary = prepare.write_split(sources.get("manifest")(config, "train"), config, "train", 2)
   assert summary["read"] == 6 and summary["written"] == 3
   assert sum(summary["skipped"].values()) == 3
   reasons = " ".join(summary["skipped"])
@@ -54,18 +56,12 @@ def test_killed_write_leaves_no_finished_split(tmp_path):
     raise KeyboardInterrupt
 
   try:
-    tfrecords.write_split(dies(), config, "train", 2)
+    prepare.write_split(dies(), config, "train", 2)
   except KeyboardInterrupt:
     pass
   try:
-    tfrecords.list_shards(config.data_dir, "train")
+    layout.list_shards(config.data_dir, "train")
     raise AssertionError("a killed split must not look finished")
   except FileNotFoundError as e:
     assert "stalign.main" in str(e)
   assert not glob.glob(os.path.join(config.data_dir, "tfrecords", "train-*.tfrecord"))
-
-
-def test_ctc_alignable_counts_repeats():
-  assert tfrecords.ctc_alignable(np.array([1, 2, 3]), 3)
-  assert not tfrecords.ctc_alignable(np.array([1, 1, 3]), 3)  # Needs a blank between the 1s.
-  assert tfrecords.ctc_alignable(np.array([1, 1, 3]), 4)

@@ -1,0 +1,141 @@
+"""The config contract: parsing a config file's `arg`, and one check of every key's value.
+
+Config files (configs/*.py) declare every key with a one-line comment; this
+module checks the values once, before any work starts, so a typo in an enum
+fails at the command line with the key and its allowed values rather than
+training silently without a loss term. `stalign.main` and `stalign.load` call
+`validate`.
+"""
+from collections.abc import Iterable
+import numbers
+
+import ml_collections
+
+from stalign import evaluators
+from stalign.data import sources
+from stalign.data import text as text_lib
+
+ZERO_SHOT_DATASETS = ("synthetic", "fsdd")
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work; the message names the key and what it may be."""
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+  """Parses a config file's `arg` ("tiny", "tiny,seed=3") against declared defaults.
+
+  As big_vision's `parse_arg`: a bare name sets a boolean to True; `name=value`
+  converts value to the default's type. Names that are not declared are an
+  error, so `configs/demo.py:tyni` fails instead of silently giving the full size.
+  """
+  out = ml_collections.ConfigDict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    name, has_value, value = item.partition("=")
+    if name not in defaults:
+      raise ConfigError(f"unknown config arg {name!r} in {arg!r}; known: {sorted(defaults)}")
+    default = defaults[name]
+    if not has_value:
+      if not isinstance(default, bool):
+        raise ConfigError(f"config arg {name!r} needs a value ({name}=...)")
+      out[name] = True
+    elif isinstance(default, bool):
+      if value.lower() not in ("true", "false", "1", "0"):
+        raise ConfigError(f"config arg {name}={value!r} is not a boolean")
+      out[name] = value.lower() in ("true", "1")
+    else:
+      out[name] = type(default)(value)
+  return out
+
+
+def _one_of(key: str, value, allowed: Iterable) -> None:
+  allowed = tuple(allowed)
+  if value not in allowed:
+    raise ConfigError(f"{key}={value!r} is not allowed; use one of {list(allowed)}")
+
+
+def _all_of(key: str, values, allowed: Iterable) -> None:
+  allowed = tuple(allowed)
+  unknown = [v for v in values if v not in allowed]
+  if unknown:
+    raise ConfigError(f"{key} has unknown entries {unknown}; known: {list(allowed)}")
+
+
+def _at_least(key: str, value, low) -> None:
+  if not isinstance(value, numbers.Number) or value < low:
+    raise ConfigError(f"{key}={value!r} must be a number >= {low}")
+
+
+def _above(key: str, value, low) -> None:
+  if not isinstance(value, numbers.Number) or value <= low:
+    raise ConfigError(f"{key}={value!r} must be a number > {low}")
+
+
+def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Checks every enum and range of `config`; returns it, or raises ConfigError naming the key."""
+  c = config
+  _one_of("data.source", c.data.source, sources.SOURCES.names())
+  _all_of("data.train_extra", c.data.train_extra, sources.SOURCES.names())
+  _above("data.num_shards", c.data.num_shards, 0)
+  for key in ("num_train", "num_valid", "num_test", "num_zero_shot", "chunk_size", "workers"):
+    _at_least(f"corpus.{key}", c.corpus[key], 1 if key == "chunk_size" else 0)
+  if not c.corpus.voices:
+    raise ConfigError("corpus.voices is empty; name at least one espeak-ng voice, e.g. 'en-us'")
+
+  _one_of("features.ctc_targets", c.features.ctc_targets, ("chars", "phonemes"))
+  text_lib.vocabulary(c.features.ctc_targets)
+  for key in ("sample_rate", "num_mels", "win_ms", "hop_ms", "max_seconds"):
+    _above(f"features.{key}", c.features[key], 0)
+
+  _above("input.batch_size", c.input.batch_size, 0)
+  if list(c.input.bucket_boundaries) != sorted(set(c.input.bucket_boundaries)) or any(
+      b <= 0 for b in c.input.bucket_boundaries):
+    raise ConfigError(f"input.bucket_boundaries={tuple(c.input.bucket_boundaries)} must be "
+                      "distinct positive frame counts in increasing order")
+
+  for key in ("subsample", "dim", "depth", "heads", "conv_kernel", "ctc_upsample"):
+    _above(f"model.{key}", c.model[key], 0)
+  if c.model.dim % c.model.heads:
+    raise ConfigError(f"model.dim={c.model.dim} is not divisible by model.heads={c.model.heads}")
+  if not -c.model.depth <= c.model.ctc_layer < c.model.depth:
+    raise ConfigError(f"model.ctc_layer={c.model.ctc_layer} is outside the {c.model.depth} blocks "
+                      f"(use {-c.model.depth}..{c.model.depth - 1}; -1 = last)")
+  if not 0 <= c.model.dropout < 1:
+    raise ConfigError(f"model.dropout={c.model.dropout} must be in [0, 1)")
+  _one_of("model.pooling", c.model.pooling, ("mean", "attention"))
+
+  _one_of("loss.distill", c.loss.distill, ("cosine", "mse", "none"))
+  for key in ("distill_weight", "contrastive_weight", "ctc_weight"):
+    _at_least(f"loss.{key}", c.loss[key], 0)
+  _above("loss.temperature", c.loss.temperature, 0)
+  if c.loss.distill == "none" and not c.loss.contrastive_weight and not c.loss.ctc_weight:
+    raise ConfigError("no loss term is on: set loss.distill, loss.contrastive_weight or "
+                      "loss.ctc_weight")
+
+  t = c.train
+  _above("train.steps", t.steps, 0)
+  _above("train.lr", t.lr, 0)
+  _at_least("train.warmup_steps", t.warmup_steps, 0)
+  _one_of("train.schedule", t.schedule, ("cosine", "linear"))
+  _one_of("train.compute_dtype", t.compute_dtype, ("float32", "bfloat16"))
+  for key in ("log_every", "checkpoint_every", "keep_checkpoints", "max_nonfinite_steps",
+              "grad_accumulation"):
+    _above(f"train.{key}", t[key], 0)
+  for key, value in t.spec_augment.items():
+    _at_least(f"train.spec_augment.{key}", value, 0)
+  if c.init_skip and not c.init_from:
+    raise ConfigError("init_skip is set but init_from is empty: name the run to warm-start from")
+
+  for axis in ("data", "fsdp", "model"):
+    if c.mesh[axis] != -1:
+      _above(f"mesh.{axis}", c.mesh[axis], 0)
+
+  _all_of("eval.evaluators", c.eval.evaluators, evaluators.EVALUATORS.names())
+  _all_of("eval.during_training", c.eval.during_training, evaluators.EVALUATORS.names())
+  _all_of("eval.zero_shot", c.eval.zero_shot, ZERO_SHOT_DATASETS)
+  _above("eval.batch_size", c.eval.batch_size, 0)
+  _at_least("eval.every_steps", c.eval.every_steps, 0)
+  if not c.eval.zero_shot_templates or any("{}" not in t for t in c.eval.zero_shot_templates):
+    raise ConfigError("eval.zero_shot_templates must be non-empty and each hold '{}' for the "
+                      "class name")
+  return config

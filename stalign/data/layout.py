@@ -1,0 +1,63 @@
+"""Where a data folder keeps each thing, and the reads that need no TensorFlow.
+
+  DATA_DIR/corpus/                          the synthetic corpus (stalign.data.corpus)
+  DATA_DIR/tfrecords/{split}-i-of-n.tfrecord shards of a split (stalign.data.tfrecords)
+  DATA_DIR/tfrecords/{split}.summary.json   written last: a split without it is unfinished
+  DATA_DIR/tfrecords/teacher_stats.npz      teacher width and mean embedding (stalign.precompute)
+  DATA_DIR/teacher_cache/                   finished chunks of teacher embeddings
+
+Inference reads only the teacher statistics, so it imports this module and not
+the TFRecord reader or writer.
+"""
+import glob
+import json
+import os
+
+import numpy as np
+
+# The command that builds (or rebuilds) every split and the teacher statistics.
+PREPARE_COMMAND = "python -m stalign.main --config=CONFIG --workdir=RUN --stages=data"
+
+
+def tfrecords_dir(data_dir: str) -> str:
+  return os.path.join(data_dir, "tfrecords")
+
+
+def shard_path(data_dir: str, split: str, index: int, num_shards: int) -> str:
+  return os.path.join(tfrecords_dir(data_dir), f"{split}-{index:05d}-of-{num_shards:05d}.tfrecord")
+
+
+def summary_path(data_dir: str, split: str) -> str:
+  return os.path.join(tfrecords_dir(data_dir), f"{split}.summary.json")
+
+
+def teacher_stats_path(data_dir: str) -> str:
+  return os.path.join(tfrecords_dir(data_dir), "teacher_stats.npz")
+
+
+def teacher_cache_dir(data_dir: str) -> str:
+  return os.path.join(data_dir, "teacher_cache")
+
+
+def list_shards(data_dir: str, split: str) -> list[str]:
+  """Shards of a finished split, or a FileNotFoundError that says how to make them."""
+  files = sorted(glob.glob(os.path.join(tfrecords_dir(data_dir), f"{split}-*-of-*.tfrecord")))
+  if not files or not os.path.exists(summary_path(data_dir, split)):
+    raise FileNotFoundError(
+        f"no finished TFRecords for split {split!r} under {tfrecords_dir(data_dir)}; build them "
+        f"with `{PREPARE_COMMAND}` (a data folder from an older stalign may lack this split)")
+  return files
+
+
+def read_summary(data_dir: str, split: str) -> dict:
+  with open(summary_path(data_dir, split)) as f:
+    return json.load(f)
+
+
+def read_teacher_stats(data_dir: str) -> tuple[int, np.ndarray]:
+  """(teacher width, mean teacher embedding of the distinct training transcripts)."""
+  path = teacher_stats_path(data_dir)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found: the teacher statistics are written by `{PREPARE_COMMAND}`")
+  stats = np.load(path)
+  return int(stats["dim"]), stats["mean"]

@@ -1,0 +1,135 @@
+"""Data preparation: every split the run needs, as TFRecords with teacher embeddings.
+
+The `data` stage of `stalign.main`. A split is written once from any source
+(synthetic corpus, user manifest, FSDD, TFDS): audio is checked and turned into
+log-mel features by the same front end inference uses, bad input is skipped
+with a counted reason, and `stalign.precompute` then adds the teacher
+embeddings. Shards are written under a temporary name and renamed when
+complete, and a split counts as written only once its `{split}.summary.json`
+exists, so a killed job never leaves a half-written split that looks finished.
+Evaluators only read: every split they use is built here.
+"""
+import collections
+from collections.abc import Iterable, Iterator
+import glob
+import itertools
+import json
+import os
+
+from absl import logging
+import ml_collections
+import numpy as np
+import tensorflow as tf
+import tqdm
+
+from stalign import data
+from stalign import precompute
+from stalign import utils
+from stalign.data import audio
+from stalign.data import features
+from stalign.data import layout
+from stalign.data import sources
+from stalign.data import text as text_lib
+from stalign.data import tfrecords
+
+
+def splits(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """Splits to build; the synthetic corpus adds its zero-shot split (intents unseen in training)."""
+  extra = (data.ZERO_SHOT_SPLIT,) if config.data.source == "synthetic" else ()
+  return tuple(dict.fromkeys(data.SPLITS + (config.eval.split,) + extra))
+
+
+def _featurize(examples: Iterable[dict], config: ml_collections.ConfigDict,
+               skipped: collections.Counter, skip_examples: dict) -> Iterator[dict]:
+  """Loads and checks audio, computes log-mel and CTC targets; skips bad input with a reason."""
+  fcfg = config.features
+  for ex in examples:
+    name = ex.get("audio_filepath") or ex["id"]
+    try:
+      if "waveform" in ex:
+        wave = audio.check_waveform(np.asarray(ex["waveform"], np.float32), ex["sample_rate"],
+                                    fcfg.sample_rate, fcfg.max_seconds, name)
+      else:
+        wave = audio.load_audio(ex["audio_filepath"], fcfg.sample_rate, fcfg.max_seconds)
+      labels = text_lib.encode_targets(ex["text"], fcfg.ctc_targets)
+    except (audio.AudioError, text_lib.TranscriptError) as e:
+      reason = type(e).__name__ + ": " + str(e).split(": ", 1)[-1].split(";")[0]
+      skipped[reason] += 1
+      skip_examples.setdefault(reason, name)
+      logging.warning("skipping %s", e)
+      continue
+    yield {
+        "id": ex["id"],
+        "text": text_lib.normalize(ex["text"]),
+        "features": features.featurize(wave, fcfg),
+        "ctc_labels": labels,
+        "duration": wave.size / fcfg.sample_rate,
+        "labels": ex.get("labels", {}),
+    }
+
+
+def write_split(examples: Iterable[dict], config: ml_collections.ConfigDict, split: str,
+                num_shards: int, total: int | None = None) -> dict:
+  """Writes a split atomically and returns (and stores) its summary of what went in and out."""
+  os.makedirs(layout.tfrecords_dir(config.data_dir), exist_ok=True)
+  for stale in glob.glob(os.path.join(layout.tfrecords_dir(config.data_dir), f"{split}-*")):
+    os.remove(stale)  # Leftovers of a killed write: the split is rewritten whole.
+  names = [layout.shard_path(config.data_dir, split, i, num_shards) for i in range(num_shards)]
+  writers = [tf.io.TFRecordWriter(n + ".tmp") for n in names]
+  skipped, skip_examples = collections.Counter(), {}
+  written = unalignable = 0
+  seconds = 0.0
+  stream = tqdm.tqdm(examples, total=total, desc=f"tfrecords/{split}", unit="utt", mininterval=2,
+                     disable=None)
+  for record in _featurize(stream, config, skipped, skip_examples):
+    writers[written % num_shards].write(tfrecords.serialize(record))
+    written += 1
+    labels = record["ctc_labels"]
+    output_frames = features.ctc_frames(record["features"].shape[0], config.model)
+    unalignable += not text_lib.ctc_alignable(labels[None], np.array([len(labels)]),
+                                              np.array([output_frames]))[0]
+    seconds += record["duration"]
+  for w in writers:
+    w.close()
+  for n in names:
+    os.replace(n + ".tmp", n)
+  summary = {
+      "split": split,
+      "read": written + sum(skipped.values()),
+      "written": written,
+      "skipped": dict(skipped),
+      "skipped_example": skip_examples,
+      "ctc_unalignable": unalignable,
+      "hours": seconds / 3600,
+      "shards": num_shards,
+      "ctc_targets": config.features.ctc_targets,
+  }
+  with utils.atomic_write(layout.summary_path(config.data_dir, split)) as f:
+    json.dump(summary, f, indent=2)
+  logging.info("split %s: %d read, %d written, skipped %s, %d not CTC-alignable",
+               split, summary["read"], written, dict(skipped) or "none", unalignable)
+  return summary
+
+
+def prepare(config: ml_collections.ConfigDict) -> dict:
+  """Idempotent: splits whose summary exists are kept; returns each split's summary."""
+  source = sources.get(config.data.source)
+  summaries = {}
+  for split in splits(config):
+    if os.path.exists(layout.summary_path(config.data_dir, split)):
+      summaries[split] = layout.read_summary(config.data_dir, split)
+      stored = summaries[split].get("ctc_targets", "chars")
+      if stored != config.features.ctc_targets:
+        raise ValueError(
+            f"{config.data_dir} holds {stored} CTC targets but features.ctc_targets="
+            f"{config.features.ctc_targets!r}; point --config.data_dir at a new folder")
+      logging.info("split %s: reusing %d examples in %s", split, summaries[split]["written"],
+                   config.data_dir)
+      continue
+    examples = source(config, split)
+    if split == "train" and config.data.train_extra:
+      extra = [sources.get(name)(config, split) for name in config.data.train_extra]
+      examples = itertools.chain(examples, *extra)  # The reader's shuffle mixes them.
+    summaries[split] = write_split(examples, config, split, config.data.num_shards)
+  precompute.precompute(config, splits(config))
+  return summaries
