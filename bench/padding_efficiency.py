@@ -1,9 +1,10 @@
-"""Real (non-padded) frames in the demo's training batches, for the configured buckets and a baseline.
+"""Real (non-padded) frames in the demo's training batches: configured buckets vs a baseline.
 
 Needs the demo data (`make demo` builds it into data/demo). Every padded frame
 costs as much compute as a real one, and every distinct padded length is one
 more compilation of the train step: this shows both sides of that trade.
 """
+
 import os
 from typing import Any
 
@@ -19,10 +20,15 @@ def run() -> dict[str, Any]:
   if not os.path.exists(os.path.join(config.data_dir, "tfrecords", "train.summary.json")):
     return {"skipped": f"no demo data in {config.data_dir}; run `make demo` first"}
   out = {"num_batches": NUM_BATCHES}
-  for name, boundaries in (("configured", tuple(config.input.bucket_boundaries)),
-                           ("baseline", BASELINE)):
+  for name, boundaries in (
+    ("configured", tuple(config.input.bucket_boundaries)),
+    ("baseline", BASELINE),
+  ):
     config.input.bucket_boundaries = boundaries
     efficiency, lengths = input_pipeline.padding_efficiency(config, "train", NUM_BATCHES)
-    out[name] = {"bucket_boundaries": list(boundaries), "real_frame_fraction": efficiency,
-                 "batches_per_padded_length": {str(k): v for k, v in sorted(lengths.items())}}
+    out[name] = {
+      "bucket_boundaries": list(boundaries),
+      "real_frame_fraction": efficiency,
+      "batches_per_padded_length": {str(k): v for k, v in sorted(lengths.items())},
+    }
   return out

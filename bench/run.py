@@ -3,6 +3,7 @@
 A benchmark is a module here with a `run() -> dict` function. Name some on the
 command line to run only those: `python -m bench.run teacher_throughput`.
 """
+
 import importlib
 import json
 import os
@@ -14,8 +15,11 @@ RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 def benchmarks() -> list[str]:
   """Every module of this package that defines `run`, except this runner."""
-  names = [m.name for m in pkgutil.iter_modules([os.path.dirname(os.path.abspath(__file__))])
-           if not m.name.startswith("_") and m.name != "run"]
+  names = [
+    m.name
+    for m in pkgutil.iter_modules([os.path.dirname(os.path.abspath(__file__))])
+    if not m.name.startswith("_") and m.name != "run"
+  ]
   return sorted(n for n in names if hasattr(importlib.import_module(f"bench.{n}"), "run"))
 
 

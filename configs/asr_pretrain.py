@@ -5,6 +5,7 @@ r"""Regime (b), first half: ASR pretraining with CTC only.
 The retrieval report of this run is at chance by construction (no embedding
 loss); its encoder initialises configs/distill_from_asr.py and multitask_from_asr.py.
 """
+
 import ml_collections
 
 from configs import demo

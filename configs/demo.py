@@ -9,6 +9,7 @@ end-to-end test uses it); `:tiny,seed=3` also sets the seed. Any key can be
 overridden, e.g. `--config.train.steps=200 --config.loss.ctc_weight=0`. Every
 key is declared here with a comment; `stalign.config.validate` checks them all.
 """
+
 import ml_collections
 
 from stalign import config as config_lib
@@ -33,13 +34,28 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.corpus.chunk_size = 64  # Utterances rendered per task; the audio depends on it.
   # espeak-ng voices, drawn per utterance.
   c.corpus.voices = (
-      "en-us", "en-us+f2", "en-us+m3", "en-us-nyc", "en-us-nyc+m7", "en", "en+f4", "en+m2",
-      "en-gb-x-rp", "en-gb-x-rp+f3", "en-gb-x-rp+m4", "en-gb-scotland", "en-gb-scotland+f1",
-      "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-029")
+    "en-us",
+    "en-us+f2",
+    "en-us+m3",
+    "en-us-nyc",
+    "en-us-nyc+m7",
+    "en",
+    "en+f4",
+    "en+m2",
+    "en-gb-x-rp",
+    "en-gb-x-rp+f3",
+    "en-gb-x-rp+m4",
+    "en-gb-scotland",
+    "en-gb-scotland+f1",
+    "en-gb-x-gbclan",
+    "en-gb-x-gbcwmd",
+    "en-029",
+  )
   c.corpus.rate = (150, 230)  # espeak words per minute.
   c.corpus.pitch = (30, 70)  # espeak pitch 0..100.
   c.corpus.augment = ml_collections.ConfigDict(
-      dict(speed=(0.9, 1.1), noise_snr_db=(15.0, 40.0), noise_prob=0.5))
+    dict(speed=(0.9, 1.1), noise_snr_db=(15.0, 40.0), noise_prob=0.5)
+  )
 
   # Where examples come from (stalign/data/sources.py): synthetic | manifest | fsdd | tfds.
   c.data = ml_collections.ConfigDict()
@@ -50,7 +66,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Real human speech mixed into training; the fourth FSDD voice (nicolas) stays unseen.
   c.data.train_extra = () if tiny else ("fsdd",)  # Sources whose train split joins the main one.
   c.data.fsdd_speakers = ml_collections.ConfigDict(
-      dict(train=("george", "jackson", "lucas")))  # split -> speakers, for source=fsdd.
+    dict(train=("george", "jackson", "lucas"))
+  )  # split -> speakers, for source=fsdd.
   c.data.tfds_name = ""  # librispeech | spoken_digit | speech_commands, for source=tfds.
   c.data.tfds_dir = ""  # "" = TFDS default (~/tensorflow_datasets); never downloads.
   c.data.tfds_splits = ml_collections.ConfigDict()  # split -> TFDS split, overrides defaults.
@@ -113,11 +130,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 20 if tiny else 250
   c.train.keep_checkpoints = 2
   c.train.max_nonfinite_steps = 10
-  c.train.grad_accumulation = 1  # Micro-batches per optimizer update (train.steps counts micro-batches).
+  c.train.grad_accumulation = (
+    1  # Micro-batches per optimizer update (train.steps counts micro-batches).
+  )
   c.train.compute_dtype = "float32"  # "bfloat16": bf16 compute, f32 master weights and losses.
   # SpecAugment on the stored log-mel, inside the jitted step; 0 masks turns it off.
   c.train.spec_augment = ml_collections.ConfigDict(
-      dict(freq_masks=0, freq_width=12, time_masks=0, time_width=20))
+    dict(freq_masks=0, freq_width=12, time_masks=0, time_width=20)
+  )
   # Warm start (regimes b/d): a workdir or checkpoint folder whose params initialise this run;
   # params whose path matches any regex in init_skip keep their fresh initialisation.
   c.init_from = ""
@@ -126,13 +146,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Device mesh and the one table mapping logical axis names to mesh axes.
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
   c.sharding_rules = (
-      ("batch", ("data", "fsdp")),
-      ("embed", "fsdp"),
-      ("mlp", "model"),
-      ("heads", "model"),
-      ("kv", None),
-      ("vocab", None),
-      ("length", None),
+    ("batch", ("data", "fsdp")),
+    ("embed", "fsdp"),
+    ("mlp", "model"),
+    ("heads", "model"),
+    ("kv", None),
+    ("vocab", None),
+    ("length", None),
   )
 
   # Evaluation of the final model.

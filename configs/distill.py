@@ -1,7 +1,8 @@
 r"""Regime (a): distillation only (cosine to centred targets + in-batch contrastive), from scratch.
 
-  python -m stalign.main --config=configs/distill.py --workdir=runs/distill
+python -m stalign.main --config=configs/distill.py --workdir=runs/distill
 """
+
 import ml_collections
 
 from configs import demo

@@ -6,6 +6,7 @@ r"""Regime (b): distillation initialised from the ASR-pretrained encoder.
 The encoder (front end, Conformer blocks, CTC head) comes from the ASR run;
 the utterance head (`pool_*`) starts fresh, as the log lists.
 """
+
 import ml_collections
 
 from configs import distill

@@ -5,6 +5,7 @@ r"""Regime (d): multitask distillation + CTC, initialised from the ASR-pretraine
 
 Regime (c), multitask from scratch, is configs/demo.py itself.
 """
+
 import ml_collections
 
 from configs import demo

@@ -7,4 +7,5 @@
 def load(path: str, step: int | None = None, config=None):
   """Restores a run; see `stalign.api.load` (imported lazily: `import stalign` stays cheap)."""
   from stalign import api  # pylint: disable=g-import-not-at-top
+
   return api.load(path, step=step, config=config)

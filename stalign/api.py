@@ -13,6 +13,7 @@ front end as the stored training data (resampling, checks, log-mel rounded to
 float16), so an embedding does not depend on whether a clip came from a
 TFRecord or a wav file.
 """
+
 from collections.abc import Sequence
 import functools
 import json
@@ -38,8 +39,10 @@ def config_from_workdir(workdir: str) -> ml_collections.ConfigDict:
   """The resolved config a run saved (`config.json`), as a ConfigDict."""
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} not found: pass a run directory written by stalign.main "
-                            "(or give the config explicitly)")
+    raise FileNotFoundError(
+      f"{path} not found: pass a run directory written by stalign.main "
+      "(or give the config explicitly)"
+    )
   with open(path) as f:
     return ml_collections.ConfigDict(json.load(f))
 
@@ -61,8 +64,10 @@ def _resolve_data_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
   for c in candidates:
     if os.path.exists(layout.teacher_stats_path(c)):
       return os.path.abspath(c)
-  raise FileNotFoundError(f"teacher_stats.npz not found under data_dir={rel!r} (tried {candidates}); "
-                          "the run's data folder holds the training mean the embeddings are centred on")
+  raise FileNotFoundError(
+    f"teacher_stats.npz not found under data_dir={rel!r} (tried {candidates}); "
+    "the run's data folder holds the training mean the embeddings are centred on"
+  )
 
 
 def _ancestors(path: str) -> list[str]:
@@ -85,8 +90,14 @@ class Model:
   this way) without recompiling the forward pass.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, graphdef, params, target_mean: np.ndarray,
-               step: int | None = None):
+  def __init__(
+    self,
+    config: ml_collections.ConfigDict,
+    graphdef,
+    params,
+    target_mean: np.ndarray,
+    step: int | None = None,
+  ):
     self.config = config
     self.graphdef = graphdef
     self.params = params
@@ -107,7 +118,9 @@ class Model:
 
   def embed_text(self, texts: Sequence[str]) -> np.ndarray:
     """[N, D] teacher embeddings, centred as the student's targets were."""
-    return self.teacher.embed(list(texts), batch_size=self.config.teacher.batch_size) - self.target_mean
+    return (
+      self.teacher.embed(list(texts), batch_size=self.config.teacher.batch_size) - self.target_mean
+    )
 
   def features(self, waveform: np.ndarray) -> np.ndarray:
     """Log-mel frames of a model-rate waveform, exactly as the TFRecord writer stores them."""
@@ -139,14 +152,14 @@ class Model:
     order = np.argsort(lengths, kind="stable")
     emb, layers = [None] * len(feats), [None] * len(feats)
     for start in range(0, len(order), batch_size):
-      index = order[start:start + batch_size]
+      index = order[start : start + batch_size]
       longest = lengths[index[-1]]
       padded = features_lib.padded_length(longest, buckets, self.config.model.subsample)
       x = np.zeros((batch_size, padded, self.config.features.num_mels), np.float32)
       for row, i in enumerate(index):
-        x[row, :lengths[i]] = feats[i]
+        x[row, : lengths[i]] = feats[i]
       n = np.zeros(batch_size, np.int32)
-      n[:len(index)] = lengths[index]
+      n[: len(index)] = lengths[index]
       e, h = jax.device_get(self._forward(self.params, x, n))
       for row, i in enumerate(index):
         emb[i], layers[i] = e[row], h[:, row]
@@ -155,8 +168,9 @@ class Model:
     return np.stack(emb), np.stack(layers, axis=1)
 
 
-def load(path: str, step: int | None = None,
-         config: ml_collections.ConfigDict | None = None) -> Model:
+def load(
+  path: str, step: int | None = None, config: ml_collections.ConfigDict | None = None
+) -> Model:
   """Restores a run for embedding.
 
   Args:
@@ -174,6 +188,8 @@ def load(path: str, step: int | None = None,
   config.data_dir = _resolve_data_dir(config, workdir)
   dim, mean = layout.read_teacher_stats(config.data_dir)
   graphdef, abstract = nnx.split(nnx.eval_shape(lambda: student_lib.build(config, dim)))
-  params, step = checkpoints.restore_params(workdir, abstract, step if step is not None else path_step)
+  params, step = checkpoints.restore_params(
+    workdir, abstract, step if step is not None else path_step
+  )
   logging.info("loaded %s step %d", workdir, step)
   return Model(config, graphdef, params, mean, step)

@@ -4,13 +4,13 @@ A checkpoint holds the train state (params, optimizer state, step) and the
 input position `{"epoch", "batch"}` as JSON, so a resumed run sees exactly the
 batches an uninterrupted run would have seen.
 """
+
+from collections.abc import Sequence
 import os
 import re
-from collections.abc import Sequence
-
-import jax
 
 from absl import logging
+import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
@@ -18,28 +18,46 @@ BEST_METRIC = "valid_loss"
 
 
 def manager(workdir: str, keep: int, async_save: bool = True) -> ocp.CheckpointManager:
-  preserve = policies.AnyPreservationPolicy([
+  preserve = policies.AnyPreservationPolicy(
+    [
       policies.LatestN(n=keep),
-      policies.BestN(get_metric_fn=lambda m: m[BEST_METRIC], reverse=True, n=1,
-                     keep_checkpoints_without_metrics=False),
-  ])
-  options = ocp.CheckpointManagerOptions(preservation_policy=preserve,
-                                         enable_async_checkpointing=async_save, create=True)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
-                               options=options)
+      policies.BestN(
+        get_metric_fn=lambda m: m[BEST_METRIC],
+        reverse=True,
+        n=1,
+        keep_checkpoints_without_metrics=False,
+      ),
+    ]
+  )
+  options = ocp.CheckpointManagerOptions(
+    preservation_policy=preserve, enable_async_checkpointing=async_save, create=True
+  )
+  return ocp.CheckpointManager(
+    os.path.join(os.path.abspath(workdir), "checkpoints"), options=options
+  )
 
 
-def save(mgr: ocp.CheckpointManager, step: int, state, position: dict,
-         metrics: dict | None = None) -> None:
-  mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                         position=ocp.args.JsonSave(position)),
-           metrics=metrics, force=True)
+def save(
+  mgr: ocp.CheckpointManager, step: int, state, position: dict, metrics: dict | None = None
+) -> None:
+  mgr.save(
+    step,
+    args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state), position=ocp.args.JsonSave(position)
+    ),
+    metrics=metrics,
+    force=True,
+  )
 
 
 def restore(mgr: ocp.CheckpointManager, step: int, abstract_state) -> tuple:
   """(state, position) of `step`, laid out as `abstract_state`'s shardings say."""
-  out = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
-                                                  position=ocp.args.JsonRestore()))
+  out = mgr.restore(
+    step,
+    args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract_state), position=ocp.args.JsonRestore()
+    ),
+  )
   logging.info("restored checkpoint of step %d from %s", step, mgr.directory)
   return out["state"], out["position"]
 
@@ -49,16 +67,26 @@ def restore_params(path: str, abstract_params, step: int | None = None) -> tuple
 
   Only the params are read (no optimizer state): for `init_from` and for inference.
   """
-  root = os.path.join(path, "checkpoints") if os.path.isdir(os.path.join(path, "checkpoints")) else path
+  root = (
+    os.path.join(path, "checkpoints") if os.path.isdir(os.path.join(path, "checkpoints")) else path
+  )
   mgr = ocp.CheckpointManager(os.path.abspath(root))
   step = mgr.latest_step() if step is None else step
   if step is None or step not in mgr.all_steps():
-    raise FileNotFoundError(f"no checkpoint {'' if step is None else step} under {root} "
-                            f"(have {sorted(mgr.all_steps())})")
+    raise FileNotFoundError(
+      f"no checkpoint {'' if step is None else step} under {root} (have {sorted(mgr.all_steps())})"
+    )
   target = {"params": abstract_params}
-  restored = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-      target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-      partial_restore=True)))
+  restored = mgr.restore(
+    step,
+    args=ocp.args.Composite(
+      state=ocp.args.PyTreeRestore(
+        target,
+        restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+        partial_restore=True,
+      )
+    ),
+  )
   mgr.close()
   return restored["state"]["params"], step
 
@@ -84,6 +112,10 @@ def warm_start(fresh, restored, skip: Sequence[str]):
   unused = [p for p in skip if not any(re.search(p, n) for n in kept_fresh)]
   if unused:
     raise ValueError(f"init_skip patterns {unused} match no parameter; check the names")
-  logging.info("warm start: %d params restored, %d kept fresh: %s",
-               len(jax.tree.leaves(params)) - len(kept_fresh), len(kept_fresh), kept_fresh)
+  logging.info(
+    "warm start: %d params restored, %d kept fresh: %s",
+    len(jax.tree.leaves(params)) - len(kept_fresh),
+    len(kept_fresh),
+    kept_fresh,
+  )
   return params

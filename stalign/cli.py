@@ -6,6 +6,7 @@ user error (a missing file, bad audio, a bad config value) prints one line that
 says what to do and exits with status 2; with `--verbosity=0` its traceback is
 shown too. Any other exception is a bug and keeps its traceback.
 """
+
 from collections.abc import Callable
 import os
 import sys
@@ -19,8 +20,14 @@ from stalign.data import audio
 from stalign.data import text as text_lib
 
 # Errors a user fixes by changing their input, not the code.
-USER_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, audio.AudioError,
-               text_lib.TranscriptError, config_lib.ConfigError)
+USER_ERRORS = (
+  FileNotFoundError,
+  NotADirectoryError,
+  IsADirectoryError,
+  audio.AudioError,
+  text_lib.TranscriptError,
+  config_lib.ConfigError,
+)
 
 
 def run(main: Callable[[list[str]], None]) -> None:

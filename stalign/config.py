@@ -6,6 +6,7 @@ fails at the command line with the key and its allowed values rather than
 training silently without a loss term. `stalign.main` and `stalign.load` call
 `validate`.
 """
+
 from collections.abc import Iterable
 import numbers
 
@@ -89,17 +90,22 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
   _above("input.batch_size", c.input.batch_size, 0)
   if list(c.input.bucket_boundaries) != sorted(set(c.input.bucket_boundaries)) or any(
-      b <= 0 for b in c.input.bucket_boundaries):
-    raise ConfigError(f"input.bucket_boundaries={tuple(c.input.bucket_boundaries)} must be "
-                      "distinct positive frame counts in increasing order")
+    b <= 0 for b in c.input.bucket_boundaries
+  ):
+    raise ConfigError(
+      f"input.bucket_boundaries={tuple(c.input.bucket_boundaries)} must be "
+      "distinct positive frame counts in increasing order"
+    )
 
   for key in ("subsample", "dim", "depth", "heads", "conv_kernel", "ctc_upsample"):
     _above(f"model.{key}", c.model[key], 0)
   if c.model.dim % c.model.heads:
     raise ConfigError(f"model.dim={c.model.dim} is not divisible by model.heads={c.model.heads}")
   if not -c.model.depth <= c.model.ctc_layer < c.model.depth:
-    raise ConfigError(f"model.ctc_layer={c.model.ctc_layer} is outside the {c.model.depth} blocks "
-                      f"(use {-c.model.depth}..{c.model.depth - 1}; -1 = last)")
+    raise ConfigError(
+      f"model.ctc_layer={c.model.ctc_layer} is outside the {c.model.depth} blocks "
+      f"(use {-c.model.depth}..{c.model.depth - 1}; -1 = last)"
+    )
   if not 0 <= c.model.dropout < 1:
     raise ConfigError(f"model.dropout={c.model.dropout} must be in [0, 1)")
   _one_of("model.pooling", c.model.pooling, ("mean", "attention"))
@@ -109,8 +115,9 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _at_least(f"loss.{key}", c.loss[key], 0)
   _above("loss.temperature", c.loss.temperature, 0)
   if c.loss.distill == "none" and not c.loss.contrastive_weight and not c.loss.ctc_weight:
-    raise ConfigError("no loss term is on: set loss.distill, loss.contrastive_weight or "
-                      "loss.ctc_weight")
+    raise ConfigError(
+      "no loss term is on: set loss.distill, loss.contrastive_weight or loss.ctc_weight"
+    )
 
   t = c.train
   _above("train.steps", t.steps, 0)
@@ -118,8 +125,13 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _at_least("train.warmup_steps", t.warmup_steps, 0)
   _one_of("train.schedule", t.schedule, ("cosine", "linear"))
   _one_of("train.compute_dtype", t.compute_dtype, ("float32", "bfloat16"))
-  for key in ("log_every", "checkpoint_every", "keep_checkpoints", "max_nonfinite_steps",
-              "grad_accumulation"):
+  for key in (
+    "log_every",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "max_nonfinite_steps",
+    "grad_accumulation",
+  ):
     _above(f"train.{key}", t[key], 0)
   for key, value in t.spec_augment.items():
     _at_least(f"train.spec_augment.{key}", value, 0)
@@ -136,6 +148,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _above("eval.batch_size", c.eval.batch_size, 0)
   _at_least("eval.every_steps", c.eval.every_steps, 0)
   if not c.eval.zero_shot_templates or any("{}" not in t for t in c.eval.zero_shot_templates):
-    raise ConfigError("eval.zero_shot_templates must be non-empty and each hold '{}' for the "
-                      "class name")
+    raise ConfigError(
+      "eval.zero_shot_templates must be non-empty and each hold '{}' for the class name"
+    )
   return config

@@ -11,6 +11,7 @@ reason in the index (parquet: `<output>.skipped.json`), so one bad clip never
 loses a whole batch job. Embeddings live in the run's joint space: compare
 them with `stalign.load(RUN).embed_text(...)` by cosine.
 """
+
 import glob
 import json
 import os
@@ -29,10 +30,13 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 
 
 def list_inputs(path: str) -> list[dict]:
-  """[{id, audio_filepath[, text]}] from a manifest (.jsonl/.json) or every audio file under a folder."""
+  """[{id, audio_filepath[, text]}] from a manifest (.jsonl/.json) or the audio under a folder."""
   if os.path.isdir(path):
-    files = sorted(f for f in glob.glob(os.path.join(path, "**", "*"), recursive=True)
-                   if f.lower().endswith(AUDIO_EXTENSIONS))
+    files = sorted(
+      f
+      for f in glob.glob(os.path.join(path, "**", "*"), recursive=True)
+      if f.lower().endswith(AUDIO_EXTENSIONS)
+    )
     return [{"id": os.path.relpath(f, path), "audio_filepath": f} for f in files]
   if os.path.exists(path):
     return list(sources.read_manifest(path))
@@ -49,8 +53,13 @@ def embed_inputs(model: api.Model, items: list[dict]) -> tuple[np.ndarray, list[
       logging.warning("skipping %s", e)
       skipped.append({"path": item["audio_filepath"], "reason": str(e)})
       continue
-    rows.append({"path": item["audio_filepath"], "id": item["id"],
-                 **({"text": item["text"]} if "text" in item else {})})
+    rows.append(
+      {
+        "path": item["audio_filepath"],
+        "id": item["id"],
+        **({"text": item["text"]} if "text" in item else {}),
+      }
+    )
   if not feats:
     raise ValueError(f"no usable audio among {len(items)} inputs (skipped: {skipped[:3]})")
   return model.embed_features(feats)[0], rows, skipped
@@ -64,7 +73,9 @@ def write(output: str, embeddings: np.ndarray, rows: list[dict], skipped: list[d
       import pyarrow as pa  # pylint: disable=g-import-not-at-top
       import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
     except ImportError as e:
-      raise SystemExit(f"--output={output} needs pyarrow (pip install pyarrow), or write .npy") from e
+      raise SystemExit(
+        f"--output={output} needs pyarrow (pip install pyarrow), or write .npy"
+      ) from e
     columns = {k: [r.get(k) for r in rows] for k in rows[0]}
     columns["embedding"] = list(embeddings.astype(np.float32))
     pq.write_table(pa.table(columns), output)
@@ -95,9 +106,15 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.DEFINE_string("workdir", None, "Trained run directory (or RUN/checkpoints/STEP).")
-  flags.DEFINE_string("input", None, "Folder of audio files (searched recursively) or a JSONL manifest "
-                      "with audio_filepath (and optionally id, text) per line.")
-  flags.DEFINE_string("output", None, "out.parquet (one row per file) or out.npy (+ out.json index).")
+  flags.DEFINE_string(
+    "input",
+    None,
+    "Folder of audio files (searched recursively) or a JSONL manifest "
+    "with audio_filepath (and optionally id, text) per line.",
+  )
+  flags.DEFINE_string(
+    "output", None, "out.parquet (one row per file) or out.npy (+ out.json index)."
+  )
   flags.DEFINE_integer("step", None, "Checkpoint step; default the latest.")
   flags.mark_flags_as_required(["workdir", "input", "output"])
   cli.run(main)

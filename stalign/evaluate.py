@@ -17,7 +17,13 @@ The student's embeddings are compared with the teacher's in the space the
 student was trained to match (teacher minus the training mean when
 `loss.centre_targets`), which is the space users query.
 """
+
 import os
+
+if __name__ == "__main__":  # As a CLI: quiet TensorFlow's C++ side before it loads (see main.py).
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
 
 from absl import app
 from absl import flags
@@ -50,9 +56,15 @@ def embed_split(model: api.Model, split: str) -> evaluators.Embeddings:
   else:
     raw = model.teacher.embed(list(gallery))
   return evaluators.Embeddings(
-      speech=speech, text=raw - model.target_mean, text_index=index, texts=list(gallery),
-      raw_text=raw, labels=[r["labels"] for r in records], ids=[r["id"] for r in records],
-      layers=layers)
+    speech=speech,
+    text=raw - model.target_mean,
+    text_index=index,
+    texts=list(gallery),
+    raw_text=raw,
+    labels=[r["labels"] for r in records],
+    ids=[r["id"] for r in records],
+    layers=layers,
+  )
 
 
 def zero_shot_synthetic(model: api.Model) -> dict:
@@ -62,18 +74,31 @@ def zero_shot_synthetic(model: api.Model) -> dict:
   descriptions = grammar.intent_descriptions()
   intents = [d["intent"] for d in emb.labels]
   out = {}
-  for name, names in (("held_out", sorted(grammar.HELD_OUT_INTENTS)),
-                      ("all_intents", sorted(descriptions))):
-    classes = zero_shot.class_embeddings(model.embed_text, [descriptions[n] for n in names], templates)
-    out[name] = zero_shot.evaluate(emb.speech, np.array([names.index(i) for i in intents]), classes,
-                                   names, groups=[d.get("voice", "") for d in emb.labels])
+  for name, names in (
+    ("held_out", sorted(grammar.HELD_OUT_INTENTS)),
+    ("all_intents", sorted(descriptions)),
+  ):
+    classes = zero_shot.class_embeddings(
+      model.embed_text, [descriptions[n] for n in names], templates
+    )
+    out[name] = zero_shot.evaluate(
+      emb.speech,
+      np.array([names.index(i) for i in intents]),
+      classes,
+      names,
+      groups=[d.get("voice", "") for d in emb.labels],
+    )
   # The headline figure: the held-out intents among themselves.
-  return {"accuracy": out["held_out"]["accuracy"], "chance": out["held_out"]["chance"],
-          "utterances": out["held_out"]["utterances"], **out}
+  return {
+    "accuracy": out["held_out"]["accuracy"],
+    "chance": out["held_out"]["chance"],
+    "utterances": out["held_out"]["utterances"],
+    **out,
+  }
 
 
 def zero_shot_fsdd(model: api.Model, fsdd_dir: str, held_out: tuple[str, ...]) -> dict:
-  """Real spoken digits classified against the ten digit words; per speaker, held-out voices apart."""
+  """Real spoken digits classified against the ten digit words; per speaker, held-out apart."""
   examples = list(sources.fsdd_examples(fsdd_dir))
   speech = model.embed_speech([ex["audio_filepath"] for ex in examples])
   digits = np.array([ex["labels"]["digit"] for ex in examples])
@@ -89,8 +114,13 @@ def zero_shot_fsdd(model: api.Model, fsdd_dir: str, held_out: tuple[str, ...]) -
   return out
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str, step: int | None = None,
-             fsdd_dir: str | None = None, evaluator_names: tuple[str, ...] | None = None) -> dict:
+def evaluate(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  step: int | None = None,
+  fsdd_dir: str | None = None,
+  evaluator_names: tuple[str, ...] | None = None,
+) -> dict:
   """Runs every evaluation of a run and writes RUN/report.json, RUN/report.md and the plots."""
   model = api.load(workdir, step=step, config=config)
   config = model.config
@@ -108,8 +138,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, step: int | None =
   fsdd_dir = fsdd_dir or (config.data.fsdd_dir if "fsdd" in datasets else None)
   if fsdd_dir and os.path.isdir(os.path.join(fsdd_dir, "recordings")):
     logging.info("zero-shot: FSDD digits in %s", fsdd_dir)
-    results["zero_shot"]["fsdd"] = zero_shot_fsdd(model, fsdd_dir,
-                                                  tuple(config.eval.fsdd_held_out_speakers))
+    results["zero_shot"]["fsdd"] = zero_shot_fsdd(
+      model, fsdd_dir, tuple(config.eval.fsdd_held_out_speakers)
+    )
   report.write(workdir, results, emb)
   return results
 
@@ -134,13 +165,20 @@ if __name__ == "__main__":
   # Defined here, not at import: stalign.main imports this module and owns --config/--workdir.
   flags.DEFINE_string("workdir", None, "Run directory holding checkpoints/ and config.json.")
   config_flags.DEFINE_config_file(
-      "config", None, "Config file; default: the run's own WORKDIR/config.json.", lock_config=True)
+    "config", None, "Config file; default: the run's own WORKDIR/config.json.", lock_config=True
+  )
   flags.DEFINE_integer("step", None, "Checkpoint step to evaluate; default the latest.")
   flags.DEFINE_string(
-      "fsdd_dir", None, "Folder in Free Spoken Digit layout (recordings/{digit}_{speaker}_{take}.wav) for "
-      "zero-shot digit classification; default the config's data.fsdd_dir when it exists.")
+    "fsdd_dir",
+    None,
+    "Folder in Free Spoken Digit layout (recordings/{digit}_{speaker}_{take}.wav) for "
+    "zero-shot digit classification; default the config's data.fsdd_dir when it exists.",
+  )
   flags.DEFINE_list(
-      "evaluators", None, "Evaluators to run on eval.split (retrieval, geometry, probing); default the "
-      "config's eval.evaluators.")
+    "evaluators",
+    None,
+    "Evaluators to run on eval.split (retrieval, geometry, probing); default the "
+    "config's eval.evaluators.",
+  )
   flags.mark_flags_as_required(["workdir"])
   cli.run(main)

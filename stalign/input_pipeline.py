@@ -7,6 +7,7 @@ bucket. Every epoch has its own shuffle seed, and every batch carries the
 epoch it came from, so the loop can save `(epoch, batches seen in it)` with a
 checkpoint and resume at exactly the next batch.
 """
+
 import collections
 from collections.abc import Iterator
 
@@ -37,11 +38,11 @@ def _parse_fn(config: ml_collections.ConfigDict, teacher_dim: int):
   num_mels = config.features.num_mels
   max_labels = max_label_length(config)
   spec = {
-      "text": tf.io.FixedLenFeature([], tf.string),
-      "features": tf.io.FixedLenFeature([], tf.string),
-      "num_frames": tf.io.FixedLenFeature([], tf.int64),
-      "ctc_labels": tf.io.VarLenFeature(tf.int64),
-      "duration": tf.io.FixedLenFeature([], tf.float32),
+    "text": tf.io.FixedLenFeature([], tf.string),
+    "features": tf.io.FixedLenFeature([], tf.string),
+    "num_frames": tf.io.FixedLenFeature([], tf.int64),
+    "ctc_labels": tf.io.VarLenFeature(tf.int64),
+    "duration": tf.io.FixedLenFeature([], tf.float32),
   }
   if teacher_dim:
     spec["teacher_embedding"] = tf.io.FixedLenFeature([teacher_dim], tf.float32)
@@ -52,29 +53,31 @@ def _parse_fn(config: ml_collections.ConfigDict, teacher_dim: int):
     feats = tf.cast(tf.reshape(feats, [-1, num_mels]), tf.float32)
     labels = tf.cast(tf.sparse.to_dense(ex["ctc_labels"]), tf.int32)[:max_labels]
     out = {
-        "features": feats,
-        "num_frames": tf.cast(ex["num_frames"], tf.int32),
-        "ctc_labels": tf.pad(labels, [[0, max_labels - tf.shape(labels)[0]]]),
-        "num_labels": tf.shape(labels)[0],
-        "duration": ex["duration"],
-        "text": ex["text"],
+      "features": feats,
+      "num_frames": tf.cast(ex["num_frames"], tf.int32),
+      "ctc_labels": tf.pad(labels, [[0, max_labels - tf.shape(labels)[0]]]),
+      "num_labels": tf.shape(labels)[0],
+      "duration": ex["duration"],
+      "text": ex["text"],
     }
     if teacher_dim:
       out["teacher"] = ex["teacher_embedding"]
     return out
+
   return parse
 
 
-def _bucketed(ds: tf.data.Dataset, config: ml_collections.ConfigDict, batch_size: int,
-              drop_remainder: bool) -> tf.data.Dataset:
+def _bucketed(
+  ds: tf.data.Dataset, config: ml_collections.ConfigDict, batch_size: int, drop_remainder: bool
+) -> tf.data.Dataset:
   lengths = features.bucket_lengths(config)
   return ds.bucket_by_sequence_length(
-      element_length_func=lambda ex: ex["num_frames"],
-      bucket_boundaries=[b + 1 for b in lengths[:-1]],
-      bucket_batch_sizes=[batch_size] * len(lengths),
-      pad_to_bucket_boundary=False,
-      padded_shapes=None,
-      drop_remainder=drop_remainder,
+    element_length_func=lambda ex: ex["num_frames"],
+    bucket_boundaries=[b + 1 for b in lengths[:-1]],
+    bucket_batch_sizes=[batch_size] * len(lengths),
+    pad_to_bucket_boundary=False,
+    padded_shapes=None,
+    drop_remainder=drop_remainder,
   ).map(lambda b: _pad_to_bucket(b, lengths, config.model))
 
 
@@ -85,6 +88,7 @@ def _pad_to_bucket(batch: dict, lengths: tuple[int, ...], model: ml_collections.
   (longer ones are masked out of the loss anyway): the CTC lattice, and its
   cost, scale with the label axis, so short buckets stay cheap.
   """
+
   def padded_sizes(frames):
     target = features.padded_length(int(frames), lengths, model.subsample)
     return np.array([target, features.ctc_frames(target, model)], np.int32)
@@ -101,19 +105,24 @@ def local_files(files: list[str]) -> list[str]:
   """This process's shards; every shard goes to exactly one process."""
   count, index = jax.process_count(), jax.process_index()
   if len(files) < count:
-    raise ValueError(f"{len(files)} shards cannot feed {count} processes; write at least "
-                     f"{count} shards (data.num_shards)")
+    raise ValueError(
+      f"{len(files)} shards cannot feed {count} processes; write at least "
+      f"{count} shards (data.num_shards)"
+    )
   return files[index::count]
 
 
 def local_batch_size(global_batch: int) -> int:
   if global_batch % jax.process_count():
-    raise ValueError(f"batch size {global_batch} is not divisible by {jax.process_count()} processes")
+    raise ValueError(
+      f"batch size {global_batch} is not divisible by {jax.process_count()} processes"
+    )
   return global_batch // jax.process_count()
 
 
-def train_iterator(config: ml_collections.ConfigDict, split: str, teacher_dim: int,
-                   position: dict | None = None) -> Iterator[dict]:
+def train_iterator(
+  config: ml_collections.ConfigDict, split: str, teacher_dim: int, position: dict | None = None
+) -> Iterator[dict]:
   """Endless shuffled batches as numpy dicts, starting after `position`.
 
   `position = {"epoch": e, "batch": k}` resumes at the (k+1)-th batch of epoch e.
@@ -143,8 +152,9 @@ def train_iterator(config: ml_collections.ConfigDict, split: str, teacher_dim: i
   return ds.as_numpy_iterator()
 
 
-def eval_batches(config: ml_collections.ConfigDict, split: str, teacher_dim: int,
-                 batch_size: int) -> Iterator[dict]:
+def eval_batches(
+  config: ml_collections.ConfigDict, split: str, teacher_dim: int, batch_size: int
+) -> Iterator[dict]:
   """Every example of a split exactly once, padded to full static batches (see `valid`).
 
   Evaluation reads all shards on every process: the embeddings are small and
@@ -162,12 +172,16 @@ def eval_batches(config: ml_collections.ConfigDict, split: str, teacher_dim: int
 
 
 def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
-  return np.concatenate([x, np.zeros((rows - x.shape[0],) + x.shape[1:], x.dtype)]) \
-      if x.shape[0] < rows else x
+  return (
+    np.concatenate([x, np.zeros((rows - x.shape[0],) + x.shape[1:], x.dtype)])
+    if x.shape[0] < rows
+    else x
+  )
 
 
-def padding_efficiency(config: ml_collections.ConfigDict, split: str,
-                       num_batches: int) -> tuple[float, dict[int, int]]:
+def padding_efficiency(
+  config: ml_collections.ConfigDict, split: str, num_batches: int
+) -> tuple[float, dict[int, int]]:
   """Fraction of real (non-padded) feature frames in the first `num_batches` training batches.
 
   Measured on what `train_iterator` yields, so it accounts for the bucketing and

@@ -5,9 +5,9 @@ mean has cosine 0.36 to every MiniLM target; calibration.md). Centring the
 targets removes that free minimum, and the in-batch InfoNCE term rewards
 telling utterances apart, which is what retrieval measures.
 """
+
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from stalign.data import text as text_lib
@@ -24,8 +24,9 @@ def mse_distillation(student: jax.Array, target: jax.Array, weights: jax.Array) 
   return jnp.sum(err * weights) / jnp.maximum(weights.sum(), 1)
 
 
-def info_nce(student: jax.Array, target: jax.Array, log_temperature: jax.Array,
-             weights: jax.Array) -> jax.Array:
+def info_nce(
+  student: jax.Array, target: jax.Array, log_temperature: jax.Array, weights: jax.Array
+) -> jax.Array:
   """Symmetric in-batch contrastive loss (CLIP/CLAP style).
 
   Utterances of the same transcript are all positives for each other (soft
@@ -41,8 +42,13 @@ def info_nce(student: jax.Array, target: jax.Array, log_temperature: jax.Array,
   return jnp.sum((s2t + t2s) * 0.5 * weights) / jnp.maximum(weights.sum(), 1)
 
 
-def ctc(logits: jax.Array, frame_mask: jax.Array, labels: jax.Array, num_labels: jax.Array,
-        weights: jax.Array) -> jax.Array:
+def ctc(
+  logits: jax.Array,
+  frame_mask: jax.Array,
+  labels: jax.Array,
+  num_labels: jax.Array,
+  weights: jax.Array,
+) -> jax.Array:
   """optax CTC, averaged per target character over the utterances that can be aligned."""
   label_pad = (jnp.arange(labels.shape[1])[None, :] >= num_labels[:, None]).astype(jnp.float32)
   per_utt = optax.ctc_loss(logits, 1.0 - frame_mask.astype(jnp.float32), labels, label_pad)

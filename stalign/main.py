@@ -9,41 +9,56 @@ resumes training from the workdir's latest checkpoint and rewrites the report.
 Output is a progress bar and one summary line per stage; `--verbosity=0` adds
 the INFO log (resolved config, mesh, batch arithmetic, checkpoints).
 """
+
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Before TensorFlow loads: no C++ INFO lines.
+# Before TensorFlow loads: its C++ side prints INFO lines (oneDNN notice) at import otherwise.
+# oneDNN only matters to TF float kernels, and TF only parses and pads data here.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
-# pylint: disable=g-import-not-at-top,wrong-import-position
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
-from absl import logging  # noqa: E402
-import jax  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
 
-from stalign import cli  # noqa: E402
-from stalign import config as config_lib  # noqa: E402
-from stalign import evaluate  # noqa: E402
-from stalign import prepare  # noqa: E402
-from stalign import report  # noqa: E402
-from stalign import train  # noqa: E402
+from stalign import cli
+from stalign import config as config_lib
+from stalign import evaluate
+from stalign import prepare
+from stalign import report
+from stalign import train
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None,
-    "Python config file with get_config(arg); `path.py:arg` passes arg (e.g. configs/demo.py:tiny). "
-    "Override any key with --config.KEY=VALUE; unknown keys are an error.",
-    lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, TensorBoard logs, report.")
-_STAGES = flags.DEFINE_list("stages", ["data", "train", "evaluate"],
-                            "Stages to run, in order: data (corpus, TFRecords, teacher embeddings), "
-                            "train, evaluate.")
+  "config",
+  None,
+  "Python config file with get_config(arg); `path.py:arg` passes arg (e.g. configs/demo.py:tiny). "
+  "Override any key with --config.KEY=VALUE; unknown keys are an error.",
+  lock_config=True,
+)
+_WORKDIR = flags.DEFINE_string(
+  "workdir", None, "Run directory: checkpoints, TensorBoard logs, report."
+)
+_STAGES = flags.DEFINE_list(
+  "stages",
+  ["data", "train", "evaluate"],
+  "Stages to run, in order: data (corpus, TFRecords, teacher embeddings), train, evaluate.",
+)
 _COORDINATOR = flags.DEFINE_string(
-    "coordinator_address", None,
-    "host:port of process 0 for multi-process runs on CPU/GPU (TPU pods find it themselves).")
+  "coordinator_address",
+  None,
+  "host:port of process 0 for multi-process runs on CPU/GPU (TPU pods find it themselves).",
+)
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
+_PROCESS_ID = flags.DEFINE_integer(
+  "process_id", None, "This process's index in a multi-process run."
+)
 _COMPILATION_CACHE = flags.DEFINE_string(
-    "compilation_cache", os.path.expanduser("~/.cache/stalign/jax"),
-    "Persistent XLA compilation cache: a rerun skips recompiling each bucket shape. '' disables it.")
+  "compilation_cache",
+  os.path.expanduser("~/.cache/stalign/jax"),
+  "Persistent XLA compilation cache: a rerun skips recompiling each bucket shape. '' disables it.",
+)
 
 
 def _save_config(config, workdir: str) -> None:
@@ -61,9 +76,14 @@ def main(argv):
   if _COORDINATOR.value:
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   config, workdir = config_lib.validate(_CONFIG.value), _WORKDIR.value
-  logging.info("process %d of %d, %d local / %d global devices (%s)", jax.process_index(),
-               jax.process_count(), jax.local_device_count(), jax.device_count(),
-               jax.devices()[0].platform)
+  logging.info(
+    "process %d of %d, %d local / %d global devices (%s)",
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+    jax.devices()[0].platform,
+  )
   logging.info("config:\n%s", config)
   _save_config(config, workdir)
   unknown = set(_STAGES.value) - {"data", "train", "evaluate"}
@@ -73,14 +93,22 @@ def main(argv):
   if "data" in _STAGES.value:
     summaries = prepare.prepare(config)
     if is_main:
-      print("data: " + ", ".join(f"{split} {s['written']} utterances ({s['hours']:.2f} h)"
-                                 for split, s in summaries.items()) + f" in {config.data_dir}")
+      print(
+        "data: "
+        + ", ".join(
+          f"{split} {s['written']} utterances ({s['hours']:.2f} h)"
+          for split, s in summaries.items()
+        )
+        + f" in {config.data_dir}"
+      )
   if "train" in _STAGES.value:
     summary = train.train_and_evaluate(config, workdir)
     if is_main:
       valid = ", ".join(f"{k} {v:.3f}" for k, v in summary["valid"].items())
-      print(f"train: step {summary['steps']} of {config.train.steps}"
-            f"{' (preempted: rerun to resume)' if summary['preempted'] else ''}; {valid}")
+      print(
+        f"train: step {summary['steps']} of {config.train.steps}"
+        f"{' (preempted: rerun to resume)' if summary['preempted'] else ''}; {valid}"
+      )
   if "evaluate" in _STAGES.value and is_main:
     results = evaluate.evaluate(config, workdir)
     print(report.headline(results))

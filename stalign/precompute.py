@@ -11,10 +11,15 @@ running the teacher on its own devices; they must share `data_dir`.
 
   python -m stalign.precompute --config=configs/demo.py
 """
-import hashlib
+
 import os
 
-from absl import app
+if __name__ == "__main__":  # As a CLI: quiet TensorFlow's C++ side before it loads (see main.py).
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+import hashlib
+
 from absl import flags
 from absl import logging
 import jax
@@ -47,10 +52,12 @@ def _texts(files: list[str]) -> list[str]:
   return [t.decode() for t in ds.as_numpy_iterator()]
 
 
-def _embed_chunks(texts: list[str], teacher, cache_dir: str, batch_size: int) -> dict[str, np.ndarray]:
+def _embed_chunks(
+  texts: list[str], teacher, cache_dir: str, batch_size: int
+) -> dict[str, np.ndarray]:
   """Embeds `texts` (sorted, distinct) chunk by chunk; finished chunks are reused on restart."""
   os.makedirs(cache_dir, exist_ok=True)
-  chunks = [texts[i:i + CHUNK] for i in range(0, len(texts), CHUNK)]
+  chunks = [texts[i : i + CHUNK] for i in range(0, len(texts), CHUNK)]
   mine = [i for i in range(len(chunks)) if i % jax.process_count() == jax.process_index()]
   for i in tqdm.tqdm(mine, desc="teacher", unit="chunk", disable=not mine):
     digest = hashlib.sha1("\n".join(chunks[i]).encode()).hexdigest()[:16]
@@ -87,8 +94,9 @@ def precompute(config: ml_collections.ConfigDict, splits: tuple[str, ...]) -> di
     split_texts = {s: _texts(shards[s]) for s in splits}
     texts = sorted(set().union(*split_texts.values()))
     logging.info("teacher %s: %d distinct transcripts to embed", teacher.name, len(texts))
-    table = _embed_chunks(texts, teacher, layout.teacher_cache_dir(config.data_dir),
-                          config.teacher.batch_size)
+    table = _embed_chunks(
+      texts, teacher, layout.teacher_cache_dir(config.data_dir), config.teacher.batch_size
+    )
     mine = [f for i, f in enumerate(todo) if i % jax.process_count() == jax.process_index()]
     for shard in tqdm.tqdm(mine, desc="write embeddings", unit="shard"):
       _rewrite_shard(shard, table)
@@ -111,8 +119,9 @@ def verify(config: ml_collections.ConfigDict, splits: tuple[str, ...]) -> dict:
     missing = [r["id"] for r in records if r["teacher_embedding"] is None]
     if missing or len(records) != expected:
       raise RuntimeError(
-          f"split {split}: {len(records)} examples (summary says {expected}), {len(missing)} "
-          f"without a teacher embedding (e.g. {missing[:3]}); rerun stalign.precompute")
+        f"split {split}: {len(records)} examples (summary says {expected}), {len(missing)} "
+        f"without a teacher embedding (e.g. {missing[:3]}); rerun stalign.precompute"
+      )
     counts[split] = len(records)
   return counts
 

@@ -9,8 +9,10 @@ complete, and a split counts as written only once its `{split}.summary.json`
 exists, so a killed job never leaves a half-written split that looks finished.
 Evaluators only read: every split they use is built here.
 """
+
 import collections
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
+from collections.abc import Iterator
 import glob
 import itertools
 import json
@@ -39,16 +41,25 @@ def splits(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   return tuple(dict.fromkeys(data.SPLITS + (config.eval.split,) + extra))
 
 
-def _featurize(examples: Iterable[dict], config: ml_collections.ConfigDict,
-               skipped: collections.Counter, skip_examples: dict) -> Iterator[dict]:
+def _featurize(
+  examples: Iterable[dict],
+  config: ml_collections.ConfigDict,
+  skipped: collections.Counter,
+  skip_examples: dict,
+) -> Iterator[dict]:
   """Loads and checks audio, computes log-mel and CTC targets; skips bad input with a reason."""
   fcfg = config.features
   for ex in examples:
     name = ex.get("audio_filepath") or ex["id"]
     try:
       if "waveform" in ex:
-        wave = audio.check_waveform(np.asarray(ex["waveform"], np.float32), ex["sample_rate"],
-                                    fcfg.sample_rate, fcfg.max_seconds, name)
+        wave = audio.check_waveform(
+          np.asarray(ex["waveform"], np.float32),
+          ex["sample_rate"],
+          fcfg.sample_rate,
+          fcfg.max_seconds,
+          name,
+        )
       else:
         wave = audio.load_audio(ex["audio_filepath"], fcfg.sample_rate, fcfg.max_seconds)
       labels = text_lib.encode_targets(ex["text"], fcfg.ctc_targets)
@@ -59,17 +70,22 @@ def _featurize(examples: Iterable[dict], config: ml_collections.ConfigDict,
       logging.warning("skipping %s", e)
       continue
     yield {
-        "id": ex["id"],
-        "text": text_lib.normalize(ex["text"]),
-        "features": features.featurize(wave, fcfg),
-        "ctc_labels": labels,
-        "duration": wave.size / fcfg.sample_rate,
-        "labels": ex.get("labels", {}),
+      "id": ex["id"],
+      "text": text_lib.normalize(ex["text"]),
+      "features": features.featurize(wave, fcfg),
+      "ctc_labels": labels,
+      "duration": wave.size / fcfg.sample_rate,
+      "labels": ex.get("labels", {}),
     }
 
 
-def write_split(examples: Iterable[dict], config: ml_collections.ConfigDict, split: str,
-                num_shards: int, total: int | None = None) -> dict:
+def write_split(
+  examples: Iterable[dict],
+  config: ml_collections.ConfigDict,
+  split: str,
+  num_shards: int,
+  total: int | None = None,
+) -> dict:
   """Writes a split atomically and returns (and stores) its summary of what went in and out."""
   os.makedirs(layout.tfrecords_dir(config.data_dir), exist_ok=True)
   for stale in glob.glob(os.path.join(layout.tfrecords_dir(config.data_dir), f"{split}-*")):
@@ -79,35 +95,43 @@ def write_split(examples: Iterable[dict], config: ml_collections.ConfigDict, spl
   skipped, skip_examples = collections.Counter(), {}
   written = unalignable = 0
   seconds = 0.0
-  stream = tqdm.tqdm(examples, total=total, desc=f"tfrecords/{split}", unit="utt", mininterval=2,
-                     disable=None)
+  stream = tqdm.tqdm(
+    examples, total=total, desc=f"tfrecords/{split}", unit="utt", mininterval=2, disable=None
+  )
   for record in _featurize(stream, config, skipped, skip_examples):
     writers[written % num_shards].write(tfrecords.serialize(record))
     written += 1
     labels = record["ctc_labels"]
     output_frames = features.ctc_frames(record["features"].shape[0], config.model)
-    unalignable += not text_lib.ctc_alignable(labels[None], np.array([len(labels)]),
-                                              np.array([output_frames]))[0]
+    unalignable += not text_lib.ctc_alignable(
+      labels[None], np.array([len(labels)]), np.array([output_frames])
+    )[0]
     seconds += record["duration"]
   for w in writers:
     w.close()
   for n in names:
     os.replace(n + ".tmp", n)
   summary = {
-      "split": split,
-      "read": written + sum(skipped.values()),
-      "written": written,
-      "skipped": dict(skipped),
-      "skipped_example": skip_examples,
-      "ctc_unalignable": unalignable,
-      "hours": seconds / 3600,
-      "shards": num_shards,
-      "ctc_targets": config.features.ctc_targets,
+    "split": split,
+    "read": written + sum(skipped.values()),
+    "written": written,
+    "skipped": dict(skipped),
+    "skipped_example": skip_examples,
+    "ctc_unalignable": unalignable,
+    "hours": seconds / 3600,
+    "shards": num_shards,
+    "ctc_targets": config.features.ctc_targets,
   }
   with utils.atomic_write(layout.summary_path(config.data_dir, split)) as f:
     json.dump(summary, f, indent=2)
-  logging.info("split %s: %d read, %d written, skipped %s, %d not CTC-alignable",
-               split, summary["read"], written, dict(skipped) or "none", unalignable)
+  logging.info(
+    "split %s: %d read, %d written, skipped %s, %d not CTC-alignable",
+    split,
+    summary["read"],
+    written,
+    dict(skipped) or "none",
+    unalignable,
+  )
   return summary
 
 
@@ -121,10 +145,12 @@ def prepare(config: ml_collections.ConfigDict) -> dict:
       stored = summaries[split].get("ctc_targets", "chars")
       if stored != config.features.ctc_targets:
         raise ValueError(
-            f"{config.data_dir} holds {stored} CTC targets but features.ctc_targets="
-            f"{config.features.ctc_targets!r}; point --config.data_dir at a new folder")
-      logging.info("split %s: reusing %d examples in %s", split, summaries[split]["written"],
-                   config.data_dir)
+          f"{config.data_dir} holds {stored} CTC targets but features.ctc_targets="
+          f"{config.features.ctc_targets!r}; point --config.data_dir at a new folder"
+        )
+      logging.info(
+        "split %s: reusing %d examples in %s", split, summaries[split]["written"], config.data_dir
+      )
       continue
     examples = source(config, split)
     if split == "train" and config.data.train_extra:

@@ -5,6 +5,7 @@ in detail and, given the split's embeddings, the figures (PNG, beside the
 report): a speech x text similarity matrix, a PCA map of both modalities and
 probe accuracies per task and per student layer.
 """
+
 import json
 import os
 
@@ -28,33 +29,56 @@ def _rows(results: dict) -> list[tuple[str, str]]:
   if r:
     for direction in ("speech_to_text", "text_to_speech"):
       d = r[direction]
-      rows.append((f"{direction.replace('_', ' ')} R@1 / R@5 / R@10",
-                   f"{d['recall_at_1']:.3f} / {d['recall_at_5']:.3f} / {d['recall_at_10']:.3f}"
-                   f"  (gallery {d['gallery']}, median rank {d['median_rank']:.0f})"))
-    rows.append(("paired / unpaired cosine", f"{r['paired_cosine']:.3f} / {r['unpaired_cosine']:.3f}"))
+      rows.append(
+        (
+          f"{direction.replace('_', ' ')} R@1 / R@5 / R@10",
+          f"{d['recall_at_1']:.3f} / {d['recall_at_5']:.3f} / {d['recall_at_10']:.3f}"
+          f"  (gallery {d['gallery']}, median rank {d['median_rank']:.0f})",
+        )
+      )
+    rows.append(
+      ("paired / unpaired cosine", f"{r['paired_cosine']:.3f} / {r['unpaired_cosine']:.3f}")
+    )
     rows.append(("gallery difficulty (mean NN teacher cosine)", f"{r['gallery_difficulty']:.3f}"))
   g = results.get("geometry")
   if g:
     rows.append(("modality gap / alignment", f"{g['modality_gap']:.3f} / {g['alignment']:.3f}"))
-    rows.append(("uniformity speech / text", f"{g['uniformity_speech']:.3f} / {g['uniformity_text']:.3f}"))
+    rows.append(
+      ("uniformity speech / text", f"{g['uniformity_speech']:.3f} / {g['uniformity_text']:.3f}")
+    )
   zs = results.get("zero_shot", {})
   if "synthetic" in zs:
     s = zs["synthetic"]
-    rows.append(("zero-shot held-out intents (synthetic)",
-                 f"{s['accuracy']:.3f}  (chance {s['chance']:.3f}, {s['utterances']} utterances; "
-                 f"among all intents {s['all_intents']['accuracy']:.3f})"))
+    rows.append(
+      (
+        "zero-shot held-out intents (synthetic)",
+        f"{s['accuracy']:.3f}  (chance {s['chance']:.3f}, {s['utterances']} utterances; "
+        f"among all intents {s['all_intents']['accuracy']:.3f})",
+      )
+    )
   if "fsdd" in zs:
     f = zs["fsdd"]
-    held = ("" if f["held_out_accuracy"] is None else
-            f"; held out {', '.join(f['held_out_speakers'])} {f['held_out_accuracy']:.3f}")
-    rows.append(("zero-shot FSDD digits (real speech)",
-                 f"{f['accuracy']:.3f}  (chance {f['chance']:.3f}, {f['utterances']} clips{held})"))
+    held = (
+      ""
+      if f["held_out_accuracy"] is None
+      else f"; held out {', '.join(f['held_out_speakers'])} {f['held_out_accuracy']:.3f}"
+    )
+    rows.append(
+      (
+        "zero-shot FSDD digits (real speech)",
+        f"{f['accuracy']:.3f}  (chance {f['chance']:.3f}, {f['utterances']} clips{held})",
+      )
+    )
   for task in HEADLINE_PROBES:
     p = results.get("probing", {}).get(task)
     if p:
-      rows.append((f"probe {task}: speech / text / text->speech",
-                   f"{p['speech']:.3f} / {p['text']:.3f} / {p['text_to_speech_transfer']:.3f}"
-                   f"  (chance {p['chance']:.3f})"))
+      rows.append(
+        (
+          f"probe {task}: speech / text / text->speech",
+          f"{p['speech']:.3f} / {p['text']:.3f} / {p['text_to_speech_transfer']:.3f}"
+          f"  (chance {p['chance']:.3f})",
+        )
+      )
   return rows
 
 
@@ -66,17 +90,21 @@ def headline(results: dict) -> str:
 
 
 def _markdown(workdir: str, results: dict) -> str:
-  parts = [f"# stalign report: {os.path.abspath(workdir)}\n",
-           f"Checkpoint step {results.get('step')}. Schema: docs/report_schema.md.\n",
-           headline(results) + "\n"]
+  parts = [
+    f"# stalign report: {os.path.abspath(workdir)}\n",
+    f"Checkpoint step {results.get('step')}. Schema: docs/report_schema.md.\n",
+    headline(results) + "\n",
+  ]
   probing = results.get("probing")
   if probing:
     parts.append("## Linear probes (test accuracy)\n")
     parts.append("| task | classes | chance | speech | text | text->speech | speech->text |")
     parts.append("|---|---|---|---|---|---|---|")
     for task, p in sorted(probing.items()):
-      parts.append(f"| {task} | {p['classes']} | {p['chance']:.3f} | {p['speech']:.3f} | {p['text']:.3f}"
-                   f" | {p['text_to_speech_transfer']:.3f} | {p['speech_to_text_transfer']:.3f} |")
+      parts.append(
+        f"| {task} | {p['classes']} | {p['chance']:.3f} | {p['speech']:.3f} | {p['text']:.3f}"
+        f" | {p['text_to_speech_transfer']:.3f} | {p['speech_to_text_transfer']:.3f} |"
+      )
     parts.append("")
   fsdd = results.get("zero_shot", {}).get("fsdd")
   if fsdd:
@@ -92,21 +120,23 @@ def _markdown(workdir: str, results: dict) -> str:
   return "\n".join(parts)
 
 
-
 def _axes(size: tuple[float, float]):
   fig = Figure(figsize=size)
   return fig, fig.subplots()
 
 
 def similarity_figure(emb) -> Figure:
-  """Cosine of the first utterances (rows) with their own transcripts (columns): pairs on the diagonal."""
+  """Cosine of the first utterances (rows) vs their transcripts (columns); pairs on the diagonal."""
   n = min(SIMILARITY_SAMPLE, len(emb.speech))
   sim = unit(emb.speech[:n]) @ unit(emb.paired_text[:n]).T
   fig, ax = _axes((6, 5))
   im = ax.imshow(sim, cmap="viridis")
   fig.colorbar(im, ax=ax, label="cosine")
-  ax.set(xlabel="transcript (teacher)", ylabel="utterance (student)",
-         title=f"speech x text cosine, first {n} utterances")
+  ax.set(
+    xlabel="transcript (teacher)",
+    ylabel="utterance (student)",
+    title=f"speech x text cosine, first {n} utterances",
+  )
   fig.tight_layout()
   return fig
 
@@ -122,7 +152,7 @@ def pca_figure(emb) -> Figure:
   """Both modalities in one PCA map (fit on both): the modality gap and the pairing, at a glance."""
   speech, text = unit(emb.speech), unit(emb.paired_text)
   xy = pca_2d(np.concatenate([speech, text]))
-  s, t = xy[:len(speech)], xy[len(speech):]
+  s, t = xy[: len(speech)], xy[len(speech) :]
   fig, ax = _axes((6, 5))
   for i in range(min(50, len(s))):
     ax.plot([s[i, 0], t[i, 0]], [s[i, 1], t[i, 1]], color="0.8", lw=0.5, zorder=0)
@@ -142,8 +172,15 @@ def probes_figure(probing: dict) -> Figure:
   fig, ax = _axes((max(6, 0.7 * len(tasks)), 4))
   for i, kind in enumerate(kinds):
     ax.bar(x + i * width, [probing[t][kind] for t in tasks], width, label=kind.replace("_", " "))
-  ax.scatter(x + 0.4 - width / 2, [probing[t]["chance"] for t in tasks], marker="_", s=200,
-             color="k", label="chance (majority)", zorder=3)
+  ax.scatter(
+    x + 0.4 - width / 2,
+    [probing[t]["chance"] for t in tasks],
+    marker="_",
+    s=200,
+    color="k",
+    label="chance (majority)",
+    zorder=3,
+  )
   ax.set_xticks(x + 0.4 - width / 2, tasks, rotation=45, ha="right")
   ax.set(ylabel="test accuracy", ylim=(0, 1), title="linear probes")
   ax.legend(fontsize=7)
@@ -171,8 +208,10 @@ def _save(fig: Figure, workdir: str, name: str) -> str:
 
 def write_figures(workdir: str, results: dict, emb) -> dict[str, str]:
   """Saves the plots in `workdir`; returns {figure: file name}."""
-  figures = {"similarity_matrix": _save(similarity_figure(emb), workdir, "similarity.png"),
-             "pca": _save(pca_figure(emb), workdir, "pca.png")}
+  figures = {
+    "similarity_matrix": _save(similarity_figure(emb), workdir, "similarity.png"),
+    "pca": _save(pca_figure(emb), workdir, "pca.png"),
+  }
   probing = results.get("probing")
   if probing:
     figures["probes"] = _save(probes_figure(probing), workdir, "probes.png")

@@ -8,6 +8,7 @@ cosine. The sentences need not occur in training: this is the retrieval the
 report measures, on your own data. Only the answer lines are printed;
 `--verbosity=0` shows the INFO log.
 """
+
 import os
 
 from absl import app

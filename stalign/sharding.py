@@ -5,14 +5,18 @@ Model code names the axes of every parameter and activation logically
 the only place that maps them onto the mesh axes (`data`, `fsdp`, `model`).
 The same program thus runs on one CPU, eight simulated devices or a pod.
 """
-from collections.abc import Callable, Sequence
+
+from collections.abc import Callable
+from collections.abc import Sequence
 import contextlib
 
 from absl import logging
 from flax import nnx
 import flax.core.spmd as core_spmd
 import jax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 import ml_collections
 import numpy as np
 
@@ -33,10 +37,13 @@ def make_mesh(mesh_config: ml_collections.ConfigDict) -> Mesh:
     raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} does not fit {devices} devices")
   sizes = [devices // fixed if s == -1 else s for s in sizes]
   if int(np.prod(sizes)) != devices:
-    raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} uses {np.prod(sizes)} of {devices} devices")
+    raise ValueError(
+      f"mesh {dict(zip(MESH_AXES, sizes))} uses {np.prod(sizes)} of {devices} devices"
+    )
   mesh = jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3)
-  logging.info("mesh %s over %d devices in %d processes", dict(mesh.shape), devices,
-               jax.process_count())
+  logging.info(
+    "mesh %s over %d devices in %d processes", dict(mesh.shape), devices, jax.process_count()
+  )
   return mesh
 
 

@@ -7,6 +7,7 @@ tested alone. `train_and_evaluate` keeps the phases apart with banner comments:
 logging, mesh, input, model and sharding, update step, checkpoint restore, loop
 (metrics, validation, evaluators, checkpoints, preemption), final save.
 """
+
 import functools
 import json
 import os
@@ -18,8 +19,8 @@ from clu import metric_writers
 from clu import periodic_actions
 from flax import nnx
 import jax
-import jax.numpy as jnp
 from jax.experimental import multihost_utils
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -54,16 +55,19 @@ def make_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
     tail = optax.cosine_decay_schedule(t.lr, decay_steps, alpha=0.02)
   else:
     tail = optax.linear_schedule(t.lr, 0.02 * t.lr, decay_steps)
-  return optax.join_schedules([optax.linear_schedule(0.0, t.lr, t.warmup_steps), tail],
-                              [t.warmup_steps])
+  return optax.join_schedules(
+    [optax.linear_schedule(0.0, t.lr, t.warmup_steps), tail], [t.warmup_steps]
+  )
 
 
-def make_optimizer(config: ml_collections.ConfigDict,
-                   schedule: optax.Schedule) -> optax.GradientTransformation:
+def make_optimizer(
+  config: ml_collections.ConfigDict, schedule: optax.Schedule
+) -> optax.GradientTransformation:
   """AdamW with clipping, optional accumulation, and a guard that skips non-finite updates."""
   t = config.train
-  tx = optax.chain(optax.clip_by_global_norm(t.grad_clip),
-                   optax.adamw(schedule, weight_decay=t.weight_decay))
+  tx = optax.chain(
+    optax.clip_by_global_norm(t.grad_clip), optax.adamw(schedule, weight_decay=t.weight_decay)
+  )
   if t.grad_accumulation > 1:
     tx = optax.MultiSteps(tx, every_k_schedule=t.grad_accumulation)
   # Skips (and counts) updates whose gradients are not finite; the loop stops
@@ -74,14 +78,20 @@ def make_optimizer(config: ml_collections.ConfigDict,
 # --------------------------------------------------------------------- losses
 
 
-def targets(batch: dict, target_mean: jax.Array, loss_config: ml_collections.ConfigDict) -> jax.Array:
+def targets(
+  batch: dict, target_mean: jax.Array, loss_config: ml_collections.ConfigDict
+) -> jax.Array:
   """What the student's embedding is pulled towards: the teacher's, centred or raw."""
   return batch["teacher"] - target_mean if loss_config.centre_targets else batch["teacher"]
 
 
-def compute_losses(outputs: dict, batch: dict, target_mean: jax.Array,
-                   loss_config: ml_collections.ConfigDict,
-                   log_temperature: jax.Array) -> tuple[jax.Array, dict]:
+def compute_losses(
+  outputs: dict,
+  batch: dict,
+  target_mean: jax.Array,
+  loss_config: ml_collections.ConfigDict,
+  log_temperature: jax.Array,
+) -> tuple[jax.Array, dict]:
   """Weighted sum of the loss parts, and each part for logging."""
   weights = batch["weight"]
   target = targets(batch, target_mean, loss_config)
@@ -95,10 +105,14 @@ def compute_losses(outputs: dict, batch: dict, target_mean: jax.Array,
   if loss_config.contrastive_weight:
     parts["contrastive"] = losses.info_nce(outputs["embedding"], target, log_temperature, weights)
   if loss_config.ctc_weight:
-    parts["ctc"] = losses.ctc(outputs["ctc_logits"], outputs["ctc_mask"], batch["ctc_labels"],
-                              batch["num_labels"], weights)
-  scale = {"distill": loss_config.distill_weight, "contrastive": loss_config.contrastive_weight,
-           "ctc": loss_config.ctc_weight}
+    parts["ctc"] = losses.ctc(
+      outputs["ctc_logits"], outputs["ctc_mask"], batch["ctc_labels"], batch["num_labels"], weights
+    )
+  scale = {
+    "distill": loss_config.distill_weight,
+    "contrastive": loss_config.contrastive_weight,
+    "ctc": loss_config.ctc_weight,
+  }
   total = sum(scale[k] * v for k, v in parts.items())
   return total, parts
 
@@ -106,9 +120,16 @@ def compute_losses(outputs: dict, batch: dict, target_mean: jax.Array,
 # ---------------------------------------------------------------- step functions
 
 
-def loss_fn(params, batch: dict, rng: jax.Array | None, *, graphdef: nnx.GraphDef,
-            config: ml_collections.ConfigDict, target_mean: jax.Array,
-            train: bool) -> tuple[jax.Array, tuple[dict, dict]]:
+def loss_fn(
+  params,
+  batch: dict,
+  rng: jax.Array | None,
+  *,
+  graphdef: nnx.GraphDef,
+  config: ml_collections.ConfigDict,
+  target_mean: jax.Array,
+  train: bool,
+) -> tuple[jax.Array, tuple[dict, dict]]:
   """(total loss, (loss parts, model outputs)) of `params` on one batch.
 
   Computes in `train.compute_dtype` (bf16 compute keeps f32 master weights);
@@ -121,55 +142,86 @@ def loss_fn(params, batch: dict, rng: jax.Array | None, *, graphdef: nnx.GraphDe
   if train:
     spec = config.train.spec_augment
     if spec.freq_masks or spec.time_masks:
-      features = features_lib.spec_augment(features, batch["num_frames"],
-                                           jax.random.fold_in(rng, 1), **spec)
+      features = features_lib.spec_augment(
+        features, batch["num_frames"], jax.random.fold_in(rng, 1), **spec
+      )
     outputs = model(features, batch["num_frames"], nnx.Rngs(dropout=rng))
   else:
     model.eval()
     outputs = model(features, batch["num_frames"])
-  outputs = jax.tree.map(lambda x: x.astype(jnp.float32) if x.dtype == compute_dtype else x,
-                         outputs)
-  total, parts = compute_losses(outputs, batch, target_mean, config.loss,
-                                model.log_temperature[...].astype(jnp.float32))
+  outputs = jax.tree.map(
+    lambda x: x.astype(jnp.float32) if x.dtype == compute_dtype else x, outputs
+  )
+  total, parts = compute_losses(
+    outputs, batch, target_mean, config.loss, model.log_temperature[...].astype(jnp.float32)
+  )
   return total, (parts, outputs)
 
 
-def train_step(state: dict, batch: dict, *, graphdef: nnx.GraphDef,
-               tx: optax.GradientTransformation, config: ml_collections.ConfigDict,
-               target_mean: jax.Array) -> tuple[dict, dict]:
+def train_step(
+  state: dict,
+  batch: dict,
+  *,
+  graphdef: nnx.GraphDef,
+  tx: optax.GradientTransformation,
+  config: ml_collections.ConfigDict,
+  target_mean: jax.Array,
+) -> tuple[dict, dict]:
   """One optimizer update: state in, (state, metrics) out. The step number keys the RNG."""
   rng = jax.random.fold_in(jax.random.key(config.seed), state["step"])
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-  (loss, (parts, outputs)), grads = grad_fn(state["params"], batch, rng, graphdef=graphdef,
-                                            config=config, target_mean=target_mean, train=True)
+  (loss, (parts, outputs)), grads = grad_fn(
+    state["params"],
+    batch,
+    rng,
+    graphdef=graphdef,
+    config=config,
+    target_mean=target_mean,
+    train=True,
+  )
   updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
   params = optax.apply_updates(state["params"], updates)
   target = targets(batch, target_mean, config.loss)
   cosine = jnp.sum(utils.unit(outputs["embedding"]) * utils.unit(target), -1)
-  metrics = {"loss": loss, **{f"loss_{k}": v for k, v in parts.items()},
-             "grad_norm": optax.global_norm(grads), "param_norm": optax.global_norm(params),
-             "cosine_to_target": jnp.sum(cosine * batch["weight"]) / batch["weight"].sum(),
-             "temperature": jnp.exp(params["log_temperature"][...]),
-             "nonfinite_total": opt_state.total_notfinite,
-             "nonfinite_consecutive": opt_state.notfinite_count}
+  metrics = {
+    "loss": loss,
+    **{f"loss_{k}": v for k, v in parts.items()},
+    "grad_norm": optax.global_norm(grads),
+    "param_norm": optax.global_norm(params),
+    "cosine_to_target": jnp.sum(cosine * batch["weight"]) / batch["weight"].sum(),
+    "temperature": jnp.exp(params["log_temperature"][...]),
+    "nonfinite_total": opt_state.total_notfinite,
+    "nonfinite_consecutive": opt_state.notfinite_count,
+  }
   return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
 
 
-def eval_step(params, batch: dict, *, graphdef: nnx.GraphDef, config: ml_collections.ConfigDict,
-              target_mean: jax.Array) -> dict:
+def eval_step(
+  params,
+  batch: dict,
+  *,
+  graphdef: nnx.GraphDef,
+  config: ml_collections.ConfigDict,
+  target_mean: jax.Array,
+) -> dict:
   """Loss (summed over the batch's real rows, to average over a split) and greedy CTC ids."""
-  loss, (_, outputs) = loss_fn(params, batch, None, graphdef=graphdef, config=config,
-                               target_mean=target_mean, train=False)
+  loss, (_, outputs) = loss_fn(
+    params, batch, None, graphdef=graphdef, config=config, target_mean=target_mean, train=False
+  )
   rows = batch["weight"].sum()
-  return {"loss_sum": loss * rows, "rows": rows,
-          "ctc_ids": losses.greedy_ctc_ids(outputs["ctc_logits"], outputs["ctc_mask"])}
+  return {
+    "loss_sum": loss * rows,
+    "rows": rows,
+    "ctc_ids": losses.greedy_ctc_ids(outputs["ctc_logits"], outputs["ctc_mask"]),
+  }
 
 
 # ------------------------------------------------------------------- helpers
 
 
-def init_state(config: ml_collections.ConfigDict, tx: optax.GradientTransformation,
-               teacher_dim: int) -> dict:
+def init_state(
+  config: ml_collections.ConfigDict, tx: optax.GradientTransformation, teacher_dim: int
+) -> dict:
   """Fresh train state: params of seed `config.seed`, optimizer state, step 0."""
   params = nnx.state(student_lib.build(config, teacher_dim, config.seed))
   return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
@@ -227,9 +279,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (resuming from `workdir` if it holds a checkpoint) and returns a summary."""
   # ---------------------------------------------------------------- logging
   writer = metric_writers.create_default_writer(
-      os.path.join(workdir, "tensorboard"), just_logging=jax.process_index() > 0)
-  writer.write_hparams({k: v if isinstance(v, (int, float, str, bool)) else str(v)
-                        for k, v in utils.flatten_dict(config.to_dict()).items()})
+    os.path.join(workdir, "tensorboard"), just_logging=jax.process_index() > 0
+  )
+  writer.write_hparams(
+    {
+      k: v if isinstance(v, (int, float, str, bool)) else str(v)
+      for k, v in utils.flatten_dict(config.to_dict()).items()
+    }
+  )
 
   # ------------------------------------------------------------------- mesh
   mesh = sharding.make_mesh(config.mesh)
@@ -238,19 +295,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # ------------------------------------------------------------------ input
   teacher_dim, target_mean = layout.read_teacher_stats(config.data_dir)
   local_batch = input_pipeline.local_batch_size(config.input.batch_size)
-  logging.info("global batch %d = %d per process x %d processes; %d per device",
-               config.input.batch_size, local_batch, jax.process_count(),
-               config.input.batch_size // jax.device_count())
+  logging.info(
+    "global batch %d = %d per process x %d processes; %d per device",
+    config.input.batch_size,
+    local_batch,
+    jax.process_count(),
+    config.input.batch_size // jax.device_count(),
+  )
 
   # ------------------------------------------------- model, state, sharding
   schedule = make_schedule(config)
   tx = make_optimizer(config, schedule)
   graphdef, abstract_params = nnx.split(
-      nnx.eval_shape(lambda: student_lib.build(config, teacher_dim)))
+    nnx.eval_shape(lambda: student_lib.build(config, teacher_dim))
+  )
   abstract_state = jax.eval_shape(functools.partial(init_state, config, tx, teacher_dim))
   state_sharding = sharding.state_shardings(abstract_state, mesh, rules)
-  abstract_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                                abstract_state, state_sharding)
+  abstract_state = jax.tree.map(
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, state_sharding
+  )
   num_params = sum(x.size for x in jax.tree.leaves(abstract_params))
   logging.info("student: %.2fM parameters", num_params / 1e6)
 
@@ -258,28 +321,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   data_sharding = sharding.batch_sharding(mesh)
   bound = dict(graphdef=graphdef, config=config, target_mean=target_mean)
   with sharding.rules_context(mesh, rules):
-    jit_train = jax.jit(functools.partial(train_step, tx=tx, **bound),
-                        in_shardings=(state_sharding, data_sharding),
-                        out_shardings=(state_sharding, None), donate_argnums=0)
-    jit_eval = jax.jit(functools.partial(eval_step, **bound),
-                       in_shardings=(state_sharding["params"], data_sharding))
+    jit_train = jax.jit(
+      functools.partial(train_step, tx=tx, **bound),
+      in_shardings=(state_sharding, data_sharding),
+      out_shardings=(state_sharding, None),
+      donate_argnums=0,
+    )
+    jit_eval = jax.jit(
+      functools.partial(eval_step, **bound), in_shardings=(state_sharding["params"], data_sharding)
+    )
 
   # ------------------------------------------------------------- checkpoint
   mgr = checkpoints.manager(workdir, config.train.keep_checkpoints)
   if mgr.latest_step() is not None:
     state, position = checkpoints.restore(mgr, mgr.latest_step(), abstract_state)
-    logging.info("resuming from this workdir's step %d (data position %s)", int(state["step"]),
-                 position)
+    logging.info(
+      "resuming from this workdir's step %d (data position %s)", int(state["step"]), position
+    )
   else:
     with sharding.rules_context(mesh, rules):
-      state = jax.jit(functools.partial(init_state, config, tx, teacher_dim),
-                      out_shardings=state_sharding)()
+      state = jax.jit(
+        functools.partial(init_state, config, tx, teacher_dim), out_shardings=state_sharding
+      )()
     position = None
     if config.init_from:
       restored, _ = checkpoints.restore_params(config.init_from, abstract_state["params"])
       state["params"] = checkpoints.warm_start(state["params"], restored, config.init_skip)
-      logging.info("initialised params from %s (optimizer state and step start fresh)",
-                   config.init_from)
+      logging.info(
+        "initialised params from %s (optimizer state and step start fresh)", config.init_from
+      )
     else:
       logging.info("starting from scratch (seed %d)", config.seed)
   train_iter = input_pipeline.train_iterator(config, "train", teacher_dim, position)
@@ -297,8 +367,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     eval_model.params, eval_model.step = host_params, step
     emb = evaluate.embed_split(eval_model, "valid")
     results = {name: evaluators.get(name)(emb) for name in config.eval.during_training}
-    return {f"valid/{k}": v for k, v in utils.flatten_dict(results).items()
-            if isinstance(v, (int, float))}
+    return {
+      f"valid/{k}": v for k, v in utils.flatten_dict(results).items() if isinstance(v, (int, float))
+    }
 
   # SIGTERM (preemption, scheduler) asks for a save at the next step boundary.
   preempted = {"flag": False}
@@ -308,9 +379,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   first_step = int(state["step"])
   total_steps = config.train.steps
   report_progress = periodic_actions.ReportProgress(
-      num_train_steps=total_steps, writer=writer, every_steps=config.train.log_every)
-  progress = tqdm.tqdm(total=total_steps, initial=first_step, desc="train", unit="step",
-                       disable=jax.process_index() > 0 or None, mininterval=2)
+    num_train_steps=total_steps, writer=writer, every_steps=config.train.log_every
+  )
+  progress = tqdm.tqdm(
+    total=total_steps,
+    initial=first_step,
+    desc="train",
+    unit="step",
+    disable=jax.process_index() > 0 or None,
+    mininterval=2,
+  )
   history = {"train": [], "valid": []}
   compile_s = None
   step = first_step
@@ -331,9 +409,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     # One scalar per step: the run must stop before a poisoned update or checkpoint.
     if int(metrics["nonfinite_consecutive"]) >= config.train.max_nonfinite_steps:
       raise NonFiniteLossError(
-          f"{config.train.max_nonfinite_steps} consecutive steps had NaN/Inf loss or gradients "
-          f"(step {step}); their updates were skipped and no checkpoint was written after them. "
-          "Lower train.lr, check the input data, or raise train.max_nonfinite_steps.")
+        f"{config.train.max_nonfinite_steps} consecutive steps had NaN/Inf loss or gradients "
+        f"(step {step}); their updates were skipped and no checkpoint was written after them. "
+        "Lower train.lr, check the input data, or raise train.max_nonfinite_steps."
+      )
 
     if step % config.train.log_every == 0 or step == total_steps:
       metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -356,8 +435,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       history["valid"].append({"step": step, **valid})
       checkpoints.save(mgr, step, state, position, valid)
     if stop:
-      logging.warning("SIGTERM received: saved step %d, exiting; rerun the same command to resume",
-                      step)
+      logging.warning(
+        "SIGTERM received: saved step %d, exiting; rerun the same command to resume", step
+      )
       break
 
   # ------------------------------------------------------------- final save
@@ -366,8 +446,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   mgr.close()
   signal.signal(signal.SIGTERM, previous_handler)
   writer.flush()
-  summary = {"steps": step, "preempted": preempted["flag"], "compile_s": compile_s,
-             "last": history["train"][-1] if history["train"] else {},
-             "valid": history["valid"][-1] if history["valid"] else {}, "num_params": num_params}
+  summary = {
+    "steps": step,
+    "preempted": preempted["flag"],
+    "compile_s": compile_s,
+    "last": history["train"][-1] if history["train"] else {},
+    "valid": history["valid"][-1] if history["valid"] else {},
+    "num_params": num_params,
+  }
   _write_history(workdir, summary, history)
   return summary

@@ -3,11 +3,14 @@
 The bottom layer of the package (docs/architecture.md): it imports no other
 stalign module.
 """
-from collections.abc import Callable, Iterator
+
+from collections.abc import Callable
+from collections.abc import Iterator
 import contextlib
 import importlib
 import os
-from typing import Generic, TypeVar
+from typing import Generic
+from typing import TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -72,6 +75,7 @@ class Registry(Generic[T]):
     def wrap(fn: T) -> T:
       self._entries[name] = fn
       return fn
+
     return wrap
 
   def names(self) -> list[str]:

@@ -4,6 +4,7 @@ The dataset goes through the user-manifest source, so the code path real
 datasets take (manifest -> TFRecords -> teacher embeddings) is what the tests
 train and evaluate on. Helpers that tests import live in `testdata.py`.
 """
+
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -15,18 +16,23 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 import pytest  # noqa: E402
 
-from testdata import tiny_config, fsdd_files, write_manifest  # noqa: E402
+from testdata import fsdd_files  # noqa: E402
+from testdata import tiny_config  # noqa: E402
+from testdata import write_manifest  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def prepared_config(tmp_path_factory):
   """Tiny config whose data (train/valid/test TFRecords + teacher embeddings) is built once."""
   from stalign import prepare
+
   root = str(tmp_path_factory.mktemp("fsdd_tiny"))
   config = tiny_config(os.path.join(root, "data"))
-  splits = {"train": fsdd_files("jackson", range(0, 4)) + fsdd_files("george", range(0, 2)),
-            "valid": fsdd_files("lucas", range(0, 1)),
-            "test": fsdd_files("nicolas", range(0, 2))}
+  splits = {
+    "train": fsdd_files("jackson", range(0, 4)) + fsdd_files("george", range(0, 2)),
+    "valid": fsdd_files("lucas", range(0, 1)),
+    "test": fsdd_files("nicolas", range(0, 2)),
+  }
   for split, files in splits.items():
     config.data.manifests[split] = write_manifest(os.path.join(root, f"{split}.jsonl"), files)
   prepare.prepare(config)

@@ -1,4 +1,5 @@
 """The embedding API and its CLIs, on an untrained tiny student (what is checked is plumbing)."""
+
 import json
 import os
 import subprocess
@@ -14,8 +15,8 @@ import soundfile as sf
 import stalign
 from stalign import checkpoints
 from stalign.data import layout
-from stalign.models import student as student_lib
 from stalign.data import tfrecords
+from stalign.models import student as student_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -49,7 +50,9 @@ def test_load_accepts_run_checkpoints_or_step_folder(tiny_run, model):
   for path in (os.path.join(tiny_run, "checkpoints"), os.path.join(tiny_run, "checkpoints", "7")):
     other = stalign.load(path)
     assert other.step == 7
-    np.testing.assert_array_equal(jax.tree.leaves(other.params)[0], jax.tree.leaves(model.params)[0])
+    np.testing.assert_array_equal(
+      jax.tree.leaves(other.params)[0], jax.tree.leaves(model.params)[0]
+    )
   with pytest.raises(FileNotFoundError, match="no checkpoint 9"):
     stalign.load(tiny_run, step=9)
 
@@ -61,8 +64,11 @@ def test_speech_from_files_waveforms_and_tfrecords_agree(model, prepared_config)
   from_file, from_wave = model.embed_speech([path, wave], sample_rate=rate)
   np.testing.assert_allclose(from_file, from_wave, atol=1e-6)
   # The same front end as the TFRecord writer: identical frames, so identical embeddings.
-  stored = next(r for r in tfrecords.iterate_records(
-      layout.list_shards(prepared_config.data_dir, "test")) if r["id"] == "test.jsonl:1")
+  stored = next(
+    r
+    for r in tfrecords.iterate_records(layout.list_shards(prepared_config.data_dir, "test"))
+    if r["id"] == "test.jsonl:1"
+  )
   np.testing.assert_array_equal(model.features(model.load_waveform(path)), stored["features"])
   np.testing.assert_allclose(model.embed_features([stored["features"]])[0][0], from_file, atol=1e-5)
 
@@ -75,37 +81,46 @@ def test_text_is_centred_like_the_training_targets(model):
 
 def test_batches_and_buckets_do_not_change_embeddings(model, prepared_config):
   rng = np.random.default_rng(0)
-  feats = [rng.standard_normal((n, prepared_config.features.num_mels)).astype(np.float16)
-           for n in (40, 151, 12, 90, 33, 140, 7, 100, 60, 20)]
+  feats = [
+    rng.standard_normal((n, prepared_config.features.num_mels)).astype(np.float16)
+    for n in (40, 151, 12, 90, 33, 140, 7, 100, 60, 20)
+  ]
   together, _ = model.embed_features(feats)
   alone = np.concatenate([model.embed_features([f])[0] for f in feats[:3]])
   np.testing.assert_allclose(together[:3], alone, atol=1e-5)
 
 
 def _cli(module, *args, returncode=0):
-  out = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True,
-                       text=True, timeout=300)
+  out = subprocess.run(
+    [sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True, timeout=300
+  )
   assert out.returncode == returncode, out.stderr[-3000:]
   return out
 
 
-def test_embed_cli_writes_npy_with_index_and_parquet_skipping_bad_files(tiny_run, prepared_config,
-                                                                        tmp_path):
+def test_embed_cli_writes_npy_with_index_and_parquet_skipping_bad_files(
+  tiny_run, prepared_config, tmp_path
+):
   clips = tmp_path / "clips"
   clips.mkdir()
   for i, line in enumerate(open(prepared_config.data.manifests.test).readlines()[:3]):
     os.symlink(json.loads(line)["audio_filepath"], clips / f"c{i}.wav")
   (clips / "broken.wav").write_bytes(b"not audio")
-  _cli("stalign.embed", f"--workdir={tiny_run}", f"--input={clips}",
-       f"--output={tmp_path / 'e.npy'}")
+  _cli(
+    "stalign.embed", f"--workdir={tiny_run}", f"--input={clips}", f"--output={tmp_path / 'e.npy'}"
+  )
   emb = np.load(tmp_path / "e.npy")
   index = json.load(open(tmp_path / "e.json"))
   assert emb.shape == (3, index["dim"])
   assert [r["id"] for r in index["rows"]] == ["c0.wav", "c1.wav", "c2.wav"]
   assert index["skipped"][0]["path"].endswith("broken.wav")
   pq = pytest.importorskip("pyarrow.parquet")
-  _cli("stalign.embed", f"--workdir={tiny_run}", f"--input={prepared_config.data.manifests.valid}",
-       f"--output={tmp_path / 'e.parquet'}")
+  _cli(
+    "stalign.embed",
+    f"--workdir={tiny_run}",
+    f"--input={prepared_config.data.manifests.valid}",
+    f"--output={tmp_path / 'e.parquet'}",
+  )
   table = pq.read_table(tmp_path / "e.parquet").to_pydict()
   assert len(table["embedding"]) == 10 and table["text"][3] == "three"
 
@@ -113,8 +128,13 @@ def test_embed_cli_writes_npy_with_index_and_parquet_skipping_bad_files(tiny_run
 def test_search_cli_prints_sentences_best_first(tiny_run, prepared_config, tmp_path):
   query = json.loads(open(prepared_config.data.manifests.test).readline())["audio_filepath"]
   (tmp_path / "t.txt").write_text("one\n\ntwo\nthree\n")
-  out = _cli("stalign.search", f"--workdir={tiny_run}", f"--query={query}",
-             f"--texts={tmp_path / 't.txt'}", "--top_k=2")
+  out = _cli(
+    "stalign.search",
+    f"--workdir={tiny_run}",
+    f"--query={query}",
+    f"--texts={tmp_path / 't.txt'}",
+    "--top_k=2",
+  )
   lines = out.stdout.strip().splitlines()
   assert len(lines) == 2
   scores = [float(line.split()[0]) for line in lines]
@@ -123,11 +143,14 @@ def test_search_cli_prints_sentences_best_first(tiny_run, prepared_config, tmp_p
 
 
 @pytest.mark.parametrize("flag", ["query", "texts", "workdir"])
-def test_search_cli_user_errors_are_one_line_without_traceback(tiny_run, prepared_config, tmp_path,
-                                                               flag):
-  args = {"workdir": tiny_run, "query": json.loads(
-      open(prepared_config.data.manifests.test).readline())["audio_filepath"],
-          "texts": str(tmp_path / "t.txt")}
+def test_search_cli_user_errors_are_one_line_without_traceback(
+  tiny_run, prepared_config, tmp_path, flag
+):
+  args = {
+    "workdir": tiny_run,
+    "query": json.loads(open(prepared_config.data.manifests.test).readline())["audio_filepath"],
+    "texts": str(tmp_path / "t.txt"),
+  }
   (tmp_path / "t.txt").write_text("one\n")
   args[flag] = str(tmp_path / "missing")
   out = _cli("stalign.search", *(f"--{k}={v}" for k, v in args.items()), returncode=2)

@@ -1,4 +1,5 @@
 """The layering of docs/architecture.md holds in the code: imports point down, no cycles."""
+
 import ast
 import os
 import re
@@ -19,15 +20,16 @@ def _layers() -> dict[str, int]:
 
 
 def _module_name(path: str) -> str:
-  name = path[:-len(".py")].replace("/", ".")
-  return name[:-len(".__init__")] if name.endswith(".__init__") else name
+  name = path[: -len(".py")].replace("/", ".")
+  return name[: -len(".__init__")] if name.endswith(".__init__") else name
 
 
 def _package_modules() -> list[str]:
   out = []
   for root, _, files in os.walk(os.path.join(REPO, "stalign")):
-    out += [_module_name(os.path.relpath(os.path.join(root, f), REPO)) for f in files
-            if f.endswith(".py")]
+    out += [
+      _module_name(os.path.relpath(os.path.join(root, f), REPO)) for f in files if f.endswith(".py")
+    ]
   return sorted(out)
 
 
@@ -43,8 +45,10 @@ def _imports(module: str, known: set[str]) -> set[str]:
       names = [a.name for a in node.names]
     elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
       # `from stalign.data import text` names a module; `from stalign.data import SPLITS` does not.
-      names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in known else node.module
-               for a in node.names]
+      names = [
+        f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in known else node.module
+        for a in node.names
+      ]
     else:
       continue
     out |= {n for n in names if n in known and n != module}
@@ -54,17 +58,22 @@ def _imports(module: str, known: set[str]) -> set[str]:
 def test_every_module_is_placed_in_a_layer():
   layers = _layers()
   assert set(_package_modules()) == set(layers), (
-      "docs/architecture.md and stalign/ disagree: "
-      f"unplaced {sorted(set(_package_modules()) - set(layers))}, "
-      f"gone {sorted(set(layers) - set(_package_modules()))}")
+    "docs/architecture.md and stalign/ disagree: "
+    f"unplaced {sorted(set(_package_modules()) - set(layers))}, "
+    f"gone {sorted(set(layers) - set(_package_modules()))}"
+  )
 
 
 def test_imports_point_down_and_close_no_cycle():
   layers = _layers()
   known = set(layers)
   graph = {m: _imports(m, known) for m in known}
-  upward = [f"{m} (layer {layers[m]}) imports {d} (layer {layers[d]})"
-            for m, deps in graph.items() for d in deps if layers[d] > layers[m]]
+  upward = [
+    f"{m} (layer {layers[m]}) imports {d} (layer {layers[d]})"
+    for m, deps in graph.items()
+    for d in deps
+    if layers[d] > layers[m]
+  ]
   assert not upward, upward
 
   state = {}
@@ -73,7 +82,7 @@ def test_imports_point_down_and_close_no_cycle():
     state[m] = "open"
     for d in sorted(graph[m]):
       if state.get(d) == "open":
-        raise AssertionError(f"import cycle: {' -> '.join(stack[stack.index(d):] + [d])}")
+        raise AssertionError(f"import cycle: {' -> '.join(stack[stack.index(d) :] + [d])}")
       if d not in state:
         visit(d, stack + [d])
     state[m] = "done"
@@ -88,16 +97,21 @@ def test_the_layering_test_catches_an_upward_import(monkeypatch):
   real = _imports
 
   def with_upward(module, known):
-    return real(module, known) | ({"stalign.train"} if module == "stalign.models.student" else set())
+    return real(module, known) | (
+      {"stalign.train"} if module == "stalign.models.student" else set()
+    )
 
   monkeypatch.setattr(sys.modules[__name__], "_imports", with_upward)
-  with pytest.raises(AssertionError, match="stalign.models.student .layer 2. imports stalign.train"):
+  with pytest.raises(
+    AssertionError, match="stalign.models.student .layer 2. imports stalign.train"
+  ):
     test_imports_point_down_and_close_no_cycle()
 
 
 @pytest.mark.usefixtures("prepared_config")
 def test_inference_api_loads_no_training_code_or_tensorflow(tmp_path, prepared_config):
   from test_api import make_run  # pylint: disable=g-import-not-at-top
+
   run = make_run(prepared_config, str(tmp_path / "run"))
   script = f"""
 import sys
@@ -109,7 +123,8 @@ heavy = ["stalign.train", "stalign.prepare", "stalign.precompute", "stalign.inpu
          "stalign.data.tfrecords", "stalign.evaluate", "tensorflow", "clu"]
 print(sorted(m for m in heavy if m in sys.modules))
 """
-  out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True,
-                       timeout=300)
+  out = subprocess.run(
+    [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   assert out.stdout.strip().splitlines()[-1] == "[]"

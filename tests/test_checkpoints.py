@@ -10,7 +10,9 @@ def test_warm_start_keeps_only_skipped_paths_fresh():
   out = checkpoints.warm_start(fresh, restored, ("pool_",))
   np.testing.assert_array_equal(out["blocks"]["0"]["w"], 1)
   np.testing.assert_array_equal(out["pool_out"]["kernel"], 0)
-  np.testing.assert_array_equal(checkpoints.warm_start(fresh, restored, ())["pool_out"]["kernel"], 1)
+  np.testing.assert_array_equal(
+    checkpoints.warm_start(fresh, restored, ())["pool_out"]["kernel"], 1
+  )
 
 
 def test_warm_start_rejects_a_pattern_that_matches_nothing():

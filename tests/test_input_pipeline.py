@@ -18,8 +18,10 @@ def test_batches_have_static_bucket_shapes(prepared_config):
     assert b["features"].shape[1] in lengths
     assert (b["num_frames"] <= b["features"].shape[1]).all()
     frames = b["features"].shape[1]
-    assert b["ctc_labels"].shape == (c.input.batch_size,
-                                     frames // c.model.subsample * c.model.ctc_upsample)
+    assert b["ctc_labels"].shape == (
+      c.input.batch_size,
+      frames // c.model.subsample * c.model.ctc_upsample,
+    )
     assert b["teacher"].shape == (c.input.batch_size, 384)
 
 
@@ -41,8 +43,10 @@ def test_two_processes_read_disjoint_shards_covering_everything(prepared_config)
   files = layout.list_shards(prepared_config.data_dir, "train")
   seen = []
   for index in range(2):
-    with mock.patch("jax.process_count", return_value=2), \
-         mock.patch("jax.process_index", return_value=index):
+    with (
+      mock.patch("jax.process_count", return_value=2),
+      mock.patch("jax.process_index", return_value=index),
+    ):
       mine = input_pipeline.local_files(files)
       seen += [r["id"] for r in tfrecords.iterate_records(mine)]
   all_ids = [r["id"] for r in tfrecords.iterate_records(files)]
@@ -60,12 +64,14 @@ def test_eval_batches_cover_each_example_once(prepared_config):
 
 
 def test_padding_efficiency_is_real_frames_over_padded_frames():
-  batches = iter([
+  batches = iter(
+    [
       {"features": np.zeros((2, 10, 3)), "num_frames": np.array([10, 5])},
       {"features": np.zeros((2, 20, 3)), "num_frames": np.array([20, 10])},
       {"features": np.zeros((2, 10, 3)), "num_frames": np.array([8, 2])},
       {"features": np.zeros((2, 99, 3)), "num_frames": np.array([1, 1])},  # Beyond num_batches.
-  ])
+    ]
+  )
   with mock.patch.object(input_pipeline, "train_iterator", return_value=batches):
     efficiency, lengths = input_pipeline.padding_efficiency(None, "train", 3)
   assert efficiency == (10 + 5 + 20 + 10 + 8 + 2) / (20 + 40 + 20)
@@ -75,4 +81,6 @@ def test_padding_efficiency_is_real_frames_over_padded_frames():
 def test_padding_efficiency_of_prepared_data(prepared_config):
   efficiency, lengths = input_pipeline.padding_efficiency(prepared_config, "train", 6)
   assert 0.3 < efficiency < 1
-  assert sum(lengths.values()) == 6 and set(lengths) <= set(features.bucket_lengths(prepared_config))
+  assert sum(lengths.values()) == 6 and set(lengths) <= set(
+    features.bucket_lengths(prepared_config)
+  )

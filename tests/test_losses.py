@@ -22,8 +22,9 @@ def test_info_nce_prefers_matched_pairs_and_treats_duplicates_as_positives():
   # Two utterances of one transcript: swapping them costs nothing.
   t2 = t.at[1].set(t[0])
   s = t2.at[0].set(t2[1])
-  np.testing.assert_allclose(losses.info_nce(s, t2, jnp.log(0.1), w),
-                             losses.info_nce(t2, t2, jnp.log(0.1), w), rtol=1e-6)
+  np.testing.assert_allclose(
+    losses.info_nce(s, t2, jnp.log(0.1), w), losses.info_nce(t2, t2, jnp.log(0.1), w), rtol=1e-6
+  )
 
 
 def test_ctc_matches_optax_per_character_and_masks_unalignable():

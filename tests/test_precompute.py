@@ -5,6 +5,7 @@ The data is real FSDD speech written to TFRecords through the manifest source
 transcripts, so the ten distinct transcripts make four chunks and a kill can
 land between them.
 """
+
 import os
 import shutil
 import subprocess
@@ -20,11 +21,15 @@ import tensorflow as tf
 
 from stalign import precompute
 from stalign import prepare
-from stalign.data import sources
 from stalign.data import layout
+from stalign.data import sources
 from stalign.data import tfrecords
 from stalign.models import teacher as teacher_lib
-from testdata import REPO, fsdd_files, tiny_config, write_manifest
+
+from testdata import REPO
+from testdata import fsdd_files
+from testdata import tiny_config
+from testdata import write_manifest
 
 _SPLITS = ("train", "valid", "test")
 
@@ -38,13 +43,17 @@ def pristine(tmp_path_factory):
   """A data dir whose TFRecords hold no teacher embeddings yet."""
   root = str(tmp_path_factory.mktemp("precompute"))
   config = tiny_config(os.path.join(root, "data"))
-  files = {"train": fsdd_files("jackson", range(0, 2)), "valid": fsdd_files("lucas", range(0, 1)),
-           "test": fsdd_files("nicolas", range(0, 1))}
+  files = {
+    "train": fsdd_files("jackson", range(0, 2)),
+    "valid": fsdd_files("lucas", range(0, 1)),
+    "test": fsdd_files("nicolas", range(0, 1)),
+  }
   for split in _SPLITS:
     manifest = os.path.join(root, f"{split}.jsonl")
     config.data.manifests[split] = write_manifest(manifest, files[split])
-    prepare.write_split(sources.get("manifest")(config, split), config, split,
-                          config.data.num_shards)
+    prepare.write_split(
+      sources.get("manifest")(config, split), config, split, config.data.num_shards
+    )
   return config
 
 
@@ -65,6 +74,7 @@ def make_config(pristine, tmp_path, monkeypatch, teacher):
     config.data_dir = str(tmp_path / name)
     shutil.copytree(pristine.data_dir, config.data_dir)
     return config
+
   return make
 
 
@@ -79,8 +89,9 @@ def _snapshot(data_dir: str) -> dict[str, bytes]:
 
 
 def _records(config) -> dict[str, list[dict]]:
-  return {s: list(tfrecords.iterate_records(layout.list_shards(config.data_dir, s)))
-          for s in _SPLITS}
+  return {
+    s: list(tfrecords.iterate_records(layout.list_shards(config.data_dir, s))) for s in _SPLITS
+  }
 
 
 def _kill_on_second_chunk(embed):
@@ -91,6 +102,7 @@ def _kill_on_second_chunk(embed):
     if len(calls) == 2:
       raise _Killed
     return embed(texts, batch_size)
+
   return killing, calls
 
 
@@ -98,6 +110,7 @@ def _kill_after_first_shard(rewrite):
   def killing(shard, table):
     rewrite(shard, table)
     raise _Killed
+
   return killing
 
 
@@ -115,12 +128,18 @@ def test_resumed_run_equals_uninterrupted_run(make_config, teacher, pristine, mo
     cached = os.listdir(os.path.join(resumed.data_dir, "teacher_cache"))
     assert len([f for f in cached if f.endswith(".npy")]) == 1, cached
   else:
-    with mock.patch.object(precompute, "_rewrite_shard",
-                           _kill_after_first_shard(precompute._rewrite_shard)), \
-         pytest.raises(_Killed):
+    with (
+      mock.patch.object(
+        precompute, "_rewrite_shard", _kill_after_first_shard(precompute._rewrite_shard)
+      ),
+      pytest.raises(_Killed),
+    ):
       precompute.precompute(resumed, _SPLITS)
-    done = [precompute._has_embeddings(f) for s in _SPLITS
-            for f in layout.list_shards(resumed.data_dir, s)]
+    done = [
+      precompute._has_embeddings(f)
+      for s in _SPLITS
+      for f in layout.list_shards(resumed.data_dir, s)
+    ]
     assert sum(done) == 1, done
   with pytest.raises(RuntimeError, match="without a teacher embedding"):
     precompute.verify(resumed, _SPLITS)
@@ -177,8 +196,11 @@ def test_verify_says_which_split_lacks_embeddings(make_config, pristine):
   precompute.precompute(config, _SPLITS)
   shard = layout.list_shards(config.data_dir, "valid")[1]
   _strip_embeddings(shard)
-  with pytest.raises(RuntimeError, match=r"split valid: 10 examples .* 5 without a teacher "
-                     r"embedding \(e\.g\. \['valid\.jsonl:"):
+  with pytest.raises(
+    RuntimeError,
+    match=r"split valid: 10 examples .* 5 without a teacher "
+    r"embedding \(e\.g\. \['valid\.jsonl:",
+  ):
     precompute.verify(config, _SPLITS)
   _strip_embeddings(shard, drop_last=True)  # A lost row is caught too.
   with pytest.raises(RuntimeError, match=r"split valid: 9 examples \(summary says 10\)"):
@@ -201,11 +223,18 @@ def test_processes_split_the_work_and_wait_for_the_stats(make_config, teacher, m
   monkeypatch.setattr("jax.process_index", lambda: local.index)
   monkeypatch.setattr(multihost_utils, "sync_global_devices", lambda name: barrier.wait())
   monkeypatch.setattr(np, "savez", slow_savez)
-  monkeypatch.setattr(precompute, "_rewrite_shard",
-                      lambda shard, table: rewritten.append(shard) or rewrite(shard, table))
-  monkeypatch.setattr(teacher, "embed",
-                      lambda texts, batch_size, embed=teacher.embed:
-                      embedded.extend(texts) or embed(texts, batch_size))
+  monkeypatch.setattr(
+    precompute,
+    "_rewrite_shard",
+    lambda shard, table: rewritten.append(shard) or rewrite(shard, table),
+  )
+  monkeypatch.setattr(
+    teacher,
+    "embed",
+    lambda texts, batch_size, embed=teacher.embed: (
+      embedded.extend(texts) or embed(texts, batch_size)
+    ),
+  )
 
   def process(index):
     local.index = index
@@ -229,7 +258,7 @@ def test_processes_split_the_work_and_wait_for_the_stats(make_config, teacher, m
 
 
 def test_teacher_batches_span_all_local_devices(pristine):
-  script = f"""
+  script = """
 from configs import demo
 from stalign.models import teacher as teacher_lib
 config = demo.get_config("tiny")
@@ -237,7 +266,8 @@ teacher = teacher_lib.from_config(config)
 print(teacher.mesh.devices.size, teacher.name, teacher.embed(["one", "two", "three"]).shape)
 """
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
-  out = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True,
-                       text=True, timeout=120)
+  out = subprocess.run(
+    [sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+  )
   assert out.returncode == 0, out.stderr[-2000:]
   assert out.stdout.split("\n")[-2] == "2 sentence-transformers/all-MiniLM-L6-v2 (3, 384)"

@@ -5,11 +5,14 @@ import os
 import numpy as np
 import soundfile as sf
 
-from testdata import fsdd_files, tiny_config, write_manifest
 from stalign import prepare
-from stalign.data import sources
 from stalign.data import layout
+from stalign.data import sources
 from stalign.data import tfrecords
+
+from testdata import fsdd_files
+from testdata import tiny_config
+from testdata import write_manifest
 
 
 def test_prepared_split_summary_and_round_trip(prepared_config):
@@ -42,7 +45,9 @@ def test_bad_inputs_are_skipped_counted_and_named(tmp_path):
   assert summary["read"] == 6 and summary["written"] == 3
   assert sum(summary["skipped"].values()) == 3
   reasons = " ".join(summary["skipped"])
-  assert "silent" in reasons and "cannot decode" in reasons and "outside the CTC alphabet" in reasons
+  assert (
+    "silent" in reasons and "cannot decode" in reasons and "outside the CTC alphabet" in reasons
+  )
   assert garbage in summary["skipped_example"].values()
   assert not glob.glob(os.path.join(config.data_dir, "tfrecords", "*.tmp"))
 
@@ -51,8 +56,9 @@ def test_killed_write_leaves_no_finished_split(tmp_path):
   config = tiny_config(str(tmp_path / "data"))
 
   def dies():
-    yield from sources.read_manifest(write_manifest(str(tmp_path / "m.jsonl"),
-                                                    fsdd_files("jackson", range(0, 1))[:2]))
+    yield from sources.read_manifest(
+      write_manifest(str(tmp_path / "m.jsonl"), fsdd_files("jackson", range(0, 1))[:2])
+    )
     raise KeyboardInterrupt
 
   try:

@@ -5,6 +5,8 @@ all-MiniLM-L6-v2 (fixture made by tests/fixtures/make_teacher_reference.py),
 and a tiny random BERT saved in HF format whose embeddings are recomputed here
 with a plain float64 numpy forward, independent of Flax.
 """
+
+import importlib.util
 import json
 import math
 import os
@@ -22,74 +24,93 @@ from stalign.models import bert
 from stalign.models import hf_loader
 from stalign.models import teacher as teacher_lib
 
-_FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures",
-                        "teacher_reference.npz")
-_TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-             intermediate_size=64, max_position_embeddings=64)
-_WORDS = ("turn on off the lights kitchen lamp set thermostat to degrees play "
-          "music please open door close a is what time it in room").split()
+_FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "teacher_reference.npz")
+_TINY = dict(
+  hidden_size=32,
+  num_hidden_layers=2,
+  num_attention_heads=4,
+  intermediate_size=64,
+  max_position_embeddings=64,
+)
+_WORDS = (
+  "turn on off the lights kitchen lamp set thermostat to degrees play "
+  "music please open door close a is what time it in room"
+).split()
 _SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 _SENTENCES = (
-    "turn on the lights",
-    "Set the THERMOSTAT to 21 degrees, please!",
-    "what time is it",
-    "a",
-    "play music in the kitchen and close the door and turn off the lamp in "
-    "the room please",  # > 16 tokens: another length bucket.
-    "open the door",
-    "xyzzy quux",  # Spelled out letter by letter via ## pieces.
-    "",
+  "turn on the lights",
+  "Set the THERMOSTAT to 21 degrees, please!",
+  "what time is it",
+  "a",
+  "play music in the kitchen and close the door and turn off the lamp in "
+  "the room please",  # > 16 tokens: another length bucket.
+  "open the door",
+  "xyzzy quux",  # Spelled out letter by letter via ## pieces.
+  "",
 )
 
 
 def _tiny_vocab() -> list[str]:
   letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
   digits = [str(d) for d in range(10)]
-  return (list(_SPECIALS) + _WORDS + letters + digits + list(".,!?")
-          + ["##" + ch for ch in letters + digits])
+  return (
+    list(_SPECIALS)
+    + _WORDS
+    + letters
+    + digits
+    + list(".,!?")
+    + ["##" + ch for ch in letters + digits]
+  )
 
 
 def _write_tokenizer(path: str, vocab: list[str]) -> None:
-  tok = tokenizers.Tokenizer(tokenizers.models.WordPiece(
-      {w: i for i, w in enumerate(vocab)}, unk_token="[UNK]"))
+  tok = tokenizers.Tokenizer(
+    tokenizers.models.WordPiece({w: i for i, w in enumerate(vocab)}, unk_token="[UNK]")
+  )
   tok.normalizer = tokenizers.normalizers.BertNormalizer(lowercase=True)
   tok.pre_tokenizer = tokenizers.pre_tokenizers.BertPreTokenizer()
   tok.post_processor = tokenizers.processors.TemplateProcessing(
-      single="[CLS] $A [SEP]",
-      special_tokens=[("[CLS]", vocab.index("[CLS]")),
-                      ("[SEP]", vocab.index("[SEP]"))])
+    single="[CLS] $A [SEP]",
+    special_tokens=[("[CLS]", vocab.index("[CLS]")), ("[SEP]", vocab.index("[SEP]"))],
+  )
   # Like the packaged MiniLM tokenizer.json: fixed padding the loader must undo.
   tok.enable_padding(length=128)
   tok.enable_truncation(max_length=128)
   tok.save(path)
 
 
-def _random_hf_tensors(rng: np.random.Generator, vocab_size: int,
-                       prefix: str) -> dict[str, np.ndarray]:
+def _random_hf_tensors(
+  rng: np.random.Generator, vocab_size: int, prefix: str
+) -> dict[str, np.ndarray]:
   """A HF BertModel state dict: PyTorch (out, in) layout, HF names."""
   d, f = _TINY["hidden_size"], _TINY["intermediate_size"]
   shapes = {
-      "embeddings.word_embeddings.weight": (vocab_size, d),
-      "embeddings.position_embeddings.weight": (
-          _TINY["max_position_embeddings"], d),
-      "embeddings.token_type_embeddings.weight": (2, d),
-      "embeddings.LayerNorm.weight": (d,),
-      "embeddings.LayerNorm.bias": (d,),
-      "pooler.dense.weight": (d, d),  # Unused by sentence embeddings.
-      "pooler.dense.bias": (d,),
+    "embeddings.word_embeddings.weight": (vocab_size, d),
+    "embeddings.position_embeddings.weight": (_TINY["max_position_embeddings"], d),
+    "embeddings.token_type_embeddings.weight": (2, d),
+    "embeddings.LayerNorm.weight": (d,),
+    "embeddings.LayerNorm.bias": (d,),
+    "pooler.dense.weight": (d, d),  # Unused by sentence embeddings.
+    "pooler.dense.bias": (d,),
   }
   for i in range(_TINY["num_hidden_layers"]):
     p = f"encoder.layer.{i}."
-    for name in ("attention.self.query", "attention.self.key",
-                 "attention.self.value", "attention.output.dense"):
+    for name in (
+      "attention.self.query",
+      "attention.self.key",
+      "attention.self.value",
+      "attention.output.dense",
+    ):
       shapes[p + name + ".weight"] = (d, d)
       shapes[p + name + ".bias"] = (d,)
-    shapes.update({
+    shapes.update(
+      {
         p + "intermediate.dense.weight": (f, d),
         p + "intermediate.dense.bias": (f,),
         p + "output.dense.weight": (d, f),
         p + "output.dense.bias": (d,),
-    })
+      }
+    )
     for name in ("attention.output.LayerNorm", "output.LayerNorm"):
       shapes[p + name + ".weight"] = (d,)
       shapes[p + name + ".bias"] = (d,)
@@ -101,35 +122,45 @@ def _random_hf_tensors(rng: np.random.Generator, vocab_size: int,
       value += 1.0
     tensors[prefix + name] = value
   tensors[prefix + "embeddings.position_ids"] = np.arange(
-      _TINY["max_position_embeddings"], dtype=np.int64)[None]
+    _TINY["max_position_embeddings"], dtype=np.int64
+  )[None]
   return tensors
 
 
-def _write_tiny_model(root: str, prefix: str = "",
-                      pooling: dict | None = None) -> dict[str, np.ndarray]:
+def _write_tiny_model(
+  root: str, prefix: str = "", pooling: dict | None = None
+) -> dict[str, np.ndarray]:
   vocab = _tiny_vocab()
   tensors = _random_hf_tensors(np.random.default_rng(0), len(vocab), prefix)
   os.makedirs(os.path.join(root, "1_Pooling"), exist_ok=True)
-  config = dict(_TINY, architectures=["BertModel"], model_type="bert",
-                hidden_act="gelu", layer_norm_eps=1e-12, type_vocab_size=2,
-                vocab_size=len(vocab), position_embedding_type="absolute")
+  config = dict(
+    _TINY,
+    architectures=["BertModel"],
+    model_type="bert",
+    hidden_act="gelu",
+    layer_norm_eps=1e-12,
+    type_vocab_size=2,
+    vocab_size=len(vocab),
+    position_embedding_type="absolute",
+  )
   with open(os.path.join(root, "config.json"), "w") as f:
     json.dump(config, f)
   safetensors.numpy.save_file(tensors, os.path.join(root, "model.safetensors"))
   _write_tokenizer(os.path.join(root, "tokenizer.json"), vocab)
   modules = [
-      {"idx": 0, "name": "0", "path": "",
-       "type": "sentence_transformers.models.Transformer"},
-      {"idx": 1, "name": "1", "path": "1_Pooling",
-       "type": "sentence_transformers.models.Pooling"},
-      {"idx": 2, "name": "2", "path": "2_Normalize",
-       "type": "sentence_transformers.models.Normalize"},
+    {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+    {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    {
+      "idx": 2,
+      "name": "2",
+      "path": "2_Normalize",
+      "type": "sentence_transformers.models.Normalize",
+    },
   ]
   with open(os.path.join(root, "modules.json"), "w") as f:
     json.dump(modules, f)
   with open(os.path.join(root, "1_Pooling", "config.json"), "w") as f:
-    json.dump(pooling or {"word_embedding_dimension": 32,
-                          "pooling_mode_mean_tokens": True}, f)
+    json.dump(pooling or {"word_embedding_dimension": 32, "pooling_mode_mean_tokens": True}, f)
   return tensors
 
 
@@ -151,11 +182,9 @@ def _layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
   return (x - mu) / np.sqrt(var + 1e-12) * w + b
 
 
-def _reference_embedding(tensors: dict[str, np.ndarray],
-                         ids: list[int]) -> np.ndarray:
+def _reference_embedding(tensors: dict[str, np.ndarray], ids: list[int]) -> np.ndarray:
   """Plain float64 BERT + mean pooling + L2 norm on one unpadded sentence."""
-  t = {k.removeprefix("bert."): v.astype(np.float64)
-       for k, v in tensors.items()}
+  t = {k.removeprefix("bert."): v.astype(np.float64) for k, v in tensors.items()}
   n, d = _TINY["num_attention_heads"], _TINY["hidden_size"]
   hd = d // n
 
@@ -165,20 +194,23 @@ def _reference_embedding(tensors: dict[str, np.ndarray],
   def norm(x, name):
     return _layer_norm(x, t[name + ".weight"], t[name + ".bias"])
 
-  x = (t["embeddings.word_embeddings.weight"][ids]
-       + t["embeddings.position_embeddings.weight"][:len(ids)]
-       + t["embeddings.token_type_embeddings.weight"][0])
+  x = (
+    t["embeddings.word_embeddings.weight"][ids]
+    + t["embeddings.position_embeddings.weight"][: len(ids)]
+    + t["embeddings.token_type_embeddings.weight"][0]
+  )
   x = norm(x, "embeddings.LayerNorm")
   for i in range(_TINY["num_hidden_layers"]):
     p = f"encoder.layer.{i}."
-    q, k, v = (linear(x, p + "attention.self." + m).reshape(-1, n, hd)
-               .transpose(1, 0, 2) for m in ("query", "key", "value"))
+    q, k, v = (
+      linear(x, p + "attention.self." + m).reshape(-1, n, hd).transpose(1, 0, 2)
+      for m in ("query", "key", "value")
+    )
     scores = q @ k.transpose(0, 2, 1) / math.sqrt(hd)
     probs = np.exp(scores - scores.max(-1, keepdims=True))
     probs /= probs.sum(-1, keepdims=True)
     context = (probs @ v).transpose(1, 0, 2).reshape(-1, d)
-    x = norm(x + linear(context, p + "attention.output.dense"),
-             p + "attention.output.LayerNorm")
+    x = norm(x + linear(context, p + "attention.output.dense"), p + "attention.output.LayerNorm")
     h = linear(x, p + "intermediate.dense")
     h = 0.5 * h * (1.0 + special.erf(h / math.sqrt(2.0)))
     x = norm(x + linear(h, p + "output.dense"), p + "output.LayerNorm")
@@ -200,8 +232,7 @@ def test_tiny_model_matches_numpy_reference(tmp_path, prefix):
   want = []
   for text in _SENTENCES:
     pieces = plain.encode(text, add_special_tokens=False).ids
-    ids = ([vocab.index("[CLS]")] + pieces[:max_tokens - 2]
-           + [vocab.index("[SEP]")])
+    ids = [vocab.index("[CLS]")] + pieces[: max_tokens - 2] + [vocab.index("[SEP]")]
     want.append(_reference_embedding(tensors, ids))
   assert max(len(plain.encode(s).ids) for s in _SENTENCES) > max_tokens
   assert got.shape == (len(_SENTENCES), _TINY["hidden_size"])
@@ -211,8 +242,7 @@ def test_tiny_model_matches_numpy_reference(tmp_path, prefix):
 
 def test_bucketing_and_order_do_not_change_embeddings(tiny_teacher):
   batched = tiny_teacher.embed(_SENTENCES, batch_size=3)
-  alone = np.concatenate(
-      [tiny_teacher.embed([s], batch_size=1) for s in _SENTENCES])
+  alone = np.concatenate([tiny_teacher.embed([s], batch_size=1) for s in _SENTENCES])
   reverse = tiny_teacher.embed(_SENTENCES[::-1], batch_size=256)[::-1]
   np.testing.assert_allclose(batched, alone, atol=1e-5)
   np.testing.assert_allclose(reverse, alone, atol=1e-5)
@@ -227,14 +257,12 @@ def test_embed_empty_list(tiny_teacher):
 
 def test_padded_shapes_are_bounded():
   lengths = {teacher_lib.round_length(n, 128) for n in range(1, 129)}
-  assert lengths == {4, 8, 12, 16, 20, 24, 28, 32, 40, 48, 56, 64, 80, 96,
-                     112, 128}
+  assert lengths == {4, 8, 12, 16, 20, 24, 28, 32, 40, 48, 56, 64, 80, 96, 112, 128}
   assert teacher_lib.round_length(130, 128) == 128
   for n in range(1, 257):  # Never short, and past 32 tokens < 25% padding.
     padded = teacher_lib.round_length(n, 256)
     assert n <= padded <= max(32, 1.25 * n), (n, padded)
-  assert [teacher_lib.round_rows(n, 256) for n in (1, 3, 200, 256)] == [
-      1, 4, 256, 256]
+  assert [teacher_lib.round_rows(n, 256) for n in (1, 3, 200, 256)] == [1, 4, 256, 256]
   assert teacher_lib.round_rows(3, 256, multiple=8) == 8
   assert teacher_lib.round_rows(100, 96, multiple=8) == 96
 
@@ -252,8 +280,7 @@ def test_every_parameter_has_logical_axis_names(tiny_teacher):
 def test_encode_is_pure_and_shards_over_a_mesh(tiny_dir, tiny_teacher):
   mesh = jax.make_mesh((len(jax.devices()),), ("data",))
   sharded = teacher_lib.load(tiny_dir, max_tokens=32, mesh=mesh)
-  np.testing.assert_allclose(
-      sharded.embed(_SENTENCES), tiny_teacher.embed(_SENTENCES), atol=1e-6)
+  np.testing.assert_allclose(sharded.embed(_SENTENCES), tiny_teacher.embed(_SENTENCES), atol=1e-6)
   # The jitted function takes the state as an argument, not a closure: new
   # weights give new outputs without rebuilding anything.
   zeroed = jax.tree.map(lambda x: x * 0.0, tiny_teacher.state)
@@ -263,13 +290,14 @@ def test_encode_is_pure_and_shards_over_a_mesh(tiny_dir, tiny_teacher):
   assert not np.allclose(tiny_teacher.apply(zeroed, ids, mask), base)
 
 
-@pytest.mark.parametrize("config,modes", [
-    ({"pooling_mode_cls_token": True, "pooling_mode_max_tokens": True},
-     ("cls", "max")),
-    ({"pooling_mode": ["mean_sqrt_len_tokens", "cls"]},
-     ("mean_sqrt_len_tokens", "cls")),
+@pytest.mark.parametrize(
+  "config,modes",
+  [
+    ({"pooling_mode_cls_token": True, "pooling_mode_max_tokens": True}, ("cls", "max")),
+    ({"pooling_mode": ["mean_sqrt_len_tokens", "cls"]}, ("mean_sqrt_len_tokens", "cls")),
     ({"pooling_mode": "max"}, ("max",)),
-])
+  ],
+)
 def test_pooling_modes(tmp_path, config, modes):
   _write_tiny_model(str(tmp_path), pooling=config)
   _, pooling = hf_loader.load_pooling(str(tmp_path))
@@ -278,14 +306,15 @@ def test_pooling_modes(tmp_path, config, modes):
   rng = np.random.default_rng(1)
   hidden = rng.normal(size=(2, 5, 3)).astype(np.float32)
   mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], np.int32)
-  got = np.asarray(bert.pool(
-      hidden, mask, bert.Pooling(modes, normalize=False)))
+  got = np.asarray(bert.pool(hidden, mask, bert.Pooling(modes, normalize=False)))
   for row in range(2):
-    real = hidden[row, :mask[row].sum()]
-    expected = {"cls": real[0], "max": real.max(0),
-                "mean_sqrt_len_tokens": real.sum(0) / math.sqrt(len(real))}
-    np.testing.assert_allclose(
-        got[row], np.concatenate([expected[m] for m in modes]), atol=1e-6)
+    real = hidden[row, : mask[row].sum()]
+    expected = {
+      "cls": real[0],
+      "max": real.max(0),
+      "mean_sqrt_len_tokens": real.sum(0) / math.sqrt(len(real)),
+    }
+    np.testing.assert_allclose(got[row], np.concatenate([expected[m] for m in modes]), atol=1e-6)
 
 
 def test_unsupported_pooling_is_refused(tmp_path):
@@ -294,9 +323,16 @@ def test_unsupported_pooling_is_refused(tmp_path):
     hf_loader.load_pooling(str(tmp_path))
 
 
-@pytest.mark.parametrize("missing", [
-    "config.json", "model.safetensors", "tokenizer.json", "modules.json",
-    os.path.join("1_Pooling", "config.json")])
+@pytest.mark.parametrize(
+  "missing",
+  [
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "modules.json",
+    os.path.join("1_Pooling", "config.json"),
+  ],
+)
 def test_missing_file_is_named(tmp_path, tiny_dir, missing):
   root = str(tmp_path / "model")
   shutil.copytree(tiny_dir, root)
@@ -306,15 +342,11 @@ def test_missing_file_is_named(tmp_path, tiny_dir, missing):
 
 
 def test_torch_checkpoint_without_torch_says_convert(tmp_path, tiny_dir):
-  try:
-    import torch  # pylint: disable=g-import-not-at-top,unused-import
+  if importlib.util.find_spec("torch") is not None:
     pytest.skip("torch is installed; the error path needs it absent")
-  except ImportError:
-    pass
   root = str(tmp_path / "model")
   shutil.copytree(tiny_dir, root)
-  os.rename(os.path.join(root, "model.safetensors"),
-            os.path.join(root, "pytorch_model.bin"))
+  os.rename(os.path.join(root, "model.safetensors"), os.path.join(root, "pytorch_model.bin"))
   with pytest.raises(ImportError, match="model.safetensors"):
     teacher_lib.load(root, max_tokens=32)
 
@@ -330,10 +362,13 @@ def test_wrong_shapes_are_named(tmp_path):
     teacher_lib.load(str(tmp_path))
 
 
-@pytest.mark.parametrize("change,named", [
+@pytest.mark.parametrize(
+  "change,named",
+  [
     ({"model_type": "roberta", "architectures": ["RobertaModel"]}, "'roberta'"),
     ({"architectures": ["MPNetModel"]}, "MPNetModel"),
-])
+  ],
+)
 def test_other_model_family_is_refused(tmp_path, change, named):
   # RoBERTa-style weights fit BertEncoder's shapes, so only config.json can
   # tell them apart; loading them would embed wrongly without any error.
@@ -353,20 +388,17 @@ def test_minilm_matches_sentence_transformers():
   reference = np.load(_FIXTURE)
   # The fixture uses sentence-transformers' own truncation (256), and one
   # sentence is longer than the Teacher's default 128 tokens.
-  teacher = teacher_lib.load(
-      max_tokens=int(reference["max_seq_length"]))
+  teacher = teacher_lib.load(max_tokens=int(reference["max_seq_length"]))
   assert (teacher.dim, teacher.name) == (384, hf_loader.DEFAULT_NAME)
   assert reference["token_counts"].max() > 128
   got = teacher.embed(list(reference["sentences"]), batch_size=16)
   want = reference["embeddings"]
-  cosine = np.sum(got * want, 1) / (
-      np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1))
+  cosine = np.sum(got * want, 1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1))
   assert cosine.min() >= 0.9999, cosine.min()
   np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
 
 
 def test_default_teacher_path_is_a_sentence_transformers_folder():
   path = hf_loader.default_teacher_path()
-  for name in ("config.json", "model.safetensors", "tokenizer.json",
-               "modules.json"):
+  for name in ("config.json", "model.safetensors", "tokenizer.json", "modules.json"):
     assert os.path.exists(os.path.join(path, name)), name

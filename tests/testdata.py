@@ -1,4 +1,5 @@
 """Small data builders shared by the tests (real FSDD clips, manifests, tiny configs)."""
+
 import json
 import os
 
@@ -9,8 +10,9 @@ FSDD_DIR = os.path.join(REPO, "..", "shared", "data", "fsdd")
 
 
 def fsdd_files(speaker: str, takes: range) -> list[str]:
-  files = [os.path.join(FSDD_DIR, "recordings", f"{d}_{speaker}_{t}.wav")
-           for t in takes for d in range(10)]
+  files = [
+    os.path.join(FSDD_DIR, "recordings", f"{d}_{speaker}_{t}.wav") for t in takes for d in range(10)
+  ]
   if not os.path.exists(files[0]):
     pytest.fail(f"FSDD recordings not found under {FSDD_DIR}: tests need ../shared beside the repo")
   return files
@@ -18,17 +20,28 @@ def fsdd_files(speaker: str, takes: range) -> list[str]:
 
 def write_manifest(path: str, files: list[str]) -> str:
   from stalign.data import sources
+
   with open(path, "w") as f:
     for file in files:
       digit = int(os.path.basename(file)[0])
-      f.write(json.dumps({"audio_filepath": file, "duration": 0.5, "text": sources.DIGIT_WORDS[digit],
-                          "labels": {"digit": digit}}) + "\n")
+      f.write(
+        json.dumps(
+          {
+            "audio_filepath": file,
+            "duration": 0.5,
+            "text": sources.DIGIT_WORDS[digit],
+            "labels": {"digit": digit},
+          }
+        )
+        + "\n"
+      )
   return path
 
 
 def tiny_config(data_dir: str):
   """The demo config shrunk for tests, reading manifests of FSDD clips."""
   from configs import demo
+
   c = demo.get_config("tiny")
   c.data_dir = data_dir
   c.data.source = "manifest"
@@ -41,5 +54,3 @@ def tiny_config(data_dir: str):
   c.train.checkpoint_every = 5
   c.train.warmup_steps = 2
   return c
-
-

@@ -5,6 +5,7 @@ empty, silent, absurdly short or long files, implausible sample rates and
 channel layouts are caught in one place; the TFRecord writer turns an
 `AudioError` into a counted skip with its reason.
 """
+
 from absl import logging
 import numpy as np
 import soundfile as sf
@@ -27,7 +28,9 @@ def load_audio(path: str, sample_rate: int, max_seconds: float) -> np.ndarray:
   try:
     wave, file_rate = sf.read(path, dtype="float32", always_2d=True)
   except Exception as e:  # soundfile raises several types for bad headers.
-    raise AudioError(f"{path}: cannot decode audio ({e}); re-encode it as WAV/FLAC or drop it") from e
+    raise AudioError(
+      f"{path}: cannot decode audio ({e}); re-encode it as WAV/FLAC or drop it"
+    ) from e
   return check_waveform(to_mono(wave, path), file_rate, sample_rate, max_seconds, path)
 
 
@@ -43,20 +46,25 @@ def to_mono(wave: np.ndarray, name: str) -> np.ndarray:
   if channels == 1:
     return wave[:, 0]
   if channels > MAX_CHANNELS:
-    raise AudioError(f"{name}: {channels} audio channels (at most {MAX_CHANNELS}); "
-                     "pick or mix the speech channel before training")
+    raise AudioError(
+      f"{name}: {channels} audio channels (at most {MAX_CHANNELS}); "
+      "pick or mix the speech channel before training"
+    )
   logging.info("%s: downmixed %d channels to mono", name, channels)
   return wave.mean(axis=1)
 
 
-def check_waveform(wave: np.ndarray, file_rate: int, sample_rate: int,
-                   max_seconds: float, name: str) -> np.ndarray:
+def check_waveform(
+  wave: np.ndarray, file_rate: int, sample_rate: int, max_seconds: float, name: str
+) -> np.ndarray:
   """Validates an in-memory mono waveform and resamples it to `sample_rate`."""
   if wave.size == 0:
     raise AudioError(f"{name}: empty audio (0 samples)")
   if file_rate < MIN_SAMPLE_RATE:
-    raise AudioError(f"{name}: sample rate {file_rate} Hz is too low for speech "
-                     f"(min {MIN_SAMPLE_RATE} Hz); the header is probably wrong")
+    raise AudioError(
+      f"{name}: sample rate {file_rate} Hz is too low for speech "
+      f"(min {MIN_SAMPLE_RATE} Hz); the header is probably wrong"
+    )
   if not np.all(np.isfinite(wave)):
     raise AudioError(f"{name}: audio contains NaN/Inf samples")
   seconds = wave.size / file_rate
@@ -64,8 +72,9 @@ def check_waveform(wave: np.ndarray, file_rate: int, sample_rate: int,
     raise AudioError(f"{name}: {seconds:.3f} s is too short to be speech (min {MIN_SECONDS} s)")
   if seconds > max_seconds:
     raise AudioError(
-        f"{name}: {seconds:.1f} s is longer than features.max_seconds={max_seconds}; "
-        "segment it or raise the limit")
+      f"{name}: {seconds:.1f} s is longer than features.max_seconds={max_seconds}; "
+      "segment it or raise the limit"
+    )
   if np.abs(wave).max() < SILENCE_PEAK:
     raise AudioError(f"{name}: audio is silent (peak below {SILENCE_PEAK})")
   if file_rate != sample_rate:

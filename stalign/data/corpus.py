@@ -27,12 +27,14 @@ whatever the number of workers or their scheduling.
 Resuming: a chunk whose wavs all exist is skipped; any other chunk is rendered
 again from its start (which reproduces the wavs it already had).
 """
+
+from collections.abc import Iterator
+from collections.abc import Sequence
 import dataclasses
 import json
 import multiprocessing
 import os
 import time
-from collections.abc import Iterator, Sequence
 from typing import Any
 
 from absl import logging
@@ -75,23 +77,21 @@ def _bucket(value: float, lo: float, hi: float) -> str:
   return ("low", "medium", "high")[third]
 
 
-def _audio_labels(rng: np.random.Generator,
-                  config: ml_collections.ConfigDict) -> dict[str, Any]:
+def _audio_labels(rng: np.random.Generator, config: ml_collections.ConfigDict) -> dict[str, Any]:
   aug = config.augment
   rate = int(rng.integers(config.rate[0], config.rate[1] + 1))
   pitch = int(rng.integers(config.pitch[0], config.pitch[1] + 1))
   noisy = bool(rng.random() < aug.noise_prob)
   return dict(
-      voice=grammar.pick(rng, tuple(config.voices)),
-      rate=rate,
-      rate_bucket={"low": "slow", "medium": "medium", "high": "fast"}[
-          _bucket(rate, *config.rate)],
-      pitch=pitch,
-      pitch_bucket=_bucket(pitch, *config.pitch),
-      speed=round(float(rng.uniform(*aug.speed)), 3),
-      noise_snr_db=(round(float(rng.uniform(*aug.noise_snr_db)), 1)
-                    if noisy else None),
-      noise_type=grammar.pick(rng, ("white", "pink")) if noisy else "none")
+    voice=grammar.pick(rng, tuple(config.voices)),
+    rate=rate,
+    rate_bucket={"low": "slow", "medium": "medium", "high": "fast"}[_bucket(rate, *config.rate)],
+    pitch=pitch,
+    pitch_bucket=_bucket(pitch, *config.pitch),
+    speed=round(float(rng.uniform(*aug.speed)), 3),
+    noise_snr_db=(round(float(rng.uniform(*aug.noise_snr_db)), 1) if noisy else None),
+    noise_type=grammar.pick(rng, ("white", "pink")) if noisy else "none",
+  )
 
 
 def plan_corpus(config: ml_collections.ConfigDict) -> dict[str, list[Utterance]]:
@@ -100,15 +100,13 @@ def plan_corpus(config: ml_collections.ConfigDict) -> dict[str, list[Utterance]]
   Sentences come from `grammar.plan_sentences`, audio settings from another
   stream of the same utterance RNG, so the plan depends only on the config.
   """
-  sizes = {split: int(config[f"num_{split}"])
-           for split in data.SPLITS + (data.ZERO_SHOT_SPLIT,)}
+  sizes = {split: int(config[f"num_{split}"]) for split in data.SPLITS + (data.ZERO_SHOT_SPLIT,)}
   plan = {}
   for split, sentences in grammar.plan_sentences(config.seed, sizes).items():
     plan[split] = []
     for index, (text, labels) in enumerate(sentences):
       rng = grammar.utterance_rng(config.seed, split, index, 1)
-      plan[split].append(Utterance(split, index, text,
-                                   {**labels, **_audio_labels(rng, config)}))
+      plan[split].append(Utterance(split, index, text, {**labels, **_audio_labels(rng, config)}))
   return plan
 
 
@@ -130,8 +128,7 @@ def _noise(rng: np.random.Generator, n: int, colour: str) -> np.ndarray:
 def _render(utt: Utterance, seed: int) -> np.ndarray:
   """The utterance's 16 kHz PCM16 samples."""
   labels = utt.labels
-  wave = espeak.synthesize(utt.text, labels["voice"], labels["rate"],
-                           labels["pitch"])
+  wave = espeak.synthesize(utt.text, labels["voice"], labels["rate"], labels["pitch"])
   # Resampling to 16 kHz / speed and playing at 16 kHz speeds up by `speed`.
   wave = soxr.resample(wave, espeak.SAMPLE_RATE, SAMPLE_RATE / labels["speed"])
   if labels["noise_snr_db"] is not None:
@@ -163,24 +160,23 @@ def _render_chunk(task: tuple[int, str, list[Utterance]]) -> tuple[int, float]:
   return len(utterances), seconds
 
 
-def _chunks(plan: dict[str, list[Utterance]],
-            size: int) -> Iterator[list[Utterance]]:
+def _chunks(plan: dict[str, list[Utterance]], size: int) -> Iterator[list[Utterance]]:
   for utterances in plan.values():
     for start in range(0, len(utterances), size):
-      yield utterances[start:start + size]
+      yield utterances[start : start + size]
 
 
-def _render_all(chunks: list[list[Utterance]], seed: int, out_dir: str,
-                workers: int) -> float:
+def _render_all(chunks: list[list[Utterance]], seed: int, out_dir: str, workers: int) -> float:
   """Renders `chunks` on `workers` processes; returns seconds of audio."""
   # One fresh process per chunk (maxtasksperchild=1), so the audio depends on
   # the chunk alone. Fork, not spawn: children must not re-import the caller's
   # main module (and JAX) once per chunk.
   ctx = multiprocessing.get_context("fork")
   seconds = 0.0
-  with ctx.Pool(min(workers, len(chunks)), maxtasksperchild=1) as pool, \
-      tqdm.tqdm(total=sum(map(len, chunks)), unit="utt",
-                desc="synthesising corpus") as bar:
+  with (
+    ctx.Pool(min(workers, len(chunks)), maxtasksperchild=1) as pool,
+    tqdm.tqdm(total=sum(map(len, chunks)), unit="utt", desc="synthesising corpus") as bar,
+  ):
     tasks = [(seed, out_dir, chunk) for chunk in chunks]
     for count, chunk_seconds in pool.imap_unordered(_render_chunk, tasks):
       seconds += chunk_seconds
@@ -194,16 +190,15 @@ def _render_all(chunks: list[list[Utterance]], seed: int, out_dir: str,
 
 def _wildcards(words: tuple[str, ...]) -> Iterator[tuple[str, ...]]:
   for i in range(len(words)):
-    yield words[:i] + ("*",) + words[i + 1:]
+    yield words[:i] + ("*",) + words[i + 1 :]
 
 
 def _deletions(words: tuple[str, ...]) -> Iterator[tuple[str, ...]]:
   for i in range(len(words)):
-    yield words[:i] + words[i + 1:]
+    yield words[:i] + words[i + 1 :]
 
 
-def _near_duplicates(texts: Sequence[str],
-                     reference: Sequence[str]) -> dict[str, float]:
+def _near_duplicates(texts: Sequence[str], reference: Sequence[str]) -> dict[str, float]:
   """Fractions of `texts` equal to, or one word edit from, a reference text.
 
   Hash lookups of every one-word substitution and deletion replace an
@@ -216,9 +211,12 @@ def _near_duplicates(texts: Sequence[str],
   for text in texts:
     words = tuple(text.split())
     exact += words in ref
-    near += (words in ref or words in shortened
-             or any(k in substituted for k in _wildcards(words))
-             or any(k in ref for k in _deletions(words)))
+    near += (
+      words in ref
+      or words in shortened
+      or any(k in substituted for k in _wildcards(words))
+      or any(k in ref for k in _deletions(words))
+    )
   n = max(len(texts), 1)
   return {"exact": exact / n, "within_one_word": near / n}
 
@@ -231,21 +229,26 @@ def _lexicon_stats(texts: dict[str, list[str]]) -> dict[str, Any]:
   all_words = {w for split in texts.values() for t in split for w in t.split()}
   frequencies = sorted(train_counts.values()) or [0]
   return {
-      "word_types": len(all_words),
-      "train_word_types": len(train_counts),
-      "train_tokens": sum(frequencies),
-      "median_train_word_frequency": float(np.median(frequencies)),
-      "min_train_word_frequency": frequencies[0],
-      "words_unseen_in_train": {
-          split: sorted({w for t in texts[split] for w in t.split()}
-                        - train_counts.keys())
-          for split in texts if split != "train"},
+    "word_types": len(all_words),
+    "train_word_types": len(train_counts),
+    "train_tokens": sum(frequencies),
+    "median_train_word_frequency": float(np.median(frequencies)),
+    "min_train_word_frequency": frequencies[0],
+    "words_unseen_in_train": {
+      split: sorted({w for t in texts[split] for w in t.split()} - train_counts.keys())
+      for split in texts
+      if split != "train"
+    },
   }
 
 
-def _summary(manifests: dict[str, list[dict[str, Any]]],
-             settings: dict[str, Any], wall: float, rendered_seconds: float,
-             rendered: int) -> dict[str, Any]:
+def _summary(
+  manifests: dict[str, list[dict[str, Any]]],
+  settings: dict[str, Any],
+  wall: float,
+  rendered_seconds: float,
+  rendered: int,
+) -> dict[str, Any]:
   splits = tuple(manifests)
   texts = {s: [m["text"] for m in manifests[s]] for s in splits}
   seconds = {s: sum(m["duration"] for m in manifests[s]) for s in splits}
@@ -257,23 +260,22 @@ def _summary(manifests: dict[str, list[dict[str, Any]]],
       domains[split][d] = domains[split].get(d, 0) + 1
   descriptions = grammar.intent_descriptions()
   return {
-      "counts": {s: len(manifests[s]) for s in splits},
-      "hours": {**{s: seconds[s] / 3600 for s in splits},
-                "total": total / 3600},
-      "mean_duration_seconds": total / max(sum(map(len, texts.values())), 1),
-      "domains": domains,
-      "wall_seconds": wall,
-      "rendered_utterances": rendered,
-      # Audio rendered by this call per second of its wall time.
-      "real_time_factor": rendered_seconds / wall,
-      "distinct_sentences": len({t for ts in texts.values() for t in ts}),
-      "lexicon": _lexicon_stats(texts),
-      "near_duplicates_of_train": {
-          s: _near_duplicates(texts[s], texts["train"])
-          for s in splits if s != "train"},
-      "held_out_intents": {i: descriptions[i] for i in grammar.HELD_OUT_INTENTS},
-      "intent_descriptions": descriptions,
-      "config": settings,
+    "counts": {s: len(manifests[s]) for s in splits},
+    "hours": {**{s: seconds[s] / 3600 for s in splits}, "total": total / 3600},
+    "mean_duration_seconds": total / max(sum(map(len, texts.values())), 1),
+    "domains": domains,
+    "wall_seconds": wall,
+    "rendered_utterances": rendered,
+    # Audio rendered by this call per second of its wall time.
+    "real_time_factor": rendered_seconds / wall,
+    "distinct_sentences": len({t for ts in texts.values() for t in ts}),
+    "lexicon": _lexicon_stats(texts),
+    "near_duplicates_of_train": {
+      s: _near_duplicates(texts[s], texts["train"]) for s in splits if s != "train"
+    },
+    "held_out_intents": {i: descriptions[i] for i in grammar.HELD_OUT_INTENTS},
+    "intent_descriptions": descriptions,
+    "config": settings,
   }
 
 
@@ -305,14 +307,14 @@ def _claim(out_dir: str, settings: dict[str, Any]):
     with open(path) as f:
       if json.load(f) != settings:
         raise ValueError(
-            f"{out_dir} holds a corpus built from another config (see "
-            f"{path}); delete it or build into another folder.")
+          f"{out_dir} holds a corpus built from another config (see "
+          f"{path}); delete it or build into another folder."
+        )
   else:
     _write_json(path, settings)
 
 
-def build_corpus(config: ml_collections.ConfigDict,
-                 out_dir: str) -> dict[str, Any]:
+def build_corpus(config: ml_collections.ConfigDict, out_dir: str) -> dict[str, Any]:
   """Builds (or finishes, or just returns) the corpus in `out_dir`.
 
   Args:
@@ -335,30 +337,43 @@ def build_corpus(config: ml_collections.ConfigDict,
   plan = plan_corpus(config)
   for split in plan:
     os.makedirs(os.path.join(out_dir, "audio", split), exist_ok=True)
-  chunks = [c for c in _chunks(plan, settings["chunk_size"])
-            if not all(os.path.exists(os.path.join(out_dir, u.audio_filepath))
-                       for u in c)]
+  chunks = [
+    c
+    for c in _chunks(plan, settings["chunk_size"])
+    if not all(os.path.exists(os.path.join(out_dir, u.audio_filepath)) for u in c)
+  ]
   workers = config.workers or os.cpu_count()
   rendered = sum(map(len, chunks))
-  logging.info("Synthesising %d of %d utterances into %s on %d processes.",
-               rendered, sum(map(len, plan.values())), out_dir, workers)
-  rendered_seconds = (_render_all(chunks, config.seed, out_dir, workers)
-                      if chunks else 0.0)
+  logging.info(
+    "Synthesising %d of %d utterances into %s on %d processes.",
+    rendered,
+    sum(map(len, plan.values())),
+    out_dir,
+    workers,
+  )
+  rendered_seconds = _render_all(chunks, config.seed, out_dir, workers) if chunks else 0.0
 
   manifests = {}
   for split, utterances in plan.items():
-    manifests[split] = [dict(
-        id=u.id, audio_filepath=u.audio_filepath,
-        duration=sf.info(os.path.join(out_dir, u.audio_filepath)).frames
-        / SAMPLE_RATE,
-        text=u.text, labels=u.labels) for u in utterances]
-    _write_json(os.path.join(out_dir, f"{split}.jsonl"), manifests[split],
-                lines=True)
+    manifests[split] = [
+      dict(
+        id=u.id,
+        audio_filepath=u.audio_filepath,
+        duration=sf.info(os.path.join(out_dir, u.audio_filepath)).frames / SAMPLE_RATE,
+        text=u.text,
+        labels=u.labels,
+      )
+      for u in utterances
+    ]
+    _write_json(os.path.join(out_dir, f"{split}.jsonl"), manifests[split], lines=True)
   wall = time.time() - start
   summary = _summary(manifests, settings, wall, rendered_seconds, rendered)
   _write_json(summary_path, summary)
-  logging.info("Corpus: %.2f h of audio; rendered %.0f s in %.1f s "
-               "(real-time factor %.0f).", summary["hours"]["total"],
-               rendered_seconds, wall, summary["real_time_factor"])
+  logging.info(
+    "Corpus: %.2f h of audio; rendered %.0f s in %.1f s (real-time factor %.0f).",
+    summary["hours"]["total"],
+    rendered_seconds,
+    wall,
+    summary["real_time_factor"],
+  )
   return summary
-

@@ -20,6 +20,7 @@ libespeak-ng keeps its state in C globals, which shapes the design:
     `stalign.data.corpus` renders each chunk of utterances in a fresh process.
   * Calls are serialised with a lock: the library is not re-entrant.
 """
+
 import ctypes
 import os
 import shutil
@@ -40,7 +41,8 @@ _PHONEMES_IPA = 0x02  # espeak_TextToPhonemes phonememode bit 1; bits 8-23 hold 
 
 # int callback(short *wav, int numsamples, espeak_EVENT *events); non-zero aborts.
 _SynthCallback = ctypes.CFUNCTYPE(
-    ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
+  ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p
+)
 
 
 class EspeakError(RuntimeError):
@@ -55,8 +57,7 @@ class _Engine:
       path = os.path.join(tmp, "libespeak-ng.so")
       shutil.copyfile(espeakng_loader.get_library_path(), path)
       lib = ctypes.CDLL(path)  # Stays mapped once the file is gone.
-    lib.espeak_Initialize.argtypes = [
-        ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+    lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
     lib.espeak_Initialize.restype = ctypes.c_int
     lib.espeak_SetSynthCallback.argtypes = [_SynthCallback]
     lib.espeak_SetSynthCallback.restype = None
@@ -67,18 +68,28 @@ class _Engine:
     lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
     lib.espeak_ng_SetRandSeed.restype = None
     lib.espeak_Synth.argtypes = [
-        ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
-        ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
+      ctypes.c_char_p,
+      ctypes.c_size_t,
+      ctypes.c_uint,
+      ctypes.c_int,
+      ctypes.c_uint,
+      ctypes.c_uint,
+      ctypes.c_void_p,
+      ctypes.c_void_p,
+    ]
     lib.espeak_Synth.restype = ctypes.c_int
     lib.espeak_TextToPhonemes.argtypes = [
-        ctypes.POINTER(ctypes.c_void_p), ctypes.c_int, ctypes.c_int]
+      ctypes.POINTER(ctypes.c_void_p),
+      ctypes.c_int,
+      ctypes.c_int,
+    ]
     lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
     data_path = espeakng_loader.get_data_path()
     self.sample_rate = lib.espeak_Initialize(
-        _AUDIO_OUTPUT_SYNCHRONOUS, 0, data_path.encode(), _INITIALIZE_DONT_EXIT)
+      _AUDIO_OUTPUT_SYNCHRONOUS, 0, data_path.encode(), _INITIALIZE_DONT_EXIT
+    )
     if self.sample_rate <= 0:
-      raise EspeakError(f"espeak_Initialize failed ({self.sample_rate}) with "
-                        f"data path {data_path}")
+      raise EspeakError(f"espeak_Initialize failed ({self.sample_rate}) with data path {data_path}")
     self._blocks: list[np.ndarray] = []
     # ctypes frees the C trampoline with this object, so keep it alive.
     self._callback = _SynthCallback(self._collect)
@@ -103,28 +114,22 @@ class _Engine:
       raise EspeakError(f"espeak-ng has no voice {voice!r} (error {err})")
     self._voice = voice
 
-  def synthesize(self, text: str, voice: str, rate_wpm: int,
-                 pitch: int) -> np.ndarray:
+  def synthesize(self, text: str, voice: str, rate_wpm: int, pitch: int) -> np.ndarray:
     self._set_voice(voice)
-    for name, param, value in (("rate", _PARAM_RATE, rate_wpm),
-                               ("pitch", _PARAM_PITCH, pitch)):
+    for name, param, value in (("rate", _PARAM_RATE, rate_wpm), ("pitch", _PARAM_PITCH, pitch)):
       err = self._lib.espeak_SetParameter(param, int(value), 0)
       if err != _EE_OK:
-        raise EspeakError(f"espeak-ng rejected {name}={value} with voice "
-                          f"{voice!r} (error {err})")
+        raise EspeakError(f"espeak-ng rejected {name}={value} with voice {voice!r} (error {err})")
     self._lib.espeak_ng_SetRandSeed(0)
     self._libc.srand(0)
     data = text.encode("utf-8") + b"\0"
     self._blocks = []
-    err = self._lib.espeak_Synth(
-        data, len(data), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
+    err = self._lib.espeak_Synth(data, len(data), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
     blocks, self._blocks = self._blocks, []
     if err != _EE_OK:
-      raise EspeakError(
-          f"espeak-ng failed (error {err}) with voice {voice!r} on {text!r}")
+      raise EspeakError(f"espeak-ng failed (error {err}) with voice {voice!r} on {text!r}")
     if not blocks:
-      raise EspeakError(
-          f"espeak-ng produced no audio with voice {voice!r} for {text!r}")
+      raise EspeakError(f"espeak-ng produced no audio with voice {voice!r} for {text!r}")
     return np.concatenate(blocks).astype(np.float32) / 32768.0
 
   def phonemize(self, text: str, voice: str, separator: str) -> str:
@@ -152,8 +157,7 @@ def _engine() -> _Engine:
   return _engines[pid]
 
 
-def synthesize(text: str, voice: str = "en-us", rate_wpm: int = 175,
-               pitch: int = 50) -> np.ndarray:
+def synthesize(text: str, voice: str = "en-us", rate_wpm: int = 175, pitch: int = 50) -> np.ndarray:
   """Speaks `text`; returns float32 samples in [-1, 1) at `SAMPLE_RATE` Hz.
 
   Args:

@@ -6,6 +6,7 @@ It follows librosa's conventions (centred frames with zero padding, periodic
 Hann window, power spectrum, Slaney mel filters from `librosa.filters.mel`), so
 features match the reference implementation users know; tests pin the parity.
 """
+
 import functools
 
 import jax
@@ -52,7 +53,8 @@ def log_mel(waves: jax.Array, config: ml_collections.ConfigDict) -> jax.Array:
 @functools.lru_cache(maxsize=4)
 def _jitted_log_mel(sample_rate: int, win_ms: float, hop_ms: float, num_mels: int):
   config = ml_collections.ConfigDict(
-      dict(sample_rate=sample_rate, win_ms=win_ms, hop_ms=hop_ms, num_mels=num_mels))
+    dict(sample_rate=sample_rate, win_ms=win_ms, hop_ms=hop_ms, num_mels=num_mels)
+  )
   return jax.jit(lambda w: log_mel(w, config))
 
 
@@ -69,7 +71,7 @@ def featurize(wave: np.ndarray, config: ml_collections.ConfigDict) -> np.ndarray
   _, hop = frame_params(config)
   padded = utils.round_up(wave.size, config.sample_rate)
   feats = np.asarray(transform(np.pad(wave, (0, padded - wave.size))))
-  return feats[:num_frames(wave.size, hop)].astype(np.float16)
+  return feats[: num_frames(wave.size, hop)].astype(np.float16)
 
 
 def bucket_lengths(config: ml_collections.ConfigDict) -> tuple[int, ...]:
@@ -94,9 +96,16 @@ def ctc_frames(num_frames: int, model_config: ml_collections.ConfigDict) -> int:
   return num_frames // model_config.subsample * model_config.ctc_upsample
 
 
-def spec_augment(features: jax.Array, lengths: jax.Array, rng: jax.Array, *,
-                 freq_masks: int, freq_width: int, time_masks: int,
-                 time_width: int) -> jax.Array:
+def spec_augment(
+  features: jax.Array,
+  lengths: jax.Array,
+  rng: jax.Array,
+  *,
+  freq_masks: int,
+  freq_width: int,
+  time_masks: int,
+  time_width: int,
+) -> jax.Array:
   """SpecAugment (Park et al., 2019): zero random mel bands and time spans.
 
   Time masks are drawn inside each utterance's real length, so padding does
@@ -108,8 +117,9 @@ def spec_augment(features: jax.Array, lengths: jax.Array, rng: jax.Array, *,
   def masks(rng, count, width, limit, size):
     w_rng, s_rng = jax.random.split(rng)
     widths = jax.random.randint(w_rng, (batch, count), 0, width + 1)
-    starts = (jax.random.uniform(s_rng, (batch, count)) *
-              jnp.maximum(limit[:, None] - widths, 1)).astype(jnp.int32)
+    starts = (
+      jax.random.uniform(s_rng, (batch, count)) * jnp.maximum(limit[:, None] - widths, 1)
+    ).astype(jnp.int32)
     pos = jnp.arange(size)[None, None, :]
     hit = (pos >= starts[..., None]) & (pos < (starts + widths)[..., None])
     return hit.any(axis=1)

@@ -9,6 +9,7 @@
 Inference reads only the teacher statistics, so it imports this module and not
 the TFRecord reader or writer.
 """
+
 import glob
 import json
 import os
@@ -44,8 +45,9 @@ def list_shards(data_dir: str, split: str) -> list[str]:
   files = sorted(glob.glob(os.path.join(tfrecords_dir(data_dir), f"{split}-*-of-*.tfrecord")))
   if not files or not os.path.exists(summary_path(data_dir, split)):
     raise FileNotFoundError(
-        f"no finished TFRecords for split {split!r} under {tfrecords_dir(data_dir)}; build them "
-        f"with `{PREPARE_COMMAND}` (a data folder from an older stalign may lack this split)")
+      f"no finished TFRecords for split {split!r} under {tfrecords_dir(data_dir)}; build them "
+      f"with `{PREPARE_COMMAND}` (a data folder from an older stalign may lack this split)"
+    )
   return files
 
 
@@ -58,6 +60,8 @@ def read_teacher_stats(data_dir: str) -> tuple[int, np.ndarray]:
   """(teacher width, mean teacher embedding of the distinct training transcripts)."""
   path = teacher_stats_path(data_dir)
   if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} not found: the teacher statistics are written by `{PREPARE_COMMAND}`")
+    raise FileNotFoundError(
+      f"{path} not found: the teacher statistics are written by `{PREPARE_COMMAND}`"
+    )
   stats = np.load(path)
   return int(stats["dim"]), stats["mean"]

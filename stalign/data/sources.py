@@ -5,8 +5,11 @@ hold decoded audio (TFDS), `{"id", "text", "labels", "waveform", "sample_rate"}`
 The TFRecord writer is the only consumer, so adding a dataset means adding one
 function here and naming it in the config (`data.source`).
 """
+
 import collections
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
+from collections.abc import Iterator
+from collections.abc import Sequence
 import dataclasses
 import glob
 import json
@@ -29,7 +32,7 @@ DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "e
 
 
 def read_manifest(path: str) -> Iterator[dict]:
-  """NeMo-style JSONL (`audio_filepath`, `duration`, `text`); relative paths are relative to the file."""
+  """NeMo-style JSONL (`audio_filepath`, `duration`, `text`); paths are relative to the file."""
   if not os.path.exists(path):
     raise FileNotFoundError(f"manifest {path} does not exist; check data.manifests in the config")
   base = os.path.dirname(os.path.abspath(path))
@@ -42,13 +45,14 @@ def read_manifest(path: str) -> Iterator[dict]:
         audio_path, text = row["audio_filepath"], row["text"]
       except (json.JSONDecodeError, KeyError) as e:
         raise ValueError(
-            f"{path}:{line_no}: not a manifest row ({e}); each line must be JSON with "
-            "'audio_filepath' and 'text'") from e
+          f"{path}:{line_no}: not a manifest row ({e}); each line must be JSON with "
+          "'audio_filepath' and 'text'"
+        ) from e
       yield {
-          "id": row.get("id", f"{os.path.basename(path)}:{line_no}"),
-          "audio_filepath": os.path.join(base, audio_path),
-          "text": text,
-          "labels": row.get("labels", {}),
+        "id": row.get("id", f"{os.path.basename(path)}:{line_no}"),
+        "audio_filepath": os.path.join(base, audio_path),
+        "text": text,
+        "labels": row.get("labels", {}),
       }
 
 
@@ -60,6 +64,7 @@ def corpus_dir(config: ml_collections.ConfigDict) -> str:
 def synthetic(config: ml_collections.ConfigDict, split: str) -> Iterator[dict]:
   """The embedded espeak-ng corpus, built on first use (resumable) into data_dir/corpus."""
   from stalign.data import corpus  # Imported here: only this source needs espeak-ng.
+
   corpus.build_corpus(config.corpus, corpus_dir(config))
   yield from read_manifest(os.path.join(corpus_dir(config), f"{split}.jsonl"))
 
@@ -90,8 +95,10 @@ def fsdd_examples(fsdd_dir: str, speakers: Sequence[str] = ()) -> Iterator[dict]
   folder = os.path.join(fsdd_dir, "recordings")
   files = sorted(glob.glob(os.path.join(folder, "*.wav")))
   if not files:
-    raise FileNotFoundError(f"no FSDD recordings ({{digit}}_{{speaker}}_{{take}}.wav) in {folder}; "
-                            "set --config.data.fsdd_dir (or --fsdd_dir)")
+    raise FileNotFoundError(
+      f"no FSDD recordings ({{digit}}_{{speaker}}_{{take}}.wav) in {folder}; "
+      "set --config.data.fsdd_dir (or --fsdd_dir)"
+    )
   for path in files:
     match = _FSDD_NAME.match(os.path.basename(path))
     if not match:
@@ -100,16 +107,17 @@ def fsdd_examples(fsdd_dir: str, speakers: Sequence[str] = ()) -> Iterator[dict]
     if speakers and speaker not in speakers:
       continue
     yield {
-        "id": f"fsdd/{speaker}/{digit}_{take}",
-        "audio_filepath": path,
-        "text": DIGIT_WORDS[int(digit)],
-        "labels": {"digit": int(digit), "speaker": speaker, "domain": "digits"},
+      "id": f"fsdd/{speaker}/{digit}_{take}",
+      "audio_filepath": path,
+      "text": DIGIT_WORDS[int(digit)],
+      "labels": {"digit": int(digit), "speaker": speaker, "domain": "digits"},
     }
 
 
 @dataclasses.dataclass(frozen=True)
 class _TfdsDataset:
   """How one TFDS speech dataset maps onto stalign examples."""
+
   audio_key: str
   splits: dict[str, str]  # stalign split -> TFDS split, unless data.tfds_splits says otherwise.
   # (TFDS example, label names) -> (text, labels), or a str: the reason to skip it.
@@ -118,8 +126,11 @@ class _TfdsDataset:
 
 def _librispeech_fields(ex: dict, names: tuple[str, ...]) -> tuple[str, dict]:
   del names
-  return ex["text"].decode(), {"speaker": str(ex["speaker_id"]), "chapter": str(ex["chapter_id"]),
-                               "domain": "librispeech"}
+  return ex["text"].decode(), {
+    "speaker": str(ex["speaker_id"]),
+    "chapter": str(ex["chapter_id"]),
+    "domain": "librispeech",
+  }
 
 
 def _spoken_digit_fields(ex: dict, names: tuple[str, ...]) -> tuple[str, dict]:
@@ -143,16 +154,20 @@ def _speech_commands_fields(ex: dict, names: tuple[str, ...]) -> tuple[str, dict
 
 
 TFDS_DATASETS = {
-    "librispeech": _TfdsDataset(
-        "speech", {"train": "train_clean100", "valid": "dev_clean", "test": "test_clean"},
-        _librispeech_fields),
-    # TFDS has one split of all FSDD clips; sliced 80/10/10 by default.
-    "spoken_digit": _TfdsDataset(
-        "audio", {"train": "train[:80%]", "valid": "train[80%:90%]", "test": "train[90%:]"},
-        _spoken_digit_fields),
-    "speech_commands": _TfdsDataset(
-        "audio", {"train": "train", "valid": "validation", "test": "test"},
-        _speech_commands_fields),
+  "librispeech": _TfdsDataset(
+    "speech",
+    {"train": "train_clean100", "valid": "dev_clean", "test": "test_clean"},
+    _librispeech_fields,
+  ),
+  # TFDS has one split of all FSDD clips; sliced 80/10/10 by default.
+  "spoken_digit": _TfdsDataset(
+    "audio",
+    {"train": "train[:80%]", "valid": "train[80%:90%]", "test": "train[90%:]"},
+    _spoken_digit_fields,
+  ),
+  "speech_commands": _TfdsDataset(
+    "audio", {"train": "train", "valid": "validation", "test": "test"}, _speech_commands_fields
+  ),
 }
 
 
@@ -173,21 +188,27 @@ def tfds_source(config: ml_collections.ConfigDict, split: str) -> Iterator[dict]
   (any TFDS split string, e.g. "train_clean360" or "train[:5%]").
   """
   import tensorflow_datasets as tfds  # Imported here: only this source needs it.
+
   name = config.data.tfds_name
   dataset = TFDS_DATASETS.get(name.split(":")[0].split("/")[0])
   if dataset is None:
-    raise ValueError(f"data.tfds_name={name!r} is not one of the TFDS speech datasets stalign "
-                     f"knows how to read: {sorted(TFDS_DATASETS)}")
+    raise ValueError(
+      f"data.tfds_name={name!r} is not one of the TFDS speech datasets stalign "
+      f"knows how to read: {sorted(TFDS_DATASETS)}"
+    )
   tfds_split = config.data.tfds_splits.get(split) or dataset.splits.get(split)
   if not tfds_split:
-    raise KeyError(f"no TFDS split for split {split!r}: set --config.data.tfds_splits.{split}=SPLIT")
+    raise KeyError(
+      f"no TFDS split for split {split!r}: set --config.data.tfds_splits.{split}=SPLIT"
+    )
   data_dir = config.data.tfds_dir or None
   builder = tfds.builder(name, data_dir=data_dir)
   if not builder.is_prepared():
     raise FileNotFoundError(
-        f"TFDS dataset {name!r} is not prepared under {builder.data_dir}; build it once with "
-        f"`tfds build {name} --data_dir={data_dir or '~/tensorflow_datasets'}` (downloads the "
-        "data), or point --config.data.tfds_dir at a folder that holds it")
+      f"TFDS dataset {name!r} is not prepared under {builder.data_dir}; build it once with "
+      f"`tfds build {name} --data_dir={data_dir or '~/tensorflow_datasets'}` (downloads the "
+      "data), or point --config.data.tfds_dir at a folder that holds it"
+    )
   features = builder.info.features
   sample_rate = features[dataset.audio_key].sample_rate
   names = tuple(features["label"].names) if "label" in features else ()
@@ -202,11 +223,11 @@ def tfds_source(config: ml_collections.ConfigDict, split: str) -> Iterator[dict]
     own_id = ex.get("id", ex.get("audio/filename", b"")).decode()
     example_id = f"{name}/{tfds_split}/{own_id or index}"
     yield {
-        "id": example_id,
-        "text": text,
-        "labels": labels,
-        "waveform": audio.to_mono(_pcm_to_float(ex[dataset.audio_key]), example_id),
-        "sample_rate": sample_rate,
+      "id": example_id,
+      "text": text,
+      "labels": labels,
+      "waveform": audio.to_mono(_pcm_to_float(ex[dataset.audio_key]), example_id),
+      "sample_rate": sample_rate,
     }
   if skipped:
     logging.info("tfds %s/%s: left out %s (no transcript)", name, tfds_split, dict(skipped))

@@ -6,6 +6,7 @@ it without extra arguments. Transcripts are normalised the same way for CTC
 targets and for the teacher's input statistics, so a user's "Turn ON the
 lights!" and the corpus's "turn on the lights" meet in one place.
 """
+
 from collections.abc import Sequence
 import re
 import unicodedata
@@ -27,14 +28,70 @@ _CHAR_TO_ID = {ch: i + 1 for i, ch in enumerate(ALPHABET)}
 # a character outside ALPHABET is. " " marks espeak's word boundaries.
 PHONEME_VOICE = "en-us"
 PHONEMES = (
-    " ",
-    # Consonants ("əl", "n̩": syllabic; "ɾ": flap; "x", "ɬ", "r": loan words, spellings).
-    "p", "b", "t", "d", "k", "ɡ", "ʔ", "f", "v", "θ", "ð", "s", "z", "ʃ", "ʒ", "h", "x", "ɬ",
-    "tʃ", "dʒ", "m", "n", "ŋ", "n̩", "l", "əl", "ɹ", "r", "ɾ", "w", "j",
-    # Monophthongs.
-    "i", "iː", "ɪ", "ᵻ", "ɛ", "æ", "ɐ", "ə", "ɚ", "ɜː", "ʌ", "ʊ", "uː", "ɑː", "ɔ", "ɔː",
-    # Diphthongs, triphthongs and r-coloured vowels.
-    "eɪ", "aɪ", "ɔɪ", "aʊ", "oʊ", "iə", "aɪə", "aɪɚ", "ɑːɹ", "ɔːɹ", "ɛɹ", "ɪɹ", "ʊɹ",
+  " ",
+  # Consonants ("əl", "n̩": syllabic; "ɾ": flap; "x", "ɬ", "r": loan words, spellings).
+  "p",
+  "b",
+  "t",
+  "d",
+  "k",
+  "ɡ",
+  "ʔ",
+  "f",
+  "v",
+  "θ",
+  "ð",
+  "s",
+  "z",
+  "ʃ",
+  "ʒ",
+  "h",
+  "x",
+  "ɬ",
+  "tʃ",
+  "dʒ",
+  "m",
+  "n",
+  "ŋ",
+  "n̩",
+  "l",
+  "əl",
+  "ɹ",
+  "r",
+  "ɾ",
+  "w",
+  "j",
+  # Monophthongs.
+  "i",
+  "iː",
+  "ɪ",
+  "ᵻ",
+  "ɛ",
+  "æ",
+  "ɐ",
+  "ə",
+  "ɚ",
+  "ɜː",
+  "ʌ",
+  "ʊ",
+  "uː",
+  "ɑː",
+  "ɔ",
+  "ɔː",
+  # Diphthongs, triphthongs and r-coloured vowels.
+  "eɪ",
+  "aɪ",
+  "ɔɪ",
+  "aʊ",
+  "oʊ",
+  "iə",
+  "aɪə",
+  "aɪɚ",
+  "ɑːɹ",
+  "ɔːɹ",
+  "ɛɹ",
+  "ɪɹ",
+  "ʊɹ",
 )
 _PHONEME_TO_ID = {p: i + 1 for i, p in enumerate(PHONEMES)}
 _STRESS = re.compile("[ˈˌ]")
@@ -56,8 +113,9 @@ def normalize(text: str) -> str:
   return _SPACES.sub(" ", text).strip()
 
 
-def _to_ids(tokens: Sequence[str], table: dict[str, int], text: str, unknown: str,
-            fix: str) -> np.ndarray:
+def _to_ids(
+  tokens: Sequence[str], table: dict[str, int], text: str, unknown: str, fix: str
+) -> np.ndarray:
   """Token sequence -> int32 label ids; unknown tokens or an empty result name the transcript."""
   missing = sorted({t for t in tokens if t not in table})
   if missing:
@@ -69,8 +127,13 @@ def _to_ids(tokens: Sequence[str], table: dict[str, int], text: str, unknown: st
 
 def encode(text: str) -> np.ndarray:
   """Normalised transcript -> int32 CTC label ids (never containing BLANK)."""
-  return _to_ids(list(normalize(text)), _CHAR_TO_ID, text,
-                 "characters outside the CTC alphabet", "spell numbers and symbols out as words")
+  return _to_ids(
+    list(normalize(text)),
+    _CHAR_TO_ID,
+    text,
+    "characters outside the CTC alphabet",
+    "spell numbers and symbols out as words",
+  )
 
 
 def phonemize(text: str) -> list[str]:
@@ -86,9 +149,13 @@ def phonemize(text: str) -> list[str]:
 
 def encode_phonemes(text: str) -> np.ndarray:
   """Transcript -> int32 phoneme CTC label ids (never containing BLANK)."""
-  return _to_ids(phonemize(text), _PHONEME_TO_ID, text,
-                 "phonemes outside the inventory",
-                 "espeak-ng read part of it as another language or an odd spelling")
+  return _to_ids(
+    phonemize(text),
+    _PHONEME_TO_ID,
+    text,
+    "phonemes outside the inventory",
+    "espeak-ng read part of it as another language or an odd spelling",
+  )
 
 
 def encode_targets(text: str, kind: str) -> np.ndarray:

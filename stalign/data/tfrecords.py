@@ -7,7 +7,9 @@ them), transcript, CTC label ids, duration and analysis labels, and, once
 parses the same fields inside tf.data; `deserialize` is the numpy reader for
 precompute and analysis. Where the shards live: `stalign.data.layout`.
 """
-from collections.abc import Iterable, Iterator
+
+from collections.abc import Iterable
+from collections.abc import Iterator
 import json
 
 import numpy as np
@@ -29,13 +31,13 @@ def _floats(v) -> tf.train.Feature:
 def serialize(record: dict) -> bytes:
   """One example -> tf.train.Example bytes (the fields `input_pipeline` parses)."""
   feats = {
-      "id": _bytes(record["id"].encode()),
-      "text": _bytes(record["text"].encode()),
-      "features": _bytes(record["features"].astype(np.float16).tobytes()),
-      "num_frames": _ints([record["features"].shape[0]]),
-      "ctc_labels": _ints(record["ctc_labels"]),
-      "duration": _floats([record["duration"]]),
-      "labels": _bytes(json.dumps(record["labels"], sort_keys=True).encode()),
+    "id": _bytes(record["id"].encode()),
+    "text": _bytes(record["text"].encode()),
+    "features": _bytes(record["features"].astype(np.float16).tobytes()),
+    "num_frames": _ints([record["features"].shape[0]]),
+    "ctc_labels": _ints(record["ctc_labels"]),
+    "duration": _floats([record["duration"]]),
+    "labels": _bytes(json.dumps(record["labels"], sort_keys=True).encode()),
   }
   if record.get("teacher_embedding") is not None:
     feats["teacher_embedding"] = _floats(record["teacher_embedding"])
@@ -47,13 +49,15 @@ def deserialize(raw: bytes) -> dict:
   f = tf.train.Example.FromString(raw).features.feature
   num_frames = f["num_frames"].int64_list.value[0]
   record = {
-      "id": f["id"].bytes_list.value[0].decode(),
-      "text": f["text"].bytes_list.value[0].decode(),
-      "features": np.frombuffer(f["features"].bytes_list.value[0], np.float16).reshape(num_frames, -1),
-      "ctc_labels": np.array(f["ctc_labels"].int64_list.value, np.int32),
-      "duration": f["duration"].float_list.value[0],
-      "labels": json.loads(f["labels"].bytes_list.value[0]),
-      "teacher_embedding": None,
+    "id": f["id"].bytes_list.value[0].decode(),
+    "text": f["text"].bytes_list.value[0].decode(),
+    "features": np.frombuffer(f["features"].bytes_list.value[0], np.float16).reshape(
+      num_frames, -1
+    ),
+    "ctc_labels": np.array(f["ctc_labels"].int64_list.value, np.int32),
+    "duration": f["duration"].float_list.value[0],
+    "labels": json.loads(f["labels"].bytes_list.value[0]),
+    "teacher_embedding": None,
   }
   if "teacher_embedding" in f:
     record["teacher_embedding"] = np.array(f["teacher_embedding"].float_list.value, np.float32)

@@ -7,6 +7,7 @@ computations) and a thin registered driver that picks arrays out of the bundle.
 Zero-shot classification needs class prompts rather than a split's pairs, so
 `stalign.evaluate` drives it directly (`stalign.evaluators.zero_shot`).
 """
+
 from collections.abc import Callable
 import dataclasses
 
@@ -29,6 +30,7 @@ class Embeddings:
   layers: [depth + 1, N, width] mean-pooled frontend and block outputs of the
     student (layer-wise probes), or None.
   """
+
   speech: np.ndarray
   text: np.ndarray
   text_index: np.ndarray
@@ -47,6 +49,7 @@ class Embeddings:
 Evaluator = Callable[[Embeddings], dict]
 # Each evaluator module registers itself on import.
 EVALUATORS: utils.Registry[Evaluator] = utils.Registry(
-    "evaluator", tuple(f"stalign.evaluators.{m}" for m in ("retrieval", "geometry", "probing")))
+  "evaluator", tuple(f"stalign.evaluators.{m}" for m in ("retrieval", "geometry", "probing"))
+)
 register = EVALUATORS.register
 get = EVALUATORS.get

@@ -16,11 +16,13 @@
 
 All figures are computed in the space users query (centred targets).
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stalign.evaluators import Embeddings, register
+from stalign.evaluators import Embeddings
+from stalign.evaluators import register
 from stalign.utils import unit
 
 MAX_UNIFORMITY_ROWS = 4096  # Pairwise terms are O(N^2) memory: larger sets are subsampled.
@@ -73,12 +75,12 @@ def evaluate(emb: Embeddings) -> dict:
   paired, unpaired = pair_cosines(emb.speech, emb.text, emb.text_index)
   speech, text = _subsample(emb.speech), _subsample(emb.text)
   return {
-      "paired_cosine": float(paired),
-      "random_cosine": float(unpaired),
-      "modality_gap": float(modality_gap(emb.speech, emb.paired_text)),
-      "alignment": float(alignment(emb.speech, emb.paired_text)),
-      "uniformity_speech": float(uniformity(speech)),
-      "uniformity_text": float(uniformity(text)),
-      "self_cosine_speech": float(self_cosine(speech)),
-      "self_cosine_text": float(self_cosine(text)),
+    "paired_cosine": float(paired),
+    "random_cosine": float(unpaired),
+    "modality_gap": float(modality_gap(emb.speech, emb.paired_text)),
+    "alignment": float(alignment(emb.speech, emb.paired_text)),
+    "uniformity_speech": float(uniformity(speech)),
+    "uniformity_text": float(uniformity(text)),
+    "self_cosine_speech": float(self_cosine(speech)),
+    "self_cosine_text": float(self_cosine(text)),
   }

@@ -20,6 +20,7 @@ The value "none" (a label that does not apply, e.g. tense of a command) and
 missing values are left out of a task; "chance" is the accuracy of always
 predicting the most frequent training class.
 """
+
 from collections.abc import Sequence
 
 import jax
@@ -27,7 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from stalign.evaluators import Embeddings, register
+from stalign.evaluators import Embeddings
+from stalign.evaluators import register
 
 L2_GRID = (1e-5, 1e-4, 1e-3, 1e-2)
 STEPS = 200
@@ -36,7 +38,9 @@ MAX_CLASSES = 64  # Labels with more values than this are identifiers, not probi
 FRACTIONS = (0.6, 0.2)  # Train, valid; the rest is test.
 
 
-def tasks(labels: Sequence[dict], max_classes: int = MAX_CLASSES) -> dict[str, tuple[list, np.ndarray]]:
+def tasks(
+  labels: Sequence[dict], max_classes: int = MAX_CLASSES
+) -> dict[str, tuple[list, np.ndarray]]:
   """{label: (class values, [N] class index or -1 where missing)} for categorical labels.
 
   A label counts when its values are strings, ints or bools (floats are
@@ -62,7 +66,7 @@ def partition(n: int, seed: int = 0) -> np.ndarray:
   part = np.full(n, 2)
   order = np.random.default_rng(seed).permutation(n)
   cut = np.cumsum([int(round(f * n)) for f in FRACTIONS])
-  part[order[:cut[0]]], part[order[cut[0]:cut[1]]] = 0, 1
+  part[order[: cut[0]]], part[order[cut[0] : cut[1]]] = 0, 1
   return part
 
 
@@ -76,9 +80,10 @@ def _logits(params, x, class_mask):
 
 
 @jax.jit
-def fit(x: jax.Array, y: jax.Array, weight: jax.Array, class_mask: jax.Array,
-        l2: jax.Array) -> dict:
-  """Weighted softmax regressions, one per L2 strength in `l2`: params with a leading [len(l2)] axis.
+def fit(
+  x: jax.Array, y: jax.Array, weight: jax.Array, class_mask: jax.Array, l2: jax.Array
+) -> dict:
+  """Weighted softmax regressions, one per L2 strength in `l2`: params lead with a [len(l2)] axis.
 
   Args:
     x: [N, D] features.
@@ -95,7 +100,10 @@ def fit(x: jax.Array, y: jax.Array, weight: jax.Array, class_mask: jax.Array,
     return jnp.sum(ce * weight) / jnp.maximum(weight.sum(), 1) + l2 * jnp.sum(params["w"] ** 2)
 
   def one(l2):
-    params = {"w": jnp.zeros((x.shape[1], class_mask.shape[0])), "b": jnp.zeros(class_mask.shape[0])}
+    params = {
+      "w": jnp.zeros((x.shape[1], class_mask.shape[0])),
+      "b": jnp.zeros(class_mask.shape[0]),
+    }
 
     def step(carry, _):
       params, state = carry
@@ -110,8 +118,9 @@ def fit(x: jax.Array, y: jax.Array, weight: jax.Array, class_mask: jax.Array,
 
 
 @jax.jit
-def accuracy(params: dict, x: jax.Array, y: jax.Array, weight: jax.Array,
-             class_mask: jax.Array) -> jax.Array:
+def accuracy(
+  params: dict, x: jax.Array, y: jax.Array, weight: jax.Array, class_mask: jax.Array
+) -> jax.Array:
   """[K] weighted accuracy of each of the K fitted probes."""
   pred = jax.vmap(lambda p: jnp.argmax(_logits(p, x, class_mask), axis=-1))(params)
   return jnp.sum((pred == y[None]) * weight[None], axis=1) / jnp.maximum(weight.sum(), 1)
@@ -141,8 +150,13 @@ class Probe:
     return float(test[best])
 
 
-def probe_all(speech: np.ndarray, text: np.ndarray, labels: Sequence[dict],
-              layers: np.ndarray | None = None, seed: int = 0) -> dict:
+def probe_all(
+  speech: np.ndarray,
+  text: np.ndarray,
+  labels: Sequence[dict],
+  layers: np.ndarray | None = None,
+  seed: int = 0,
+) -> dict:
   """{task: {speech, text, text_to_speech_transfer, speech_to_text_transfer, chance, classes,
   examples[, layers]}} for every task `tasks(labels)` finds."""
   part = partition(len(labels), seed)
@@ -152,13 +166,13 @@ def probe_all(speech: np.ndarray, text: np.ndarray, labels: Sequence[dict],
     if not all(w.sum() for w in probe.weights):
       continue  # Too few labelled examples to train, select and test.
     result = {
-        "speech": probe.run(speech),
-        "text": probe.run(text),
-        "text_to_speech_transfer": probe.run(text, speech),
-        "speech_to_text_transfer": probe.run(speech, text),
-        "chance": probe.chance,
-        "classes": len(classes),
-        "examples": int(np.sum(y >= 0)),
+      "speech": probe.run(speech),
+      "text": probe.run(text),
+      "text_to_speech_transfer": probe.run(text, speech),
+      "speech_to_text_transfer": probe.run(speech, text),
+      "chance": probe.chance,
+      "classes": len(classes),
+      "examples": int(np.sum(y >= 0)),
     }
     if layers is not None:
       result["layers"] = [probe.run(h) for h in layers]

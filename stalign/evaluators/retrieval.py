@@ -6,15 +6,16 @@ so memory stays bounded for galleries of any size and no [N, G] score matrix
 is ever held. A rank is 1 + the number of wrong items scoring strictly higher
 than the best correct one.
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stalign.evaluators import Embeddings, register
+from stalign.evaluators import Embeddings
+from stalign.evaluators import register
 from stalign.utils import unit
 
 KS = (1, 5, 10)
-
 
 
 @jax.jit
@@ -25,25 +26,35 @@ def _count_block(queries, positive_score, gallery, gallery_ids, query_ids, galle
   return jnp.sum((scores > positive_score[:, None]) & wrong, axis=1)
 
 
-def ranks(queries: np.ndarray, query_ids: np.ndarray, gallery: np.ndarray,
-          gallery_ids: np.ndarray, block: int = 1024) -> np.ndarray:
+def ranks(
+  queries: np.ndarray,
+  query_ids: np.ndarray,
+  gallery: np.ndarray,
+  gallery_ids: np.ndarray,
+  block: int = 1024,
+) -> np.ndarray:
   """1-based rank of each query's best-scoring correct gallery item (ids equal = correct)."""
   queries, gallery = unit(queries).astype(np.float32), unit(gallery).astype(np.float32)
   positive = np.full(len(queries), -np.inf, np.float32)
   for g in range(0, len(gallery), block):
-    s = queries @ gallery[g:g + block].T
-    s[gallery_ids[None, g:g + block] != query_ids[:, None]] = -np.inf
+    s = queries @ gallery[g : g + block].T
+    s[gallery_ids[None, g : g + block] != query_ids[:, None]] = -np.inf
     positive = np.maximum(positive, s.max(axis=1))
   counts = np.zeros(len(queries), np.int64)
   for q in range(0, len(queries), block):
     qs = slice(q, q + block)
     for g in range(0, len(gallery), block):
       gs = slice(g, g + block)
-      counts[qs] += np.asarray(_count_block(
-          _pad(queries[qs], block), _pad(positive[qs], block), _pad(gallery[gs], block),
-          _pad(gallery_ids[gs], block), _pad(query_ids[qs], block),
-          _pad(np.ones(len(gallery[gs]), bool), block, fill=False)))[
-              :len(queries[qs])]
+      counts[qs] += np.asarray(
+        _count_block(
+          _pad(queries[qs], block),
+          _pad(positive[qs], block),
+          _pad(gallery[gs], block),
+          _pad(gallery_ids[gs], block),
+          _pad(query_ids[qs], block),
+          _pad(np.ones(len(gallery[gs]), bool), block, fill=False),
+        )
+      )[: len(queries[qs])]
   return counts + 1
 
 
@@ -80,9 +91,9 @@ def evaluate(emb: Embeddings) -> dict:
   sim = raw @ raw.T
   np.fill_diagonal(sim, -np.inf)
   return {
-      "speech_to_text": s2t,
-      "text_to_speech": t2s,
-      "paired_cosine": float(paired.mean()),
-      "unpaired_cosine": float(unpaired.mean()),
-      "gallery_difficulty": float(sim.max(axis=1).mean()),
+    "speech_to_text": s2t,
+    "text_to_speech": t2s,
+    "paired_cosine": float(paired.mean()),
+    "unpaired_cosine": float(unpaired.mean()),
+    "gallery_difficulty": float(sim.max(axis=1).mean()),
   }

@@ -8,7 +8,9 @@ puts speech. Nothing is trained: a class the student never heard as a label
 (the corpus's held-out intents, or digits for a model trained on sentences)
 is recognised only if speech and text meaning really share the space.
 """
-from collections.abc import Callable, Sequence
+
+from collections.abc import Callable
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -17,9 +19,11 @@ import numpy as np
 from stalign.utils import unit
 
 
-
-def class_embeddings(embed_text: Callable[[list[str]], np.ndarray], descriptions: Sequence[str],
-                     templates: Sequence[str]) -> np.ndarray:
+def class_embeddings(
+  embed_text: Callable[[list[str]], np.ndarray],
+  descriptions: Sequence[str],
+  templates: Sequence[str],
+) -> np.ndarray:
   """[C, D] unit class embeddings, each the renormalised mean over its prompt templates.
 
   `templates` hold "{}" for the class description (`eval.zero_shot_templates`).
@@ -35,8 +39,13 @@ def predict(speech: jax.Array, classes: jax.Array) -> jax.Array:
   return jnp.argmax(unit(speech) @ unit(classes).T, axis=1)
 
 
-def evaluate(speech: np.ndarray, targets: np.ndarray, classes: np.ndarray, names: Sequence[str],
-             groups: Sequence[str] | None = None) -> dict:
+def evaluate(
+  speech: np.ndarray,
+  targets: np.ndarray,
+  classes: np.ndarray,
+  names: Sequence[str],
+  groups: Sequence[str] | None = None,
+) -> dict:
   """Accuracy overall, per class, per group (e.g. speaker) and the confusion matrix.
 
   Args:
@@ -57,17 +66,22 @@ def evaluate(speech: np.ndarray, targets: np.ndarray, classes: np.ndarray, names
   confusion = np.zeros((len(names), len(names)), np.int64)
   np.add.at(confusion, (targets, pred), 1)
   out = {
-      "accuracy": float(correct.mean()),
-      "chance": 1.0 / len(names),
-      "utterances": int(len(targets)),
-      "classes": list(names),
-      "per_class": {n: float(correct[targets == i].mean()) for i, n in enumerate(names)
-                    if np.any(targets == i)},
-      "confusion": confusion.tolist(),
+    "accuracy": float(correct.mean()),
+    "chance": 1.0 / len(names),
+    "utterances": int(len(targets)),
+    "classes": list(names),
+    "per_class": {
+      n: float(correct[targets == i].mean()) for i, n in enumerate(names) if np.any(targets == i)
+    },
+    "confusion": confusion.tolist(),
   }
   if groups is not None:
     groups = np.asarray(groups)
-    out["per_group"] = {str(g): {"accuracy": float(correct[groups == g].mean()),
-                                 "utterances": int(np.sum(groups == g))}
-                        for g in sorted(set(groups))}
+    out["per_group"] = {
+      str(g): {
+        "accuracy": float(correct[groups == g].mean()),
+        "utterances": int(np.sum(groups == g)),
+      }
+      for g in sorted(set(groups))
+    }
   return out

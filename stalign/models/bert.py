@@ -12,9 +12,11 @@ through `jax.jit`. Every parameter carries logical axis names (`vocab`,
 `embed`, `mlp`, `heads`, `kv`, `length`) that the project's rules table maps to
 a device mesh.
 """
+
 import dataclasses
 import functools
-from typing import Any, Mapping
+from typing import Any
+from typing import Mapping
 
 from flax import nnx
 import jax
@@ -31,6 +33,7 @@ _NORM_EPS = 1e-12
 @dataclasses.dataclass(frozen=True)
 class BertConfig:
   """The subset of a HF `config.json` that shapes the encoder."""
+
   vocab_size: int
   hidden_size: int
   num_layers: int
@@ -44,31 +47,32 @@ class BertConfig:
   def from_hf(cls, hf: Mapping[str, Any]) -> "BertConfig":
     """Refuses settings this encoder would silently get wrong."""
     unsupported = {
-        "hidden_act": ("gelu", hf.get("hidden_act", "gelu")),
-        "position_embedding_type": (
-            "absolute", hf.get("position_embedding_type", "absolute")),
+      "hidden_act": ("gelu", hf.get("hidden_act", "gelu")),
+      "position_embedding_type": ("absolute", hf.get("position_embedding_type", "absolute")),
     }
     for key, (want, got) in unsupported.items():
       if got != want:
-        raise ValueError(f"config.json has {key}={got!r}; only {want!r} "
-                         "(BERT / MiniLM) is implemented")
+        raise ValueError(
+          f"config.json has {key}={got!r}; only {want!r} (BERT / MiniLM) is implemented"
+        )
     if hf["hidden_size"] % hf["num_attention_heads"]:
-      raise ValueError("config.json: hidden_size must divide evenly into "
-                       "num_attention_heads")
+      raise ValueError("config.json: hidden_size must divide evenly into num_attention_heads")
     return cls(
-        vocab_size=hf["vocab_size"],
-        hidden_size=hf["hidden_size"],
-        num_layers=hf["num_hidden_layers"],
-        num_heads=hf["num_attention_heads"],
-        intermediate_size=hf["intermediate_size"],
-        max_positions=hf["max_position_embeddings"],
-        type_vocab_size=hf.get("type_vocab_size", 2),
-        layer_norm_eps=hf.get("layer_norm_eps", 1e-12))
+      vocab_size=hf["vocab_size"],
+      hidden_size=hf["hidden_size"],
+      num_layers=hf["num_hidden_layers"],
+      num_heads=hf["num_attention_heads"],
+      intermediate_size=hf["intermediate_size"],
+      max_positions=hf["max_position_embeddings"],
+      type_vocab_size=hf.get("type_vocab_size", 2),
+      layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
+    )
 
 
 @dataclasses.dataclass(frozen=True)
 class Pooling:
   """How token states become one vector (hashable: it is a jit static)."""
+
   modes: tuple[str, ...]
   normalize: bool
 
@@ -77,43 +81,46 @@ def _init(names: tuple[str, ...], base: nnx.Initializer | None = None):
   # Random init only matters for tests; real weights are always loaded. The
   # names are for the caller's rules table, so nothing is placed eagerly here
   # (that would demand a mesh just to build the module).
-  return nnx.with_partitioning(base or nnx.initializers.normal(0.02), names,
-                               eager_sharding=False)
+  return nnx.with_partitioning(base or nnx.initializers.normal(0.02), names, eager_sharding=False)
 
 
 def _layer_norm(config: BertConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
   return nnx.LayerNorm(
-      config.hidden_size, epsilon=config.layer_norm_eps,
-      scale_init=_init(("embed",), nnx.initializers.ones),
-      bias_init=_init(("embed",), nnx.initializers.zeros), rngs=rngs)
+    config.hidden_size,
+    epsilon=config.layer_norm_eps,
+    scale_init=_init(("embed",), nnx.initializers.ones),
+    bias_init=_init(("embed",), nnx.initializers.zeros),
+    rngs=rngs,
+  )
 
 
-def _dense(din: int, dout: int, names: tuple[str, str],
-           rngs: nnx.Rngs) -> nnx.Linear:
-  return nnx.Linear(din, dout, kernel_init=_init(names),
-                    bias_init=_init(names[1:], nnx.initializers.zeros),
-                    rngs=rngs)
+def _dense(din: int, dout: int, names: tuple[str, str], rngs: nnx.Rngs) -> nnx.Linear:
+  return nnx.Linear(
+    din,
+    dout,
+    kernel_init=_init(names),
+    bias_init=_init(names[1:], nnx.initializers.zeros),
+    rngs=rngs,
+  )
 
 
 class Embeddings(nnx.Module):
   """Word + position + segment embeddings, then LayerNorm."""
 
   def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
-    embed = functools.partial(nnx.Embed, features=config.hidden_size,
-                              rngs=rngs)
-    self.word = embed(config.vocab_size,
-                      embedding_init=_init(("vocab", "embed")))
-    self.position = embed(config.max_positions,
-                          embedding_init=_init(("length", "embed")))
-    self.token_type = embed(config.type_vocab_size,
-                            embedding_init=_init(("vocab", "embed")))
+    embed = functools.partial(nnx.Embed, features=config.hidden_size, rngs=rngs)
+    self.word = embed(config.vocab_size, embedding_init=_init(("vocab", "embed")))
+    self.position = embed(config.max_positions, embedding_init=_init(("length", "embed")))
+    self.token_type = embed(config.type_vocab_size, embedding_init=_init(("vocab", "embed")))
     self.norm = _layer_norm(config, rngs)
 
   def __call__(self, input_ids: jax.Array) -> jax.Array:
     # Sentences are single segments, so every token has segment 0.
-    x = (self.word(input_ids)
-         + self.position.embedding[:input_ids.shape[1]][None]
-         + self.token_type.embedding[0])
+    x = (
+      self.word(input_ids)
+      + self.position.embedding[: input_ids.shape[1]][None]
+      + self.token_type.embedding[0]
+    )
     return self.norm(x)
 
 
@@ -123,19 +130,27 @@ class SelfAttention(nnx.Module):
   def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
     heads = (config.num_heads, config.hidden_size // config.num_heads)
     project = functools.partial(
-        nnx.LinearGeneral, config.hidden_size, heads,
-        kernel_init=_init(("embed", "heads", "kv")),
-        bias_init=_init(("heads", "kv"), nnx.initializers.zeros), rngs=rngs)
+      nnx.LinearGeneral,
+      config.hidden_size,
+      heads,
+      kernel_init=_init(("embed", "heads", "kv")),
+      bias_init=_init(("heads", "kv"), nnx.initializers.zeros),
+      rngs=rngs,
+    )
     self.query, self.key, self.value = project(), project(), project()
     self.out = nnx.LinearGeneral(
-        heads, config.hidden_size, axis=(-2, -1),
-        kernel_init=_init(("heads", "kv", "embed")),
-        bias_init=_init(("embed",), nnx.initializers.zeros), rngs=rngs)
+      heads,
+      config.hidden_size,
+      axis=(-2, -1),
+      kernel_init=_init(("heads", "kv", "embed")),
+      bias_init=_init(("embed",), nnx.initializers.zeros),
+      rngs=rngs,
+    )
 
   def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
     y = jax.nn.dot_product_attention(
-        self.query(x), self.key(x), self.value(x),
-        mask=mask[:, None, None, :])
+      self.query(x), self.key(x), self.value(x), mask=mask[:, None, None, :]
+    )
     return self.out(y)
 
 
@@ -145,10 +160,8 @@ class Layer(nnx.Module):
   def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
     self.attention = SelfAttention(config, rngs=rngs)
     self.attention_norm = _layer_norm(config, rngs)
-    self.mlp_in = _dense(config.hidden_size, config.intermediate_size,
-                         ("embed", "mlp"), rngs)
-    self.mlp_out = _dense(config.intermediate_size, config.hidden_size,
-                          ("mlp", "embed"), rngs)
+    self.mlp_in = _dense(config.hidden_size, config.intermediate_size, ("embed", "mlp"), rngs)
+    self.mlp_out = _dense(config.intermediate_size, config.hidden_size, ("mlp", "embed"), rngs)
     self.mlp_norm = _layer_norm(config, rngs)
 
   def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
@@ -163,11 +176,9 @@ class BertEncoder(nnx.Module):
 
   def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
     self.embeddings = Embeddings(config, rngs=rngs)
-    self.layers = nnx.List(
-        [Layer(config, rngs=rngs) for _ in range(config.num_layers)])
+    self.layers = nnx.List([Layer(config, rngs=rngs) for _ in range(config.num_layers)])
 
-  def __call__(self, input_ids: jax.Array,
-               attention_mask: jax.Array) -> jax.Array:
+  def __call__(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
     mask = attention_mask.astype(bool)
     x = self.embeddings(input_ids)
     for layer in self.layers:
@@ -175,17 +186,16 @@ class BertEncoder(nnx.Module):
     return x
 
 
-def pool(hidden: jax.Array, attention_mask: jax.Array,
-         pooling: Pooling) -> jax.Array:
+def pool(hidden: jax.Array, attention_mask: jax.Array, pooling: Pooling) -> jax.Array:
   """sentence-transformers' Pooling (+ Normalize): padding never counts."""
   mask = attention_mask[..., None].astype(hidden.dtype)
   count = jnp.maximum(jnp.sum(mask, axis=1), _MEAN_EPS)
   total = jnp.sum(hidden * mask, axis=1)
   parts = {
-      "cls": lambda: hidden[:, 0],
-      "max": lambda: jnp.max(jnp.where(mask > 0, hidden, -jnp.inf), axis=1),
-      "mean": lambda: total / count,
-      "mean_sqrt_len_tokens": lambda: total / jnp.sqrt(count),
+    "cls": lambda: hidden[:, 0],
+    "max": lambda: jnp.max(jnp.where(mask > 0, hidden, -jnp.inf), axis=1),
+    "mean": lambda: total / count,
+    "mean_sqrt_len_tokens": lambda: total / jnp.sqrt(count),
   }
   out = jnp.concatenate([parts[mode]() for mode in pooling.modes], axis=-1)
   if pooling.normalize:
@@ -194,8 +204,14 @@ def pool(hidden: jax.Array, attention_mask: jax.Array,
   return out
 
 
-def encode(graphdef: nnx.GraphDef, state: nnx.State, input_ids: jax.Array,
-           attention_mask: jax.Array, *, pooling: Pooling) -> jax.Array:
+def encode(
+  graphdef: nnx.GraphDef,
+  state: nnx.State,
+  input_ids: jax.Array,
+  attention_mask: jax.Array,
+  *,
+  pooling: Pooling,
+) -> jax.Array:
   """Sentence embeddings as a pure function of the state, for jit and sharding.
 
   Args:

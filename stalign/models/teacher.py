@@ -9,6 +9,7 @@ adds what makes it fast and cheap to compile: sorting by token count, padding
 to a few fixed shapes (`round_length`, `round_rows`) and splitting batches
 over a device mesh. `load` takes a folder, `from_config` the run's config.
 """
+
 import functools
 import os
 from typing import Sequence
@@ -55,10 +56,18 @@ def round_rows(num_rows: int, batch_size: int, multiple: int = 1) -> int:
 class Teacher:
   """Text -> embedding, batched and length-bucketed around a jitted `encode`."""
 
-  def __init__(self, graphdef: nnx.GraphDef, state: nnx.State,
-               tokenizer: tokenizers.Tokenizer, pooling: bert.Pooling, *,
-               hidden_size: int, max_tokens: int, name: str,
-               mesh: jax.sharding.Mesh | None = None):
+  def __init__(
+    self,
+    graphdef: nnx.GraphDef,
+    state: nnx.State,
+    tokenizer: tokenizers.Tokenizer,
+    pooling: bert.Pooling,
+    *,
+    hidden_size: int,
+    max_tokens: int,
+    name: str,
+    mesh: jax.sharding.Mesh | None = None,
+  ):
     self.graphdef = graphdef
     self.pooling = pooling
     self.tokenizer = tokenizer
@@ -74,14 +83,17 @@ class Teacher:
       # devices. Auto axes let XLA propagate that split with no per-op
       # annotations, whatever axis types the caller's mesh was made with.
       auto = jax.sharding.Mesh(
-          mesh.devices, mesh.axis_names,
-          axis_types=(jax.sharding.AxisType.Auto,) * len(mesh.axis_names))
+        mesh.devices,
+        mesh.axis_names,
+        axis_types=(jax.sharding.AxisType.Auto,) * len(mesh.axis_names),
+      )
       self._batch_sharding = jax.sharding.NamedSharding(
-          auto, jax.sharding.PartitionSpec(mesh.axis_names))
-      self.state = jax.device_put(state, jax.sharding.NamedSharding(
-          auto, jax.sharding.PartitionSpec()))
-    self.apply = jax.jit(
-        functools.partial(bert.encode, graphdef, pooling=pooling))
+        auto, jax.sharding.PartitionSpec(mesh.axis_names)
+      )
+      self.state = jax.device_put(
+        state, jax.sharding.NamedSharding(auto, jax.sharding.PartitionSpec())
+      )
+    self.apply = jax.jit(functools.partial(bert.encode, graphdef, pooling=pooling))
 
   def embed(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
     """float32 (len(texts), dim) embeddings, in the order of `texts`.
@@ -96,26 +108,29 @@ class Teacher:
     multiple = 1 if self.mesh is None else self.mesh.size
     pending = []
     for start in range(0, len(order), batch_size):
-      index = order[start:start + batch_size]
-      ids = np.zeros((round_rows(len(index), batch_size, multiple),
-                      round_length(lengths[index[-1]], self.max_tokens)),
-                     np.int32)
+      index = order[start : start + batch_size]
+      ids = np.zeros(
+        (
+          round_rows(len(index), batch_size, multiple),
+          round_length(lengths[index[-1]], self.max_tokens),
+        ),
+        np.int32,
+      )
       mask = np.zeros_like(ids)
       for row, i in enumerate(index):
-        ids[row, :lengths[i]] = encodings[i].ids
-        mask[row, :lengths[i]] = 1
+        ids[row, : lengths[i]] = encodings[i].ids
+        mask[row, : lengths[i]] = 1
       if self._batch_sharding is not None:
         ids, mask = jax.device_put((ids, mask), self._batch_sharding)
       # Dispatch is asynchronous: tokenising the next batch overlaps compute.
       pending.append((index, self.apply(self.state, ids, mask)))
     out = np.zeros((len(encodings), self.dim), np.float32)
     for index, embeddings in pending:
-      out[index] = np.asarray(embeddings)[:len(index)]
+      out[index] = np.asarray(embeddings)[: len(index)]
     return out
 
 
-def load(path: str = "", max_tokens: int = 128,
-         mesh: jax.sharding.Mesh | None = None) -> Teacher:
+def load(path: str = "", max_tokens: int = 128, mesh: jax.sharding.Mesh | None = None) -> Teacher:
   """Loads a sentence-transformers folder; "" means the packaged MiniLM.
 
   Args:
@@ -133,17 +148,30 @@ def load(path: str = "", max_tokens: int = 128,
   transformer_dir, pooling = hf_loader.load_pooling(model_dir)
   graphdef, state, config = hf_loader.load_bert(transformer_dir)
   if not 2 <= max_tokens <= config.max_positions:
-    raise ValueError(f"max_tokens={max_tokens} must be in [2, "
-                     f"{config.max_positions}] (max_position_embeddings)")
+    raise ValueError(
+      f"max_tokens={max_tokens} must be in [2, {config.max_positions}] (max_position_embeddings)"
+    )
   tokenizer = hf_loader.load_tokenizer(transformer_dir, max_tokens)
-  name = (os.path.basename(os.path.normpath(model_dir)) if path
-          else hf_loader.DEFAULT_NAME)
-  logging.info("teacher %s: %d layers, dim %d, pooling %s%s, max %d tokens",
-               name, config.num_layers, config.hidden_size, pooling.modes,
-               " + normalize" if pooling.normalize else "", max_tokens)
-  return Teacher(graphdef, state, tokenizer, pooling,
-                 hidden_size=config.hidden_size, max_tokens=max_tokens,
-                 name=name, mesh=mesh)
+  name = os.path.basename(os.path.normpath(model_dir)) if path else hf_loader.DEFAULT_NAME
+  logging.info(
+    "teacher %s: %d layers, dim %d, pooling %s%s, max %d tokens",
+    name,
+    config.num_layers,
+    config.hidden_size,
+    pooling.modes,
+    " + normalize" if pooling.normalize else "",
+    max_tokens,
+  )
+  return Teacher(
+    graphdef,
+    state,
+    tokenizer,
+    pooling,
+    hidden_size=config.hidden_size,
+    max_tokens=max_tokens,
+    name=name,
+    mesh=mesh,
+  )
 
 
 def from_config(config: ml_collections.ConfigDict) -> Teacher:
@@ -154,7 +182,5 @@ def from_config(config: ml_collections.ConfigDict) -> Teacher:
   wait on the other hosts.
   """
   devices = jax.local_devices()
-  mesh = (jax.sharding.Mesh(np.array(devices), ("data",))
-          if len(devices) > 1 else None)
-  return load(config.teacher.path, max_tokens=config.teacher.max_tokens,
-              mesh=mesh)
+  mesh = jax.sharding.Mesh(np.array(devices), ("data",)) if len(devices) > 1 else None
+  return load(config.teacher.path, max_tokens=config.teacher.max_tokens, mesh=mesh)

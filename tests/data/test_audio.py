@@ -20,9 +20,17 @@ def test_resamples_any_rate_and_downmixes_channels(tmp_path):
   assert abs(len(wave) - 16000) <= 1
 
 
-@pytest.mark.parametrize("case,match", [
-    ("empty", "empty"), ("silent", "silent"), ("long", "longer than"), ("short", "too short"),
-    ("garbage", "cannot decode"), ("truncated", "cannot decode|too short|empty")])
+@pytest.mark.parametrize(
+  "case,match",
+  [
+    ("empty", "empty"),
+    ("silent", "silent"),
+    ("long", "longer than"),
+    ("short", "too short"),
+    ("garbage", "cannot decode"),
+    ("truncated", "cannot decode|too short|empty"),
+  ],
+)
 def test_bad_audio_raises_an_error_naming_the_file(tmp_path, case, match):
   noise = np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1
   if case == "empty":

@@ -1,4 +1,5 @@
 """Tests of the in-process espeak-ng binding."""
+
 import os
 
 import numpy as np
@@ -34,6 +35,7 @@ def test_rate_and_pitch_are_applied():
 
 def test_forked_child_starts_pristine():
   """A child's audio must not depend on what its parent synthesised."""
+
   def child_output() -> bytes:
     read, write = os.pipe()
     pid = os.fork()

@@ -14,8 +14,9 @@ def test_log_mel_matches_librosa_within_1e_4():
   rng = np.random.default_rng(0)
   for n in (16000, 16000 * 2 + 123):
     y = (rng.standard_normal(n) * 0.1).astype(np.float32)
-    ref = librosa.feature.melspectrogram(y=y, sr=16000, n_fft=400, hop_length=160, n_mels=80,
-                                         center=True, pad_mode="constant")
+    ref = librosa.feature.melspectrogram(
+      y=y, sr=16000, n_fft=400, hop_length=160, n_mels=80, center=True, pad_mode="constant"
+    )
     ours = np.asarray(jax.jit(lambda w: features.log_mel(w, CONFIG))(y))
     assert ours.shape == (features.num_frames(n, 160), 80)
     np.testing.assert_allclose(ours, np.log(ref.T + features.LOG_FLOOR), atol=1e-4)
@@ -34,4 +35,4 @@ def test_spec_augment_is_seeded_and_masks_inside_real_frames():
   # Time masks fall inside each utterance: a fully masked frame beyond the length never occurs.
   masked_frames = np.asarray((a == 0).all(axis=2))
   for i, n in enumerate(lengths):
-    assert not masked_frames[i, int(n) + 10:].any()
+    assert not masked_frames[i, int(n) + 10 :].any()

@@ -7,11 +7,12 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from testdata import tiny_config
 from stalign import prepare
-from stalign.data import sources
 from stalign.data import layout
+from stalign.data import sources
 from stalign.data import tfrecords
+
+from testdata import tiny_config
 
 
 def _tone(seconds: float, rate: int, dtype=np.int16) -> np.ndarray:
@@ -21,14 +22,18 @@ def _tone(seconds: float, rate: int, dtype=np.int16) -> np.ndarray:
 
 @contextlib.contextmanager
 def _fake_tfds(examples: list[dict]):
-  """Every `tfds` dataset holds `examples`; mock_data's builders look unprepared, so say otherwise."""
+  """Every `tfds` dataset holds `examples`; mock_data's builders look unprepared: say otherwise."""
+
   def as_dataset(self, split, **kwargs):
     del split, kwargs
     return tf.data.Dataset.from_generator(
-        lambda: iter(examples), output_signature=self.info.features.get_tensor_spec())
+      lambda: iter(examples), output_signature=self.info.features.get_tensor_spec()
+    )
 
-  with tfds.testing.mock_data(as_dataset_fn=as_dataset, policy=tfds.testing.MockPolicy.USE_CODE), \
-       mock.patch.object(tfds.core.DatasetBuilder, "is_prepared", return_value=True):
+  with (
+    tfds.testing.mock_data(as_dataset_fn=as_dataset, policy=tfds.testing.MockPolicy.USE_CODE),
+    mock.patch.object(tfds.core.DatasetBuilder, "is_prepared", return_value=True),
+  ):
     yield
 
 
@@ -44,8 +49,15 @@ def _config(tmp_path, name: str, **data):
 
 def test_librispeech_fields_and_int16_audio_become_float(tmp_path):
   speech = _tone(1.0, 16000)
-  examples = [{"speech": speech, "text": "HE'S GONE", "speaker_id": 19, "chapter_id": 198,
-               "id": "19-198-0001"}]
+  examples = [
+    {
+      "speech": speech,
+      "text": "HE'S GONE",
+      "speaker_id": 19,
+      "chapter_id": 198,
+      "id": "19-198-0001",
+    }
+  ]
   with _fake_tfds(examples):
     [ex] = sources.get("tfds")(_config(tmp_path, "librispeech"), "valid")
   assert ex["id"] == "librispeech/dev_clean/19-198-0001"
@@ -56,8 +68,10 @@ def test_librispeech_fields_and_int16_audio_become_float(tmp_path):
 
 
 def test_spoken_digit_label_becomes_the_digit_word_and_speaker(tmp_path):
-  examples = [{"audio": _tone(0.5, 8000, np.int64), "label": d,
-               "audio/filename": f"{d}_theo_{d}.wav"} for d in (3, 7)]
+  examples = [
+    {"audio": _tone(0.5, 8000, np.int64), "label": d, "audio/filename": f"{d}_theo_{d}.wav"}
+    for d in (3, 7)
+  ]
   with _fake_tfds(examples):
     got = list(sources.get("tfds")(_config(tmp_path, "spoken_digit"), "train"))
   assert [ex["text"] for ex in got] == ["three", "seven"]
@@ -83,12 +97,13 @@ def test_split_mapping_from_the_config_overrides_the_default(tmp_path):
   def as_dataset(self, split, **kwargs):
     del self, kwargs
     seen.append(str(split))
-    return tf.data.Dataset.from_tensors(
-        {"audio": _tone(1.0, 16000), "label": np.int64(0)})
+    return tf.data.Dataset.from_tensors({"audio": _tone(1.0, 16000), "label": np.int64(0)})
 
   config = _config(tmp_path, "speech_commands", tfds_splits={"train": "train[:10%]"})
-  with tfds.testing.mock_data(as_dataset_fn=as_dataset, policy=tfds.testing.MockPolicy.USE_CODE), \
-       mock.patch.object(tfds.core.DatasetBuilder, "is_prepared", return_value=True):
+  with (
+    tfds.testing.mock_data(as_dataset_fn=as_dataset, policy=tfds.testing.MockPolicy.USE_CODE),
+    mock.patch.object(tfds.core.DatasetBuilder, "is_prepared", return_value=True),
+  ):
     list(sources.get("tfds")(config, "train"))
     list(sources.get("tfds")(config, "valid"))
   assert seen == ["train[:10%]", "validation"]
@@ -110,14 +125,17 @@ def test_unknown_dataset_names_the_supported_ones(tmp_path):
 
 def test_tfds_examples_are_written_resampled_with_bad_ones_counted(tmp_path):
   """The writer's `waveform` path: 8 kHz int audio in, 16 kHz log-mel out, bad clips skipped."""
-  examples = [{"audio": _tone(0.5, 8000, np.int64), "label": 4, "audio/filename": "4_theo_0.wav"},
-              {"audio": np.zeros(4000, np.int64), "label": 5, "audio/filename": "5_theo_0.wav"}]
+  examples = [
+    {"audio": _tone(0.5, 8000, np.int64), "label": 4, "audio/filename": "4_theo_0.wav"},
+    {"audio": np.zeros(4000, np.int64), "label": 5, "audio/filename": "5_theo_0.wav"},
+  ]
   config = _config(tmp_path, "spoken_digit")
   with _fake_tfds(examples):
     summary = prepare.write_split(sources.get("tfds")(config, "train"), config, "train", 1)
   assert summary["written"] == 1
-  assert summary["skipped_example"] == {"AudioError: audio is silent (peak below 0.0001)":
-                                        "spoken_digit/train[:80%]/5_theo_0.wav"}
+  assert summary["skipped_example"] == {
+    "AudioError: audio is silent (peak below 0.0001)": "spoken_digit/train[:80%]/5_theo_0.wav"
+  }
   [record] = tfrecords.iterate_records(layout.list_shards(config.data_dir, "train"))
   assert record["text"] == "four" and record["labels"]["speaker"] == "theo"
   assert record["duration"] == pytest.approx(0.5, abs=1e-3)

@@ -1,9 +1,8 @@
 from unittest import mock
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
-
-import jax.numpy as jnp
 
 from stalign.data import espeak
 from stalign.data import text
@@ -40,8 +39,31 @@ def test_edit_distance():
 
 def test_phoneme_targets_are_stressless_en_us_ipa_with_word_boundaries():
   assert text.phonemize("Turn on the kitchen lights, please!") == [
-      "t", "ɜː", "n", " ", "ɔ", "n", "ð", "ə", " ", "k", "ɪ", "tʃ", "ə", "n", " ",
-      "l", "aɪ", "t", "s", " ", "p", "l", "iː", "z"]
+    "t",
+    "ɜː",
+    "n",
+    " ",
+    "ɔ",
+    "n",
+    "ð",
+    "ə",
+    " ",
+    "k",
+    "ɪ",
+    "tʃ",
+    "ə",
+    "n",
+    " ",
+    "l",
+    "aɪ",
+    "t",
+    "s",
+    " ",
+    "p",
+    "l",
+    "iː",
+    "z",
+  ]
 
 
 def test_phoneme_targets_are_deterministic_whatever_was_synthesised_before():
@@ -65,7 +87,9 @@ def test_every_token_of_the_inventory_round_trips_through_its_id(kind):
 def test_encoded_phonemes_decode_to_the_phonemized_transcript():
   ids = text.encode_targets("It's seven", "phonemes")
   assert _decode(ids, "phonemes") == "".join(text.phonemize("It's seven"))
-  np.testing.assert_array_equal(text.encode_targets("it's seven", "chars"), text.encode("it's seven"))
+  np.testing.assert_array_equal(
+    text.encode_targets("it's seven", "chars"), text.encode("it's seven")
+  )
 
 
 def test_phonemes_outside_the_inventory_and_unknown_kinds_are_named():
@@ -82,6 +106,9 @@ def test_phonemes_outside_the_inventory_and_unknown_kinds_are_named():
 def test_ctc_alignable_counts_repeats_in_numpy_and_jax(xp):
   labels = xp.array([[1, 2, 3, 0], [1, 1, 3, 0], [1, 1, 3, 0], [4, 4, 0, 0]])
   num_labels = xp.array([3, 3, 3, 1])
-  frames = xp.array([3, 3, 4, 1])  # "1 1 3" needs a blank between the 1s; padding repeats don't count.
-  np.testing.assert_array_equal(text.ctc_alignable(labels, num_labels, frames),
-                                [True, False, True, True])
+  frames = xp.array(
+    [3, 3, 4, 1]
+  )  # "1 1 3" needs a blank between the 1s; padding repeats don't count.
+  np.testing.assert_array_equal(
+    text.ctc_alignable(labels, num_labels, frames), [True, False, True, True]
+  )

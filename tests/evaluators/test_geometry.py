@@ -16,16 +16,31 @@ def _by_hand(speech, text, index):
 
   def unif(u):
     u = u / np.linalg.norm(u, axis=1, keepdims=True)
-    return np.log(np.mean([np.exp(-2 * np.sum((u[i] - u[j]) ** 2))
-                           for i in range(len(u)) for j in range(len(u)) if i != j]))
+    return np.log(
+      np.mean(
+        [
+          np.exp(-2 * np.sum((u[i] - u[j]) ** 2))
+          for i in range(len(u))
+          for j in range(len(u))
+          if i != j
+        ]
+      )
+    )
 
   def selfcos(u):
     u = u / np.linalg.norm(u, axis=1, keepdims=True)
     return np.mean([u[i] @ u[j] for i in range(len(u)) for j in range(len(u)) if i != j])
 
-  return {"paired_cosine": paired.mean(), "random_cosine": np.mean(unpaired), "modality_gap": gap,
-          "alignment": align, "uniformity_speech": unif(speech), "uniformity_text": unif(text),
-          "self_cosine_speech": selfcos(speech), "self_cosine_text": selfcos(text)}
+  return {
+    "paired_cosine": paired.mean(),
+    "random_cosine": np.mean(unpaired),
+    "modality_gap": gap,
+    "alignment": align,
+    "uniformity_speech": unif(speech),
+    "uniformity_text": unif(text),
+    "self_cosine_speech": selfcos(speech),
+    "self_cosine_text": selfcos(text),
+  }
 
 
 def test_every_figure_matches_a_hand_computation():

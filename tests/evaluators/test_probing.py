@@ -33,12 +33,17 @@ def test_transfer_needs_the_signal_in_the_same_directions():
 
 
 def test_tasks_keep_categorical_labels_and_drop_none_and_measurements():
-  labels = [{"intent": "a", "tense": "none", "rate": 150.5, "id": f"u{i}", "digit": i % 3}
-            for i in range(200)]
+  labels = [
+    {"intent": "a", "tense": "none", "rate": 150.5, "id": f"u{i}", "digit": i % 3}
+    for i in range(200)
+  ]
   labels[1]["tense"] = "past"
   labels[2]["tense"] = "future"
   found = probing.tasks(labels)
-  assert sorted(found) == ["digit", "tense"]  # One intent value; rate is a float; id has 200 values.
+  assert sorted(found) == [
+    "digit",
+    "tense",
+  ]  # One intent value; rate is a float; id has 200 values.
   classes, y = found["tense"]
   assert classes == ["future", "past"] and y[0] == -1 and y[1] == 1 and y[2] == 0
 
@@ -48,6 +53,14 @@ def test_probe_all_reports_every_kind_and_layers():
   labels = [{"planted": int(v)} for v in y]
   out = probing.probe_all(x, x, labels, layers=np.stack([x, x[:, ::-1]]))
   p = out["planted"]
-  assert set(p) == {"speech", "text", "text_to_speech_transfer", "speech_to_text_transfer", "chance",
-                    "classes", "examples", "layers"}
+  assert set(p) == {
+    "speech",
+    "text",
+    "text_to_speech_transfer",
+    "speech_to_text_transfer",
+    "chance",
+    "classes",
+    "examples",
+    "layers",
+  }
   assert len(p["layers"]) == 2 and p["text_to_speech_transfer"] > 0.8

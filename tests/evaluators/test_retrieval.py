@@ -18,10 +18,12 @@ def test_blockwise_ranks_equal_dense_reference_in_both_directions():
   g = rng.standard_normal((300, 16))
   ids = rng.integers(0, 300, 1000)
   q = g[ids] + rng.standard_normal((1000, 16)) * 1.5
-  np.testing.assert_array_equal(retrieval.ranks(q, ids, g, np.arange(300), block=128),
-                                _dense_ranks(q, ids, g, np.arange(300)))
-  np.testing.assert_array_equal(retrieval.ranks(g, np.arange(300), q, ids, block=128),
-                                _dense_ranks(g, np.arange(300), q, ids))
+  np.testing.assert_array_equal(
+    retrieval.ranks(q, ids, g, np.arange(300), block=128), _dense_ranks(q, ids, g, np.arange(300))
+  )
+  np.testing.assert_array_equal(
+    retrieval.ranks(g, np.arange(300), q, ids, block=128), _dense_ranks(g, np.arange(300), q, ids)
+  )
 
 
 def test_summary_metrics_by_hand():

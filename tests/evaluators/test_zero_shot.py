@@ -17,6 +17,8 @@ def test_accuracy_per_class_per_group_and_confusion_by_hand():
   out = zero_shot.evaluate(speech, targets, classes, ["x", "y"], groups=["g", "g", "h", "h"])
   assert out["accuracy"] == 0.75 and out["chance"] == 0.5
   assert out["per_class"] == {"x": 1.0, "y": 2 / 3}
-  assert out["per_group"] == {"g": {"accuracy": 1.0, "utterances": 2},
-                              "h": {"accuracy": 0.5, "utterances": 2}}
+  assert out["per_group"] == {
+    "g": {"accuracy": 1.0, "utterances": 2},
+    "h": {"accuracy": 0.5, "utterances": 2},
+  }
   assert out["confusion"] == [[1, 0], [1, 2]]

@@ -45,13 +45,23 @@ def test_every_parameter_has_logical_axis_names():
 
 def test_depthwise_conv_equals_grouped_convolution():
   import jax
+
   from stalign.models.student import DepthwiseConv
+
   for kernel in (4, 5):
     m = DepthwiseConv(8, kernel, nnx.Rngs(0))
     x = np.random.default_rng(0).standard_normal((2, 11, 8)).astype(np.float32)
-    ref = jax.lax.conv_general_dilated(
-        x, m.kernel[...][:, None, :], (1,), [((kernel - 1) // 2, kernel // 2)],
-        dimension_numbers=("NWC", "WIO", "NWC"), feature_group_count=8) + m.bias[...]
+    ref = (
+      jax.lax.conv_general_dilated(
+        x,
+        m.kernel[...][:, None, :],
+        (1,),
+        [((kernel - 1) // 2, kernel // 2)],
+        dimension_numbers=("NWC", "WIO", "NWC"),
+        feature_group_count=8,
+      )
+      + m.bias[...]
+    )
     np.testing.assert_allclose(m(x), ref, atol=1e-5)
 
 
@@ -61,5 +71,6 @@ def test_layers_are_mean_pooled_block_outputs_that_the_head_reads():
   out = model(feats, np.array([96, 50, 9]))
   assert out["layers"].shape == (c.model.depth + 1, 3, c.model.dim)
   # With mean pooling the utterance head reads exactly the last pooled layer.
-  np.testing.assert_allclose(model.pool_out(nnx.gelu(model.pool_hidden(out["layers"][-1]))),
-                             out["embedding"], atol=1e-5)
+  np.testing.assert_allclose(
+    model.pool_out(nnx.gelu(model.pool_hidden(out["layers"][-1]))), out["embedding"], atol=1e-5
+  )

@@ -1,0 +1,117 @@
+"""The config contract: every config validates, bad values name their key, args parse strictly."""
+
+import glob
+import importlib
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from configs import demo
+from stalign import config as config_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(
+  os.path.basename(p)[:-3]
+  for p in glob.glob(os.path.join(REPO, "configs", "*.py"))
+  if not p.endswith("__init__.py")
+)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("arg", [None, "tiny"])
+def test_every_config_validates(name, arg):
+  config_lib.validate(importlib.import_module(f"configs.{name}").get_config(arg))
+
+
+@pytest.mark.parametrize(
+  "key, value, allowed",
+  [
+    ("loss.distill", "cosin", "'cosine', 'mse', 'none'"),
+    ("model.pooling", "max", "'mean', 'attention'"),
+    ("features.ctc_targets", "words", "'chars', 'phonemes'"),
+    ("train.schedule", "step", "'cosine', 'linear'"),
+    ("train.compute_dtype", "float16", "'float32', 'bfloat16'"),
+    ("data.source", "librispeech", "'fsdd', 'manifest', 'synthetic', 'tfds'"),
+  ],
+)
+def test_unknown_enum_value_names_the_key_and_the_allowed_values(key, value, allowed):
+  c = demo.get_config("tiny")
+  section, name = key.split(".")
+  c[section][name] = value
+  with pytest.raises(config_lib.ConfigError, match=f"{key}='{value}'.*{allowed}"):
+    config_lib.validate(c)
+
+
+@pytest.mark.parametrize(
+  "key, value, message",
+  [
+    (
+      "eval.evaluators",
+      ("retrieval", "recall"),
+      "eval.evaluators has unknown entries \\['recall'\\]",
+    ),
+    ("train.lr", 0.0, "train.lr=0.0 must be a number > 0"),
+    ("model.ctc_layer", 4, "model.ctc_layer=4 is outside the 1 blocks"),
+    ("input.bucket_boundaries", (400, 240), "must be distinct positive frame counts"),
+    ("eval.zero_shot_templates", ("the speaker says",), "each hold '{}'"),
+  ],
+)
+def test_bad_ranges_and_lists_name_the_key(key, value, message):
+  c = demo.get_config("tiny")
+  section, name = key.split(".")
+  c[section][name] = value
+  with pytest.raises(config_lib.ConfigError, match=message):
+    config_lib.validate(c)
+
+
+def test_a_config_with_no_loss_term_is_refused():
+  c = demo.get_config("tiny")
+  c.loss.distill, c.loss.contrastive_weight, c.loss.ctc_weight = "none", 0.0, 0.0
+  with pytest.raises(config_lib.ConfigError, match="no loss term"):
+    config_lib.validate(c)
+
+
+def test_config_arg_is_parsed_strictly():
+  assert demo.get_config("tiny,seed=3").seed == 3 and demo.get_config("tiny").train.steps == 30
+  assert demo.get_config(None).train.steps > demo.get_config("tiny").train.steps
+  with pytest.raises(config_lib.ConfigError, match="unknown config arg 'tyni'.*'seed', 'tiny'"):
+    demo.get_config("tyni")
+  with pytest.raises(config_lib.ConfigError, match="needs a value"):
+    demo.get_config("seed")
+
+
+def _main(*args):
+  return subprocess.run(
+    [sys.executable, "-m", "stalign.main", *args],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+
+
+def test_declared_keys_are_overridable_from_the_command_line(tmp_path):
+  out = _main(
+    "--config=configs/demo.py:tiny",
+    f"--workdir={tmp_path}",
+    "--stages=",
+    "--config.corpus.chunk_size=32",
+    "--config.corpus.voices=('en-us',)",
+    "--config.eval.zero_shot_templates=('say {}',)",
+    "--config.train.steps=7",
+  )
+  assert out.returncode == 0, out.stderr[-3000:]
+  saved = json.load(open(tmp_path / "config.json"))
+  assert saved["corpus"]["chunk_size"] == 32 and saved["corpus"]["voices"] == ["en-us"]
+  assert saved["eval"]["zero_shot_templates"] == ["say {}"] and saved["train"]["steps"] == 7
+
+
+def test_bad_value_on_the_command_line_is_one_line_and_runs_nothing(tmp_path):
+  out = _main("--config=configs/demo.py:tiny", f"--workdir={tmp_path}", "--config.loss.distill=cos")
+  assert out.returncode == 2 and "Traceback" not in out.stderr
+  [line] = out.stderr.strip().splitlines()
+  assert "loss.distill='cos'" in line and "'cosine', 'mse', 'none'" in line
+  assert not os.path.exists(tmp_path / "config.json")
