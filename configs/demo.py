@@ -25,86 +25,76 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # Synthetic corpus (stalign/data/corpus.py).
   c.corpus = ml_collections.ConfigDict()
-  c.corpus.seed = 0
-  c.corpus.num_train = 240 if tiny else 10_000
+  c.corpus.seed = 0  # Sentences, voices and augmentation; the corpus is a function of it.
+  c.corpus.num_train = 240 if tiny else 10_000  # Utterances per split.
   c.corpus.num_valid = 40 if tiny else 300
   c.corpus.num_test = 60 if tiny else 600
   c.corpus.num_zero_shot = 40 if tiny else 400
   c.corpus.workers = 0  # 0 = all cores.
   c.corpus.chunk_size = 64  # Utterances rendered per task; the audio depends on it.
   # espeak-ng voices, drawn per utterance.
-  c.corpus.voices = (
-    "en-us",
-    "en-us+f2",
-    "en-us+m3",
-    "en-us-nyc",
-    "en-us-nyc+m7",
-    "en",
-    "en+f4",
-    "en+m2",
-    "en-gb-x-rp",
-    "en-gb-x-rp+f3",
-    "en-gb-x-rp+m4",
-    "en-gb-scotland",
-    "en-gb-scotland+f1",
-    "en-gb-x-gbclan",
-    "en-gb-x-gbcwmd",
-    "en-029",
+  c.corpus.voices = tuple(
+    "en-us en-us+f2 en-us+m3 en-us-nyc en-us-nyc+m7 en en+f4 en+m2 en-gb-x-rp en-gb-x-rp+f3 "
+    "en-gb-x-rp+m4 en-gb-scotland en-gb-scotland+f1 en-gb-x-gbclan en-gb-x-gbcwmd en-029".split()
   )
   c.corpus.rate = (150, 230)  # espeak words per minute.
   c.corpus.pitch = (30, 70)  # espeak pitch 0..100.
+  # Speed perturbation range, noise SNR range (dB) and the share of utterances given noise.
   c.corpus.augment = ml_collections.ConfigDict(
     dict(speed=(0.9, 1.1), noise_snr_db=(15.0, 40.0), noise_prob=0.5)
   )
 
   # Where examples come from (stalign/data/sources.py): synthetic | manifest | fsdd | tfds.
   c.data = ml_collections.ConfigDict()
-  c.data.source = "synthetic"
-  c.data.num_shards = 2 if tiny else 8
-  c.data.manifests = ml_collections.ConfigDict()  # split -> JSONL path, for source=manifest.
-  c.data.fsdd_dir = "../shared/data/fsdd"
+  c.data.source = "synthetic"  # The registry name of the source of every split.
+  c.data.num_shards = 2 if tiny else 8  # TFRecord shards per split (>= processes that read).
+  # split -> JSONL manifest path, for source=manifest (--config.data.manifests.train=PATH).
+  c.data.manifests = ml_collections.ConfigDict(dict(train="", valid="", test=""))
+  c.data.fsdd_dir = "../shared/data/fsdd"  # Free Spoken Digit recordings/ (training and zero-shot).
   # Real human speech mixed into training; the fourth FSDD voice (nicolas) stays unseen.
   c.data.train_extra = () if tiny else ("fsdd",)  # Sources whose train split joins the main one.
+  # split -> FSDD speakers, for source=fsdd (empty: every speaker).
   c.data.fsdd_speakers = ml_collections.ConfigDict(
-    dict(train=("george", "jackson", "lucas"))
-  )  # split -> speakers, for source=fsdd.
+    dict(train=("george", "jackson", "lucas"), valid=(), test=())
+  )
   c.data.tfds_name = ""  # librispeech | spoken_digit | speech_commands, for source=tfds.
   c.data.tfds_dir = ""  # "" = TFDS default (~/tensorflow_datasets); never downloads.
-  c.data.tfds_splits = ml_collections.ConfigDict()  # split -> TFDS split, overrides defaults.
+  # split -> TFDS split name, overriding the dataset's default ("" = default).
+  c.data.tfds_splits = ml_collections.ConfigDict(dict(train="", valid="", test=""))
 
   # Audio front end (stalign/data/features.py).
   c.features = ml_collections.ConfigDict()
-  c.features.sample_rate = 16_000
-  c.features.num_mels = 80
-  c.features.win_ms = 25.0
-  c.features.hop_ms = 10.0
-  c.features.max_seconds = 12.0
+  c.features.sample_rate = 16_000  # Hz; audio of any rate is resampled to it.
+  c.features.num_mels = 80  # Mel bands of the log-mel front end.
+  c.features.win_ms = 25.0  # Analysis window.
+  c.features.hop_ms = 10.0  # Frame step: 100 feature frames per second.
+  c.features.max_seconds = 12.0  # Longer training clips are skipped (and counted).
   c.features.ctc_targets = "chars"  # "chars" | "phonemes" (espeak-ng en-us); fixed per data_dir.
 
   # Input pipeline (stalign/input_pipeline.py). Utterances are padded up to
   # the nearest boundary (in feature frames), so jit compiles one shape each.
   c.input = ml_collections.ConfigDict()
-  c.input.batch_size = 16 if tiny else 64
+  c.input.batch_size = 16 if tiny else 64  # Global batch, over all processes and devices.
   # Chosen on the demo corpus's lengths (104 holds the FSDD digits): 87.7% real frames
   # (`python -m bench.run padding_efficiency`).
   c.input.bucket_boundaries = (240, 400) if tiny else (104, 168, 208, 248, 296, 352, 520)
-  c.input.shuffle_buffer = 2_000
-  c.input.prefetch = 2
+  c.input.shuffle_buffer = 2_000  # Records shuffled per process and epoch.
+  c.input.prefetch = 2  # Batches prepared ahead of the step.
 
   # Frozen teacher (stalign/models/teacher.py); "" = packaged all-MiniLM-L6-v2.
   c.teacher = ml_collections.ConfigDict()
-  c.teacher.path = ""
+  c.teacher.path = ""  # A local sentence-transformers folder (BERT family).
   c.teacher.batch_size = 64  # Faster than 256 on CPU (bench/README.md); raise it on accelerators.
-  c.teacher.max_tokens = 64
+  c.teacher.max_tokens = 64  # Transcripts are truncated to this many tokens for the targets.
 
   # Student (stalign/models/student.py).
   c.model = ml_collections.ConfigDict()
   c.model.subsample = 8  # Stacked log-mel frames per encoder frame (80 ms).
-  c.model.dim = 64 if tiny else 144
-  c.model.depth = 1 if tiny else 4
-  c.model.heads = 4
-  c.model.conv_kernel = 15
-  c.model.dropout = 0.1
+  c.model.dim = 64 if tiny else 144  # Conformer width.
+  c.model.depth = 1 if tiny else 4  # Conformer blocks.
+  c.model.heads = 4  # Attention heads (divide dim).
+  c.model.conv_kernel = 15  # Depthwise convolution width, in encoder frames.
+  c.model.dropout = 0.1  # In every block and after the front end.
   c.model.ctc_layer = -1  # Index of the block the CTC head reads; -1 = last.
   c.model.ctc_upsample = 4  # CTC outputs per encoder frame: 80 ms / 4 = 20 ms per character slot.
   c.model.pooling = "mean"  # "mean" | "attention".
@@ -112,27 +102,26 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Losses (stalign/losses.py): weighted sum of the parts below.
   c.loss = ml_collections.ConfigDict()
   c.loss.distill = "cosine"  # "cosine" | "mse" | "none".
-  c.loss.distill_weight = 1.0
-  c.loss.centre_targets = True
-  c.loss.contrastive_weight = 1.0
+  c.loss.distill_weight = 1.0  # Weight of the distillation term.
+  c.loss.centre_targets = True  # Targets minus the mean training embedding (avoids collapse).
+  c.loss.contrastive_weight = 1.0  # In-batch InfoNCE; 0 turns it off.
   c.loss.temperature = 0.07  # Initial value; it is learned.
-  c.loss.ctc_weight = 0.3
+  c.loss.ctc_weight = 0.3  # Multitask CTC; 0 turns it off.
 
   # Optimiser and loop (stalign/train.py).
   c.train = ml_collections.ConfigDict()
   c.train.steps = 30 if tiny else 1_150  # About 10 minutes on 2 CPU cores (README).
-  c.train.lr = 2e-3
-  c.train.warmup_steps = 5 if tiny else 100
-  c.train.schedule = "cosine"
-  c.train.weight_decay = 1e-2
-  c.train.grad_clip = 1.0
-  c.train.log_every = 10 if tiny else 50
-  c.train.checkpoint_every = 20 if tiny else 250
-  c.train.keep_checkpoints = 2
-  c.train.max_nonfinite_steps = 10
-  c.train.grad_accumulation = (
-    1  # Micro-batches per optimizer update (train.steps counts micro-batches).
-  )
+  c.train.lr = 2e-3  # Peak learning rate (AdamW).
+  c.train.warmup_steps = 5 if tiny else 100  # Linear warmup from 0.
+  c.train.schedule = "cosine"  # "cosine" | "linear" decay to 2% of the peak.
+  c.train.weight_decay = 1e-2  # AdamW decoupled weight decay.
+  c.train.grad_clip = 1.0  # Global gradient norm clip.
+  c.train.log_every = 10 if tiny else 50  # Steps between metric writes.
+  c.train.checkpoint_every = 20 if tiny else 250  # Steps between checkpoints (+ validation).
+  c.train.keep_checkpoints = 2  # Latest checkpoints kept, besides the best by valid_loss.
+  c.train.max_nonfinite_steps = 10  # Consecutive NaN/Inf steps (skipped) before the run stops.
+  # Micro-batches per optimizer update (train.steps counts micro-batches).
+  c.train.grad_accumulation = 1
   c.train.compute_dtype = "float32"  # "bfloat16": bf16 compute, f32 master weights and losses.
   # SpecAugment on the stored log-mel, inside the jitted step; 0 masks turns it off.
   c.train.spec_augment = ml_collections.ConfigDict(
@@ -144,7 +133,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.init_skip = ()
 
   # Device mesh and the one table mapping logical axis names to mesh axes.
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))  # -1: the remaining devices.
   c.sharding_rules = (
     ("batch", ("data", "fsdp")),
     ("embed", "fsdp"),
@@ -157,12 +146,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # Evaluation of the final model.
   c.eval = ml_collections.ConfigDict()
-  c.eval.split = "test"
-  c.eval.batch_size = 64
-  c.eval.evaluators = ("retrieval", "geometry", "probing")
+  c.eval.split = "test"  # The split the final report evaluates.
+  c.eval.batch_size = 64  # Utterances per forward pass when embedding.
+  c.eval.evaluators = ("retrieval", "geometry", "probing")  # Run on eval.split.
   # Evaluators on the valid split during training, to TensorBoard (0 = off; each run costs seconds).
   c.eval.every_steps = 10 if tiny else 0
-  c.eval.during_training = ("retrieval", "geometry")
+  c.eval.during_training = ("retrieval", "geometry")  # Run on the valid split.
   c.eval.zero_shot = ("synthetic", "fsdd")  # Held-out intents; real spoken digits (data.fsdd_dir).
   # Prompts a class name is embedded in; class embeddings average over them.
   c.eval.zero_shot_templates = ("{}", "the speaker says {}", "a recording of someone saying {}")

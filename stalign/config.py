@@ -78,6 +78,13 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _one_of("data.source", c.data.source, sources.SOURCES.names())
   _all_of("data.train_extra", c.data.train_extra, sources.SOURCES.names())
   _above("data.num_shards", c.data.num_shards, 0)
+  if c.data.source == "manifest":
+    missing = [s for s in ("train", "valid", "test") if not c.data.manifests.get(s)]
+    if missing:
+      raise ConfigError(
+        "data.source='manifest' needs a manifest per split; set "
+        + " ".join(f"--config.data.manifests.{s}=PATH" for s in missing)
+      )
   for key in ("num_train", "num_valid", "num_test", "num_zero_shot", "chunk_size", "workers"):
     _at_least(f"corpus.{key}", c.corpus[key], 1 if key == "chunk_size" else 0)
   if not c.corpus.voices:

@@ -141,6 +141,13 @@ def evaluate(
     results["zero_shot"]["fsdd"] = zero_shot_fsdd(
       model, fsdd_dir, tuple(config.eval.fsdd_held_out_speakers)
     )
+  elif fsdd_dir:
+    # A section the config asked for is never dropped silently: the report says why it is absent.
+    reason = (
+      f"no recordings/ folder under {os.path.abspath(fsdd_dir)} (data.fsdd_dir or --fsdd_dir)"
+    )
+    logging.warning("zero-shot FSDD skipped: %s", reason)
+    results["skipped"] = {"zero_shot.fsdd": reason}
   report.write(workdir, results, emb)
   return results
 

@@ -69,6 +69,8 @@ def _rows(results: dict) -> list[tuple[str, str]]:
         f"{f['accuracy']:.3f}  (chance {f['chance']:.3f}, {f['utterances']} clips{held})",
       )
     )
+  for section, reason in results.get("skipped", {}).items():
+    rows.append((f"{section} skipped", reason))
   for task in HEADLINE_PROBES:
     p = results.get("probing", {}).get(task)
     if p:

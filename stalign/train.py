@@ -261,6 +261,8 @@ def validate(jit_eval, params, config: ml_collections.ConfigDict, mesh, teacher_
     ids = np.asarray(multihost_utils.process_allgather(out["ctc_ids"], tiled=True))[:local_batch]
     for hyp, labels, n, real in zip(ids, batch["ctc_labels"], batch["num_labels"], batch["weight"]):
       if real:
+        # Targets longer than their bucket can align are cut (and left out of the CTC loss).
+        n = min(int(n), len(labels))
         errors += text_lib.edit_distance(text_lib.collapse(hyp), list(labels[:n]))
         reference_length += n
   return {"valid_loss": loss_sum / max(rows, 1), "valid_cer": errors / max(reference_length, 1)}
@@ -294,6 +296,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # ------------------------------------------------------------------ input
   teacher_dim, target_mean = layout.read_teacher_stats(config.data_dir)
+  stored = layout.read_summary(config.data_dir, "train").get("ctc_targets", "chars")
+  if stored != config.features.ctc_targets:
+    raise ValueError(
+      f"{config.data_dir} holds {stored} CTC targets but features.ctc_targets="
+      f"{config.features.ctc_targets!r}: the CTC head would not match the labels; point "
+      "--config.data_dir at data built for this setting"
+    )
   local_batch = input_pipeline.local_batch_size(config.input.batch_size)
   logging.info(
     "global batch %d = %d per process x %d processes; %d per device",

@@ -14,9 +14,12 @@ import soundfile as sf
 
 import stalign
 from stalign import checkpoints
+from stalign.data import features
 from stalign.data import layout
 from stalign.data import tfrecords
 from stalign.models import student as student_lib
+
+from testdata import with_buckets
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -79,15 +82,41 @@ def test_text_is_centred_like_the_training_targets(model):
   assert np.abs(model.target_mean).sum() > 0
 
 
-def test_batches_and_buckets_do_not_change_embeddings(model, prepared_config):
+@pytest.fixture(scope="module")
+def bucketed_model(tiny_run, prepared_config):
+  """The tiny run padding to several buckets (its checkpoint does not depend on them)."""
+  return stalign.load(tiny_run, config=with_buckets(prepared_config))
+
+
+def test_batches_and_buckets_do_not_change_embeddings(bucketed_model, prepared_config, monkeypatch):
+  """Padding is masked: a clip embeds the same alone in its own bucket and in a longer batch's."""
+  model = bucketed_model
+  padded = []  # Padded length of every batch the model runs.
+  forward = model._forward
+
+  def recording(params, x, num_frames):
+    padded.append(x.shape[1])
+    return forward(params, x, num_frames)
+
+  monkeypatch.setattr(model, "_forward", recording)
   rng = np.random.default_rng(0)
   feats = [
     rng.standard_normal((n, prepared_config.features.num_mels)).astype(np.float16)
     for n in (40, 151, 12, 90, 33, 140, 7, 100, 60, 20)
   ]
-  together, _ = model.embed_features(feats)
-  alone = np.concatenate([model.embed_features([f])[0] for f in feats[:3]])
-  np.testing.assert_allclose(together[:3], alone, atol=1e-5)
+  together, together_layers = model.embed_features(feats)
+  shared = padded.copy()
+  padded.clear()
+  alone = [model.embed_features([f]) for f in feats[:3]]
+  buckets = features.bucket_lengths(model.config)
+  assert padded == [
+    features.padded_length(len(f), buckets, model.config.model.subsample) for f in feats[:3]
+  ]
+  assert set(padded) - set(shared), f"alone {padded}, together {shared}: no clip changed bucket"
+  np.testing.assert_allclose(together[:3], np.concatenate([e for e, _ in alone]), atol=1e-5)
+  np.testing.assert_allclose(
+    together_layers[:, :3], np.concatenate([h for _, h in alone], axis=1), atol=1e-5
+  )
 
 
 def _cli(module, *args, returncode=0):

@@ -2,6 +2,8 @@
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 
@@ -30,19 +32,107 @@ def small_fsdd(tmp_path_factory):
   return str(root)
 
 
-@pytest.fixture(scope="module")
-def evaluated(prepared_config, small_fsdd, tmp_path_factory):
+def _evaluated_run(prepared_config, fsdd_dir: str, workdir: str) -> tuple[str, dict]:
+  """A fresh run folder evaluated with every evaluator and FSDD zero-shot."""
   config = ml_collections.ConfigDict(prepared_config.to_dict())
   config.eval.evaluators = ("retrieval", "geometry", "probing")
-  workdir = make_run(config, str(tmp_path_factory.mktemp("eval") / "run"))
-  return workdir, evaluate.evaluate(config, workdir, fsdd_dir=small_fsdd)
+  make_run(config, workdir)
+  return workdir, evaluate.evaluate(config, workdir, fsdd_dir=fsdd_dir)
 
 
-def test_report_json_has_the_documented_keys(evaluated):
+@pytest.fixture(scope="module")
+def evaluated(prepared_config, small_fsdd, tmp_path_factory):
+  return _evaluated_run(prepared_config, small_fsdd, str(tmp_path_factory.mktemp("eval") / "run"))
+
+
+def _schema() -> tuple[list[list[str]], dict[str, str]]:
+  """docs/report_schema.md as (key patterns of its `key | meaning` tables, {key: present when}).
+
+  A pattern is a dotted key split at the dots, `{a,b}` expanded; `<name>` stands for any key.
+  """
+  keys, conditions, table = [], {}, None
+  for line in open(os.path.join(REPO, "docs", "report_schema.md")):
+    if not line.startswith("|"):
+      table = None
+      continue
+    first, second = [cell.strip() for cell in line.strip().strip("|").split("|")][:2]
+    if first == "key":
+      table = second
+    for name in re.findall(r"`([^`]+)`", first):
+      if table == "meaning":
+        keys += [key.split(".") for key in _expand(name)]
+      elif table == "present when":
+        conditions[name] = second
+  return keys, conditions
+
+
+def _expand(key: str) -> list[str]:
+  """`a.{b,c}.d` -> [`a.b.d`, `a.c.d`]."""
+  group = re.search(r"\{([^}]*)\}", key)
+  if not group:
+    return [key]
+  return [
+    k
+    for choice in group[1].split(",")
+    for k in _expand(key[: group.start()] + choice + key[group.end() :])
+  ]
+
+
+def _missing(tree, pattern: list[str], where: str = "") -> list[str]:
+  """Where `report` lacks `pattern`; a `<name>` level needs a key, and every key there matches."""
+  if not pattern:
+    return []
+  head, rest = pattern[0], pattern[1:]
+  if not isinstance(tree, dict) or not tree:
+    return [where.rstrip(".") + f" has no {head}"]
+  out = []
+  for key in list(tree) if head.startswith("<") else [head]:
+    out += _missing(tree[key], rest, f"{where}{key}.") if key in tree else [where + key]
+  return out
+
+
+def _leaves(tree, path: tuple = ()) -> list[tuple]:
+  if not isinstance(tree, dict) or not tree:
+    return [path]
+  return [leaf for key, value in tree.items() for leaf in _leaves(value, path + (key,))]
+
+
+def _names(pattern: list[str], path: tuple) -> bool:
+  """Whether `pattern` documents `path` (a documented key documents everything under it)."""
+  return len(pattern) <= len(path) and all(
+    p == k or p.startswith("<") for p, k in zip(pattern, path)
+  )
+
+
+def test_report_json_has_exactly_the_documented_keys(evaluated):
+  """Parsed from docs/report_schema.md, so the schema and the code cannot drift apart."""
   workdir, results = evaluated
   with open(os.path.join(workdir, "report.json")) as f:
     saved = json.load(f)
   assert saved == json.loads(json.dumps(results))  # What is returned is what is written.
+  keys, conditions = _schema()
+  assert {k[0] for k in keys} >= {"split", "figures", "retrieval", "geometry", "probing"}
+  # This run: every evaluator, FSDD recordings, a manifest source (no synthetic corpus), no skips.
+  absent = {"zero_shot.synthetic", "skipped"}
+  assert set(conditions) - absent == {
+    "retrieval",
+    "geometry",
+    "probing",
+    "figures.probes",
+    "figures.probe_layers",
+    "zero_shot.fsdd",
+  }
+  for key in absent:
+    assert _missing(saved, key.split(".")), f"{key} is in a manifest run's report"
+  required = [k for k in keys if not any(_names(a.split("."), k) for a in absent)]
+  missing = [m for k in required for m in _missing(saved, k)]
+  assert not missing, f"documented but not in report.json: {missing}"
+  undocumented = [".".join(p) for p in _leaves(saved) if not any(_names(k, p) for k in keys)]
+  assert not undocumented, f"in report.json but not in docs/report_schema.md: {undocumented}"
+
+
+def test_report_json_values_match_this_run_and_lie_in_documented_ranges(evaluated):
+  _, saved = evaluated
   assert saved["schema_version"] == report.SCHEMA_VERSION and saved["step"] == 7
   assert saved["split"] == "test" and saved["utterances"] == 20
   for direction in ("speech_to_text", "text_to_speech"):
@@ -52,7 +142,6 @@ def test_report_json_has_the_documented_keys(evaluated):
   for key in ("speech", "text", "text_to_speech_transfer", "speech_to_text_transfer", "chance"):
     assert 0 <= digit[key] <= 1
   assert len(digit["layers"]) == 2  # Frontend + the tiny model's one block.
-  assert "synthetic" not in saved["zero_shot"]  # A manifest-sourced run has no held-out intents.
   fsdd = saved["zero_shot"]["fsdd"]
   assert fsdd["utterances"] == 40 and set(fsdd["per_group"]) == {"jackson", "nicolas"}
   assert fsdd["held_out_speakers"] == ["nicolas"]
@@ -98,8 +187,9 @@ def test_headline_keeps_retrieval_rows_and_adds_sections():
   assert "zero-shot" not in text
 
 
-def test_cli_defaults_to_the_runs_config_and_prints_per_speaker(evaluated, small_fsdd):
-  workdir, _ = evaluated
+def test_cli_defaults_to_the_runs_config_and_prints_per_speaker(evaluated, small_fsdd, tmp_path):
+  workdir = str(tmp_path / "run")
+  shutil.copytree(evaluated[0], workdir)  # Leaves the shared run's report to the other tests.
   out = subprocess.run(
     [
       sys.executable,
@@ -122,23 +212,36 @@ def test_cli_defaults_to_the_runs_config_and_prints_per_speaker(evaluated, small
   assert "probing" not in saved and "fsdd" in saved["zero_shot"]
 
 
-def test_analysis_notebook_runs_on_a_tiny_run(evaluated):
+def test_analysis_notebook_runs_on_a_tiny_run_and_shows_every_figure(
+  prepared_config, small_fsdd, tmp_path, monkeypatch
+):
+  """On a run and evaluation of its own, with probing: what it shows depends on no other test."""
   import nbclient
   import nbformat
 
-  workdir, _ = evaluated
+  workdir, _ = _evaluated_run(prepared_config, small_fsdd, str(tmp_path / "run"))
   nb = nbformat.read(os.path.join(REPO, "notebooks", "analysis.ipynb"), as_version=4)
-  os.environ["STALIGN_RUN"] = workdir  # Inherited by the kernel.
-  try:
-    nbclient.NotebookClient(
-      nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": REPO}}
-    ).execute()
-  finally:
-    del os.environ["STALIGN_RUN"]
-  images = sum(
-    o.get("output_type") == "display_data" for c in nb.cells for o in c.get("outputs", [])
-  )
-  assert images >= 3
+  monkeypatch.setenv("STALIGN_RUN", workdir)  # Inherited by the kernel.
+  nbclient.NotebookClient(
+    nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": REPO}}
+  ).execute()
+  errors = [o for c in nb.cells for o in c.get("outputs", []) if o.output_type == "error"]
+  assert not errors, errors
+
+  def cell(marker: str):
+    [found] = [c for c in nb.cells if c.cell_type == "code" and marker in c.source]
+    return found
+
+  def images(marker: str) -> int:
+    return sum(
+      o.output_type == "display_data" and "image/png" in o.data for o in cell(marker).outputs
+    )
+
+  assert images("report.similarity_figure(emb)") == 2  # Similarity matrix and PCA.
+  assert images("report.probes_figure(probing)") == 2  # Probes and probes per layer.
+  assert images("zero-shot {name}") == 1  # FSDD confusion.
+  printed = "".join(o.get("text", "") for o in cell("report.probes_figure(probing)").outputs)
+  assert printed.startswith("digit "), printed
 
 
 def test_evaluation_only_reads_and_names_the_command_for_a_missing_split(

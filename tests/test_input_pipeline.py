@@ -5,24 +5,46 @@ import numpy as np
 from stalign import input_pipeline
 from stalign.data import features
 from stalign.data import layout
+from stalign.data import text
 from stalign.data import tfrecords
 
+from testdata import with_buckets
 
-def test_batches_have_static_bucket_shapes(prepared_config):
-  c = prepared_config
+
+def _assert_padded_to_its_bucket(batch: dict, config, rows: np.ndarray) -> int:
+  """Every real row's own bucket is the batch's length; CTC targets are cut to that bucket."""
+  buckets = features.bucket_lengths(config)
+  padded = batch["features"].shape[1]
+  own = {
+    features.padded_length(n, buckets, config.model.subsample) for n in batch["num_frames"][rows]
+  }
+  assert own == {padded}, (sorted(batch["num_frames"][rows]), padded)
+  columns = features.ctc_frames(padded, config.model)
+  assert batch["ctc_labels"].shape[1] == columns
+  for labels, transcript in zip(batch["ctc_labels"][rows], batch["text"][rows]):
+    expected = text.encode(transcript.decode())[:columns]
+    np.testing.assert_array_equal(labels, np.pad(expected, (0, columns - len(expected))))
+  return padded
+
+
+def test_train_batches_pad_to_their_utterances_bucket_and_cut_ctc_targets_to_it(prepared_config):
+  c = with_buckets(prepared_config)
   it = input_pipeline.train_iterator(c, "train", 384)
-  lengths = set(features.bucket_lengths(c))
-  for _ in range(10):
+  seen = set()
+  for _ in range(12):  # Two epochs.
     b = next(it)
     assert b["features"].shape[0] == c.input.batch_size
-    assert b["features"].shape[1] in lengths
-    assert (b["num_frames"] <= b["features"].shape[1]).all()
-    frames = b["features"].shape[1]
-    assert b["ctc_labels"].shape == (
-      c.input.batch_size,
-      frames // c.model.subsample * c.model.ctc_upsample,
-    )
     assert b["teacher"].shape == (c.input.batch_size, 384)
+    seen.add(_assert_padded_to_its_bucket(b, c, np.arange(c.input.batch_size)))
+  assert len(seen) >= 2, f"every batch fell in one bucket {seen}: the test crosses none"
+
+
+def test_eval_batches_pad_to_their_utterances_bucket_and_cut_ctc_targets_to_it(prepared_config):
+  c = with_buckets(prepared_config)
+  seen = set()
+  for b in input_pipeline.eval_batches(c, "test", 384, 8):
+    seen.add(_assert_padded_to_its_bucket(b, c, np.flatnonzero(b["valid"])))
+  assert len(seen) >= 2, f"every batch fell in one bucket {seen}: the test crosses none"
 
 
 def test_resume_position_continues_with_the_same_batches(prepared_config):
@@ -54,7 +76,8 @@ def test_two_processes_read_disjoint_shards_covering_everything(prepared_config)
 
 
 def test_eval_batches_cover_each_example_once(prepared_config):
-  c = prepared_config
+  """Across several buckets, each with a partial last batch."""
+  c = with_buckets(prepared_config)
   n = layout.read_summary(c.data_dir, "test")["written"]
   texts = []
   for b in input_pipeline.eval_batches(c, "test", 384, 8):

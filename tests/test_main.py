@@ -44,33 +44,176 @@ def test_help_explains_the_flags():
     assert flag in out.stdout
 
 
+# Loaded into every Python process of a test run through sitecustomize: any attempt to reach a
+# host other than this one is refused and written to $STALIGN_NET_LOG, so the test sees it even
+# when a library catches the error and falls back.
+_NETWORK_GUARD = """
+import os, socket
+_LOCAL = ("127.0.0.1", "localhost", "::1", "0.0.0.0")
+def _refuse(what):
+  with open(os.environ["STALIGN_NET_LOG"], "a") as f:
+    f.write(repr(what) + "\\n")
+  raise OSError(f"network blocked by the test: {what!r}")
+_connect, _getaddrinfo = socket.socket.connect, socket.getaddrinfo
+def connect(self, address):
+  if self.family in (socket.AF_INET, socket.AF_INET6) and address[0] not in _LOCAL:
+    _refuse(address)
+  return _connect(self, address)
+def getaddrinfo(host, *args, **kwargs):
+  if host not in _LOCAL and host is not None:
+    _refuse(host)
+  return _getaddrinfo(host, *args, **kwargs)
+socket.socket.connect, socket.getaddrinfo = connect, getaddrinfo
+"""
+
+
+def _offline_main(tmp_path, *args, timeout=600):
+  """`python -m stalign.main` with the network refused (and in its own network namespace when the
+  machine allows one, so even non-Python code cannot reach out)."""
+  guard = tmp_path / "netguard"
+  guard.mkdir(exist_ok=True)
+  (guard / "sitecustomize.py").write_text(_NETWORK_GUARD)
+  env = dict(
+    os.environ,
+    PYTHONPATH=f"{guard}:{os.environ.get('PYTHONPATH', '')}",
+    STALIGN_NET_LOG=str(tmp_path / "network_attempts.log"),
+  )
+  command = [sys.executable, "-m", "stalign.main", *args]
+  if subprocess.run(["unshare", "-rn", "true"], capture_output=True).returncode == 0:
+    command = ["unshare", "-rn", *command]
+  out = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+  assert not os.path.exists(env["STALIGN_NET_LOG"]), open(env["STALIGN_NET_LOG"]).read()
+  return out
+
+
+def _mtimes(folder):
+  return {
+    os.path.join(root, f): os.stat(os.path.join(root, f)).st_mtime_ns
+    for root, _, files in os.walk(folder)
+    for f in files
+  }
+
+
 @pytest.mark.slow
-def test_end_to_end_tiny_demo(tmp_path):
-  """The real entry point on the synthetic corpus at the tiny size: every stage, then the report."""
-  workdir = tmp_path / "run"
-  out = _main(
-    "--config=configs/demo.py:tiny",
-    f"--workdir={workdir}",
-    f"--config.data_dir={tmp_path / 'data'}",
-    timeout=600,
+def test_end_to_end_tiny_demo_offline_learns_reports_and_reruns_without_rework(tmp_path):
+  """The real entry point on the synthetic corpus at the tiny size, with the network refused."""
+  data, workdir = tmp_path / "data", tmp_path / "run"
+  args = ("--config=configs/demo.py:tiny", f"--workdir={workdir}", f"--config.data_dir={data}")
+  out = _offline_main(tmp_path, *args)
+  assert out.returncode == 0, out.stderr[-3000:]
+  for stage in ("data: train", "train: step 30 of 30", "speech to text R@1"):
+    assert stage in out.stdout, out.stdout
+  history = json.load(open(workdir / "train_history.json"))
+  losses = [h["loss"] for h in history["train"]]
+  assert sum(losses[-2:]) < 0.9 * sum(losses[:2]), losses
+  assert [v["step"] for v in history["valid"]] == [20, 30]
+  report = json.load(open(workdir / "report.json"))
+  for section in ("retrieval", "geometry", "probing"):
+    assert section in report, section
+  assert set(report["zero_shot"]) == {"synthetic", "fsdd"} and "skipped" not in report
+  s2t = report["retrieval"]["speech_to_text"]
+  assert s2t["gallery"] == 60 and s2t["recall_at_10"] > 3 * 10 / s2t["gallery"], s2t
+  assert report["zero_shot"]["fsdd"]["utterances"] == 2000
+
+  # Rerunning reuses everything: no data file rewritten, training already complete.
+  data_files, checkpoints = _mtimes(data), _mtimes(workdir / "checkpoints")
+  again = _offline_main(tmp_path, *args)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert _mtimes(data) == data_files and _mtimes(workdir / "checkpoints") == checkpoints
+  assert "train: step 30 of 30" in again.stdout
+
+  # A missing FSDD folder is a reported skip, not a silently dropped section.
+  missing = _offline_main(
+    tmp_path, *args, "--stages=evaluate", f"--config.data.fsdd_dir={tmp_path / 'nope'}"
+  )
+  assert missing.returncode == 0, missing.stderr[-3000:]
+  report = json.load(open(workdir / "report.json"))
+  assert "fsdd" not in report["zero_shot"] and "nope" in report["skipped"]["zero_shot.fsdd"]
+  assert "zero_shot.fsdd skipped" in missing.stdout
+
+
+_TWO_PROCESS_CONFIG = """
+import sys
+sys.path.insert(0, {tests!r})
+import testdata
+
+def get_config():
+  c = testdata.tiny_config({data!r})
+  for split, path in {manifests!r}.items():
+    c.data.manifests[split] = path
+  # Same global batch whatever the process count: no record shuffle (each process reads whole
+  # shards, interleaved in one process), no dropout (its masks follow the row order).
+  c.input.shuffle_buffer, c.model.dropout = 1, 0.0
+  c.train.steps, c.train.log_every, c.train.checkpoint_every = 6, 1, 3
+  return c
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process_with_two_devices(prepared_config, tmp_path):
+  """`stalign.main` as users launch it on two hosts (jax.distributed on localhost, one device
+  each) trains the same model as one process with two devices and the same global batch."""
+  import socket
+
+  import jax
+  import numpy as np
+
+  import stalign
+
+  config_file = tmp_path / "two_process_config.py"
+  config_file.write_text(
+    _TWO_PROCESS_CONFIG.format(
+      tests=os.path.join(REPO, "tests"),
+      data=prepared_config.data_dir,
+      manifests=dict(prepared_config.data.manifests),
+    )
+  )
+  common = [sys.executable, "-m", "stalign.main", f"--config={config_file}", "--stages=train"]
+
+  one = tmp_path / "one"
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  out = subprocess.run(
+    [*common, f"--workdir={one}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=400
   )
   assert out.returncode == 0, out.stderr[-3000:]
-  assert "speech to text R@1" in out.stdout
-  report = json.load(open(workdir / "report.json"))
-  s2t = report["retrieval"]["speech_to_text"]
-  assert s2t["gallery"] >= 10 and 0.0 <= s2t["recall_at_1"] <= 1.0
-  assert report["utterances"] > 0
-  saved = json.load(open(workdir / "config.json"))
-  assert saved["train"]["steps"] == 30
-  # Rerunning resumes: data reused, training already finished, the report rewritten.
-  again = _main(
-    "--config=configs/demo.py:tiny",
-    f"--workdir={workdir}",
-    f"--config.data_dir={tmp_path / 'data'}",
-    timeout=600,
-  )
-  assert again.returncode == 0, again.stderr[-3000:]
-  assert "resuming from this workdir's step 30" in again.stderr
+
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  two = tmp_path / "two"
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  procs = [
+    subprocess.Popen(
+      [
+        *common,
+        f"--workdir={two}",
+        f"--coordinator_address=127.0.0.1:{port}",
+        "--num_processes=2",
+        f"--process_id={i}",
+      ],
+      cwd=REPO,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
+  for p in procs:
+    _, stderr = p.communicate(timeout=400)
+    assert p.returncode == 0, stderr[-3000:]
+
+  histories = [json.load(open(d / "train_history.json")) for d in (one, two)]
+  losses = [[h["loss"] for h in hist["train"]] for hist in histories]
+  assert len(losses[0]) == 6
+  np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
+  valid = [[v["valid_loss"] for v in hist["valid"]] for hist in histories]
+  np.testing.assert_allclose(valid[0], valid[1], rtol=1e-5)
+  params = [
+    jax.tree.leaves(stalign.load(str(d), config=prepared_config).params) for d in (one, two)
+  ]
+  for a, b in zip(*params):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize(

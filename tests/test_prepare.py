@@ -2,12 +2,16 @@ import glob
 import json
 import os
 
+from flax import nnx
 import numpy as np
 import soundfile as sf
 
+import stalign
 from stalign import prepare
+from stalign import train
 from stalign.data import layout
 from stalign.data import sources
+from stalign.data import text
 from stalign.data import tfrecords
 
 from testdata import fsdd_files
@@ -71,3 +75,33 @@ def test_killed_write_leaves_no_finished_split(tmp_path):
   except FileNotFoundError as e:
     assert "stalign.main" in str(e)
   assert not glob.glob(os.path.join(config.data_dir, "tfrecords", "train-*.tfrecord"))
+
+
+def test_phoneme_targets_are_stored_decoded_and_trained_through_a_phoneme_sized_ctc_head(
+  tmp_path,
+):
+  """README's `features.ctc_targets=phonemes`, from the manifest to a trained CTC head."""
+  config = tiny_config(str(tmp_path / "data"))
+  config.features.ctc_targets = "phonemes"
+  speakers = {"train": "jackson", "valid": "lucas", "test": "nicolas"}
+  for split, speaker in speakers.items():
+    config.data.manifests[split] = write_manifest(
+      str(tmp_path / f"{split}.jsonl"), fsdd_files(speaker, range(0, 1))
+    )
+  summaries = prepare.prepare(config)
+  assert {s["ctc_targets"] for s in summaries.values()} == {"phonemes"}
+  records = list(tfrecords.iterate_records(layout.list_shards(config.data_dir, "train")))
+  assert len(records) == 10
+  phonemes = text.vocabulary("phonemes")
+  for r in records:
+    assert [phonemes[i - 1] for i in r["ctc_labels"]] == text.phonemize(r["text"]), r["text"]
+
+  config.train.steps, config.train.warmup_steps, config.train.log_every = 3, 1, 1
+  summary = train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert summary["steps"] == 3 and np.isfinite(summary["last"]["loss_ctc"])
+  assert 0 <= summary["valid"]["valid_cer"] < np.inf  # Phoneme error rate of greedy decoding.
+  model = stalign.load(str(tmp_path / "run"), config=config)
+  student = nnx.merge(model.graphdef, model.params)
+  vocab = len(text.PHONEMES) + 1  # + blank.
+  assert vocab != text.vocab_size("chars")
+  assert student.ctc_head.kernel.shape == (config.model.dim, config.model.ctc_upsample * vocab)

@@ -72,8 +72,10 @@ def synthetic(config: ml_collections.ConfigDict, split: str) -> Iterator[dict]:
 @register("manifest")
 def manifest(config: ml_collections.ConfigDict, split: str) -> Iterator[dict]:
   """A user's own JSONL manifest per split: `data.manifests.<split> = path`."""
-  if split not in config.data.manifests:
-    raise KeyError(f"no manifest for split {split!r}: set --config.data.manifests.{split}=PATH")
+  if not config.data.manifests.get(split):
+    raise FileNotFoundError(
+      f"no manifest for split {split!r}: set --config.data.manifests.{split}=PATH"
+    )
   yield from read_manifest(config.data.manifests[split])
 
 
@@ -198,7 +200,7 @@ def tfds_source(config: ml_collections.ConfigDict, split: str) -> Iterator[dict]
     )
   tfds_split = config.data.tfds_splits.get(split) or dataset.splits.get(split)
   if not tfds_split:
-    raise KeyError(
+    raise ValueError(
       f"no TFDS split for split {split!r}: set --config.data.tfds_splits.{split}=SPLIT"
     )
   data_dir = config.data.tfds_dir or None

@@ -107,7 +107,7 @@ def test_split_mapping_from_the_config_overrides_the_default(tmp_path):
     list(sources.get("tfds")(config, "train"))
     list(sources.get("tfds")(config, "valid"))
   assert seen == ["train[:10%]", "validation"]
-  with pytest.raises(KeyError, match="tfds_splits.zero_shot"):
+  with pytest.raises(ValueError, match="tfds_splits.zero_shot"):
     next(sources.get("tfds")(config, "zero_shot"))
 
 
