@@ -171,6 +171,18 @@ def eval_batches(
     yield batch
 
 
+def process_rows(batch: dict) -> dict:
+  """This process's rows of a batch every process holds whole (from `eval_batches`).
+
+  Assembled with `sharding.global_batch`, the processes' rows make up exactly
+  the batch one process would see, so a metric over a split does not depend on
+  the number of processes.
+  """
+  rows = local_batch_size(next(iter(batch.values())).shape[0])
+  start = jax.process_index() * rows
+  return {k: v[start : start + rows] for k, v in batch.items()}
+
+
 def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
   return (
     np.concatenate([x, np.zeros((rows - x.shape[0],) + x.shape[1:], x.dtype)])

@@ -29,8 +29,11 @@ def info_nce(
 ) -> jax.Array:
   """Symmetric in-batch contrastive loss (CLIP/CLAP style).
 
-  Utterances of the same transcript are all positives for each other (soft
-  targets), so repeated sentences in a batch are not pushed apart.
+  Utterances of the same transcript have identical targets, so their logits
+  tie and the loss cannot separate them whatever the targets say. Soft targets
+  (uniform over the tied columns) make each row's target match that tie; with
+  equal row weights the batch loss equals the one-hot one, and with unequal
+  weights it does not favour one copy of a repeated transcript.
   """
   s, t = unit(student), unit(target)
   logits = s @ t.T / jnp.exp(log_temperature)

@@ -104,7 +104,7 @@ def main(argv):
   if "train" in _STAGES.value:
     summary = train.train_and_evaluate(config, workdir)
     if is_main:
-      valid = ", ".join(f"{k} {v:.3f}" for k, v in summary["valid"].items())
+      valid = ", ".join(f"{k} {v:.3f}" for k, v in summary["valid"].items() if k != "step")
       print(
         f"train: step {summary['steps']} of {config.train.steps}"
         f"{' (preempted: rerun to resume)' if summary['preempted'] else ''}; {valid}"

@@ -48,16 +48,21 @@ class NonFiniteLossError(RuntimeError):
 
 
 def make_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
-  """Linear warmup, then cosine or linear decay to 2% of the peak."""
+  """Linear warmup, then cosine or linear decay to 2% of the peak, in optimizer updates.
+
+  `train.steps` and `train.warmup_steps` count micro-batches; with gradient
+  accumulation the optimizer (and so this schedule) advances once per
+  `train.grad_accumulation` of them, so both are divided by it.
+  """
   t = config.train
-  decay_steps = max(t.steps - t.warmup_steps, 1)
+  updates = max(t.steps // t.grad_accumulation, 1)
+  warmup = t.warmup_steps // t.grad_accumulation
+  decay_steps = max(updates - warmup, 1)
   if t.schedule == "cosine":
     tail = optax.cosine_decay_schedule(t.lr, decay_steps, alpha=0.02)
   else:
     tail = optax.linear_schedule(t.lr, 0.02 * t.lr, decay_steps)
-  return optax.join_schedules(
-    [optax.linear_schedule(0.0, t.lr, t.warmup_steps), tail], [t.warmup_steps]
-  )
+  return optax.join_schedules([optax.linear_schedule(0.0, t.lr, warmup), tail], [warmup])
 
 
 def make_optimizer(
@@ -245,21 +250,22 @@ def advance(position: dict | None, epoch: int) -> dict:
 def validate(jit_eval, params, config: ml_collections.ConfigDict, mesh, teacher_dim: int) -> dict:
   """Loss and CTC error rate over the whole valid split (padding rows excluded).
 
-  `valid_loss` averages each batch's loss weighted by its utterances; it picks
-  the best checkpoint. `valid_cer` is the character (or phoneme) error rate of
-  greedy CTC decoding over every valid utterance.
+  Every process reads the whole split in global batches and feeds its own rows,
+  so the figures do not depend on the process count. `valid_loss` averages each
+  batch's loss weighted by its utterances; it picks the best checkpoint.
+  `valid_cer` is the character (or phoneme) error rate of greedy CTC decoding
+  over every valid utterance.
   """
-  local_batch = input_pipeline.local_batch_size(config.input.batch_size)
   loss_sum = rows = errors = reference_length = 0.0
-  for local in input_pipeline.eval_batches(config, "valid", teacher_dim, local_batch):
-    batch = device_batch(local)
+  for whole in input_pipeline.eval_batches(config, "valid", teacher_dim, config.input.batch_size):
+    whole = device_batch(whole)
     with sharding.rules_context(mesh, config.sharding_rules):
-      out = jit_eval(params, sharding.global_batch(batch, mesh))
+      batch = sharding.global_batch(input_pipeline.process_rows(whole), mesh)
+      out = jit_eval(params, batch)
     loss_sum += float(out["loss_sum"])
     rows += float(out["rows"])
-    # Every process reads the whole valid split: the first local_batch rows are this batch.
-    ids = np.asarray(multihost_utils.process_allgather(out["ctc_ids"], tiled=True))[:local_batch]
-    for hyp, labels, n, real in zip(ids, batch["ctc_labels"], batch["num_labels"], batch["weight"]):
+    ids = np.asarray(multihost_utils.process_allgather(out["ctc_ids"], tiled=True))
+    for hyp, labels, n, real in zip(ids, whole["ctc_labels"], whole["num_labels"], whole["weight"]):
       if real:
         # Targets longer than their bucket can align are cut (and left out of the CTC loss).
         n = min(int(n), len(labels))
@@ -401,60 +407,63 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   history = {"train": [], "valid": []}
   compile_s = None
   step = first_step
-  while step < total_steps:
-    local = next(train_iter)
-    position = advance(position, int(local["epoch"][0]))
-    batch = sharding.global_batch(device_batch(local), mesh)
-    t0 = time.perf_counter()
-    with sharding.rules_context(mesh, rules):
-      state, metrics = jit_train(state, batch)
-    step += 1
-    if compile_s is None:
-      jax.block_until_ready(metrics)
-      compile_s = time.perf_counter() - t0
-      logging.info("first step (compile + run) took %.1f s", compile_s)
-    report_progress(step)
-    progress.update(1)
-    # One scalar per step: the run must stop before a poisoned update or checkpoint.
-    if int(metrics["nonfinite_consecutive"]) >= config.train.max_nonfinite_steps:
-      raise NonFiniteLossError(
-        f"{config.train.max_nonfinite_steps} consecutive steps had NaN/Inf loss or gradients "
-        f"(step {step}); their updates were skipped and no checkpoint was written after them. "
-        "Lower train.lr, check the input data, or raise train.max_nonfinite_steps."
-      )
+  try:
+    while step < total_steps:
+      local = next(train_iter)
+      position = advance(position, int(local["epoch"][0]))
+      batch = sharding.global_batch(device_batch(local), mesh)
+      t0 = time.perf_counter()
+      with sharding.rules_context(mesh, rules):
+        state, metrics = jit_train(state, batch)
+      step += 1
+      if compile_s is None:
+        jax.block_until_ready(metrics)
+        compile_s = time.perf_counter() - t0
+        logging.info("first step (compile + run) took %.1f s", compile_s)
+      report_progress(step)
+      progress.update(1)
+      # One scalar per step: the run must stop before a poisoned update or checkpoint.
+      if int(metrics["nonfinite_consecutive"]) >= config.train.max_nonfinite_steps:
+        raise NonFiniteLossError(
+          f"{config.train.max_nonfinite_steps} consecutive steps had NaN/Inf loss or gradients "
+          f"(step {step}); their updates were skipped, so every checkpoint holds finite params. "
+          "Lower train.lr, check the input data, or raise train.max_nonfinite_steps."
+        )
 
-    if step % config.train.log_every == 0 or step == total_steps:
-      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-      metrics["lr"] = float(schedule(step))
-      writer.write_scalars(step, metrics)
-      progress.set_postfix(loss=f"{metrics['loss']:.3f}")
-      history["train"].append({"step": step, **metrics})
+      if step % config.train.log_every == 0 or step == total_steps:
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        metrics["lr"] = float(schedule(step // config.train.grad_accumulation))  # Next update's.
+        writer.write_scalars(step, metrics)
+        progress.set_postfix(loss=f"{metrics['loss']:.3f}")
+        history["train"].append({"step": step, **metrics})
 
-    if config.eval.every_steps and step % config.eval.every_steps == 0:
-      with report_progress.timed("evaluators"):
-        writer.write_scalars(step, run_evaluators(state["params"], step))
+      if config.eval.every_steps and step % config.eval.every_steps == 0:
+        with report_progress.timed("evaluators"):
+          writer.write_scalars(step, run_evaluators(state["params"], step))
 
-    stop = preempted["flag"]
-    if jax.process_count() > 1:
-      stop = bool(multihost_utils.process_allgather(np.array(stop)).any())
-    if step % config.train.checkpoint_every == 0 or step == total_steps or stop:
-      with report_progress.timed("validate"):
-        valid = validate(jit_eval, state["params"], config, mesh, teacher_dim)
-      writer.write_scalars(step, valid)
-      history["valid"].append({"step": step, **valid})
-      checkpoints.save(mgr, step, state, position, valid)
-    if stop:
-      logging.warning(
-        "SIGTERM received: saved step %d, exiting; rerun the same command to resume", step
-      )
-      break
-
-  # ------------------------------------------------------------- final save
-  progress.close()
-  mgr.wait_until_finished()
-  mgr.close()
-  signal.signal(signal.SIGTERM, previous_handler)
-  writer.flush()
+      stop = preempted["flag"]
+      if jax.process_count() > 1:
+        stop = bool(multihost_utils.process_allgather(np.array(stop)).any())
+      if step % config.train.checkpoint_every == 0 or step == total_steps or stop:
+        with report_progress.timed("validate"):
+          valid = validate(jit_eval, state["params"], config, mesh, teacher_dim)
+        writer.write_scalars(step, valid)
+        history["valid"].append({"step": step, **valid})
+        checkpoints.save(mgr, step, state, position, valid)
+      if stop:
+        logging.warning(
+          "SIGTERM received: saved step %d, exiting; rerun the same command to resume", step
+        )
+        break
+  finally:
+    # ----------------------------------------------------------- final save
+    # Also when the run stops on an error: no save left half-written, and the
+    # caller's SIGTERM handler back in place.
+    progress.close()
+    mgr.wait_until_finished()
+    mgr.close()
+    signal.signal(signal.SIGTERM, previous_handler)
+    writer.flush()
   summary = {
     "steps": step,
     "preempted": preempted["flag"],

@@ -6,25 +6,50 @@ from stalign import losses
 
 
 def test_cosine_distillation_is_zero_for_parallel_and_ignores_padding_rows():
+  """The padding row points the other way: only its weight of 0 keeps it out of the mean."""
   t = jnp.array([[1.0, 0.0], [0.0, 2.0], [5.0, 5.0]])
   w = jnp.array([1.0, 1.0, 0.0])
-  assert float(losses.cosine_distillation(3 * t, t, w)) < 1e-6
-  assert abs(float(losses.cosine_distillation(-t, t, w)) - 2.0) < 1e-6
+  flip_padding = jnp.array([[1.0], [1.0], [-1.0]])
+  assert float(losses.cosine_distillation(3 * t * flip_padding, t, w)) < 1e-6
+  assert abs(float(losses.cosine_distillation(-t * flip_padding, t, w)) - 2.0) < 1e-6
+
+
+def _info_nce_reference(student, target, temperature, weights, soft):
+  """Symmetric InfoNCE in numpy; `soft` makes every row with an equal target a positive."""
+  s = student / np.linalg.norm(student, axis=1, keepdims=True)
+  t = target / np.linalg.norm(target, axis=1, keepdims=True)
+  logits = s @ t.T / temperature
+  same = (target[:, None] == target[None]).all(-1) if soft else np.eye(len(target), dtype=bool)
+  labels = same / same.sum(axis=1, keepdims=True)
+
+  def cross_entropy(z, p):
+    z = z - z.max(axis=1, keepdims=True)
+    return -(p * (z - np.log(np.exp(z).sum(axis=1, keepdims=True)))).sum(axis=1)
+
+  per_row = 0.5 * (cross_entropy(logits, labels) + cross_entropy(logits.T, labels.T))
+  return np.sum(weights * per_row) / np.sum(weights)
 
 
 def test_info_nce_prefers_matched_pairs_and_treats_duplicates_as_positives():
+  """Two utterances of one transcript share a target: each is a positive for both.
+
+  With equal row weights soft and one-hot targets give the same batch mean (the
+  duplicates' per-row differences cancel), so row 0 counts twice here to expose them.
+  """
   rng = np.random.default_rng(0)
-  t = jnp.asarray(rng.standard_normal((6, 8)), jnp.float32)
-  w = jnp.ones(6)
-  good = losses.info_nce(t, t, jnp.log(0.1), w)
-  shuffled = losses.info_nce(t[::-1], t, jnp.log(0.1), w)
+  t = rng.standard_normal((6, 8)).astype(np.float32)
+  log_t = jnp.log(0.1)
+  good = losses.info_nce(jnp.asarray(t), jnp.asarray(t), log_t, jnp.ones(6))
+  shuffled = losses.info_nce(jnp.asarray(t[::-1]), jnp.asarray(t), log_t, jnp.ones(6))
   assert float(good) < float(shuffled)
-  # Two utterances of one transcript: swapping them costs nothing.
-  t2 = t.at[1].set(t[0])
-  s = t2.at[0].set(t2[1])
-  np.testing.assert_allclose(
-    losses.info_nce(s, t2, jnp.log(0.1), w), losses.info_nce(t2, t2, jnp.log(0.1), w), rtol=1e-6
-  )
+  target = t.copy()
+  target[1] = target[0]
+  student = t + 0.5 * rng.standard_normal(t.shape).astype(np.float32)  # Every row differs.
+  w = np.array([2, 1, 1, 1, 1, 1], np.float32)
+  got = float(losses.info_nce(jnp.asarray(student), jnp.asarray(target), log_t, jnp.asarray(w)))
+  soft = _info_nce_reference(student, target, 0.1, w, soft=True)
+  np.testing.assert_allclose(got, soft, rtol=1e-5)
+  assert abs(soft - _info_nce_reference(student, target, 0.1, w, soft=False)) > 1e-3
 
 
 def test_ctc_matches_optax_per_character_and_masks_unalignable():

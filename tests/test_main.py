@@ -98,21 +98,32 @@ def _mtimes(folder):
 def test_end_to_end_tiny_demo_offline_learns_reports_and_reruns_without_rework(tmp_path):
   """The real entry point on the synthetic corpus at the tiny size, with the network refused."""
   data, workdir = tmp_path / "data", tmp_path / "run"
-  args = ("--config=configs/demo.py:tiny", f"--workdir={workdir}", f"--config.data_dir={data}")
+  # 200 steps: the tiny model's retrieval leaves chance clearly only after ~150 (measured).
+  args = (
+    "--config=configs/demo.py:tiny",
+    f"--workdir={workdir}",
+    f"--config.data_dir={data}",
+    "--config.train.steps=200",
+    "--config.train.lr=3e-3",
+    "--config.eval.every_steps=0",
+  )
   out = _offline_main(tmp_path, *args)
   assert out.returncode == 0, out.stderr[-3000:]
-  for stage in ("data: train", "train: step 30 of 30", "speech to text R@1"):
+  for stage in ("data: train", "train: step 200 of 200", "speech to text R@1"):
     assert stage in out.stdout, out.stdout
   history = json.load(open(workdir / "train_history.json"))
   losses = [h["loss"] for h in history["train"]]
-  assert sum(losses[-2:]) < 0.9 * sum(losses[:2]), losses
-  assert [v["step"] for v in history["valid"]] == [20, 30]
+  assert losses[-1] < 0.9 * losses[0], losses
+  assert [v["step"] for v in history["valid"]] == list(range(20, 201, 20))
   report = json.load(open(workdir / "report.json"))
   for section in ("retrieval", "geometry", "probing"):
     assert section in report, section
   assert set(report["zero_shot"]) == {"synthetic", "fsdd"} and "skipped" not in report
   s2t = report["retrieval"]["speech_to_text"]
-  assert s2t["gallery"] == 60 and s2t["recall_at_10"] > 3 * 10 / s2t["gallery"], s2t
+  chance_r10, chance_median = 10 / s2t["gallery"], (s2t["gallery"] + 1) / 2
+  assert s2t["gallery"] == 60 and s2t["recall_at_10"] > 2 * chance_r10, s2t
+  assert s2t["median_rank"] < 0.6 * chance_median, s2t
+  assert report["retrieval"]["paired_cosine"] > report["retrieval"]["unpaired_cosine"] + 0.03
   assert report["zero_shot"]["fsdd"]["utterances"] == 2000
 
   # Rerunning reuses everything: no data file rewritten, training already complete.
@@ -120,7 +131,7 @@ def test_end_to_end_tiny_demo_offline_learns_reports_and_reruns_without_rework(t
   again = _offline_main(tmp_path, *args)
   assert again.returncode == 0, again.stderr[-3000:]
   assert _mtimes(data) == data_files and _mtimes(workdir / "checkpoints") == checkpoints
-  assert "train: step 30 of 30" in again.stdout
+  assert "train: step 200 of 200" in again.stdout
 
   # A missing FSDD folder is a reported skip, not a silently dropped section.
   missing = _offline_main(
@@ -210,10 +221,16 @@ def test_two_processes_match_one_process_with_two_devices(prepared_config, tmp_p
   valid = [[v["valid_loss"] for v in hist["valid"]] for hist in histories]
   np.testing.assert_allclose(valid[0], valid[1], rtol=1e-5)
   params = [
-    jax.tree.leaves(stalign.load(str(d), config=prepared_config).params) for d in (one, two)
+    jax.tree_util.tree_flatten_with_path(stalign.load(str(d), config=prepared_config).params)[0]
+    for d in (one, two)
   ]
-  for a, b in zip(*params):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  for (path, a), (_, b) in zip(*params):
+    name = jax.tree_util.keystr(path, simple=True, separator="/")
+    if "attn/key/bias" in name:
+      # A key bias shifts every score of a query alike, which softmax ignores: its gradient is
+      # rounding noise, which Adam scales up to lr-sized steps of either sign.
+      continue
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=name)
 
 
 @pytest.mark.parametrize(

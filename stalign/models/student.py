@@ -164,8 +164,6 @@ class Student(nnx.Module):
     self.ctc_upsample = config.ctc_upsample
     self.vocab_size = vocab_size
     self.ctc_head = _dense(dim, config.ctc_upsample * vocab_size, ("embed", "vocab"), rngs)
-    if config.pooling not in ("mean", "attention"):
-      raise ValueError(f"model.pooling={config.pooling!r}; use 'mean' or 'attention'")
     # Attentive pooling learns which frames matter; mean pooling weighs all real frames alike.
     self.pool_score = (
       _dense(dim, 1, ("embed", None), rngs) if config.pooling == "attention" else None
@@ -202,6 +200,7 @@ class Student(nnx.Module):
     else:
       scores = jnp.where(mask, self.pool_score(x)[..., 0], -1e9)
       weights = jax.nn.softmax(scores, axis=1) * mask
+    self.sow(nnx.Intermediate, "pool_weights", weights)
     pooled = jnp.einsum("bt,btd->bd", weights, x)
     embedding = self.pool_out(nnx.gelu(self.pool_hidden(pooled)))
     ctc_logits = self.ctc_head(ctc_hidden).reshape(batch, -1, self.vocab_size)

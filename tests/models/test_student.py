@@ -74,3 +74,44 @@ def test_layers_are_mean_pooled_block_outputs_that_the_head_reads():
   np.testing.assert_allclose(
     model.pool_out(nnx.gelu(model.pool_hidden(out["layers"][-1]))), out["embedding"], atol=1e-5
   )
+
+
+def test_attention_pooling_weights_are_not_uniform_and_ignore_padding():
+  """Attention pooling must weigh frames by content, never give weight to padding."""
+  c = demo.get_config("tiny")
+  c.model.pooling = "attention"
+  model = Student(c.model, 80, 384, text.VOCAB_SIZE, 0.07, nnx.Rngs(0))
+  model.eval()
+  forward = nnx.capture(model, nnx.Intermediate)
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((1, 43, 80)).astype(np.float32)
+  junk = rng.standard_normal((1, 112, 80)).astype(np.float32)
+  junk[:, :43] = x[0]
+  _, short = forward(np.pad(x, ((0, 0), (0, 5), (0, 0))), np.array([43]))
+  _, long = forward(junk, np.array([43]))
+  short, long = short["pool_weights"][0][0], long["pool_weights"][0][0]
+  real = -(-43 // c.model.subsample)  # Encoder frames holding audio.
+  assert short.shape == (real,) and long.shape == (112 // c.model.subsample,)
+  np.testing.assert_allclose(short.sum(), 1.0, rtol=1e-5)
+  assert short.max() - short.min() > 0.05, short  # Mean pooling would give 1/real each.
+  np.testing.assert_allclose(long[:real], short, atol=1e-5)
+  np.testing.assert_array_equal(long[real:], 0.0)
+
+
+def test_ctc_layer_reads_its_block_and_ignores_later_ones():
+  """`model.ctc_layer=0` puts CTC on the first block: later blocks cannot change its logits."""
+  c = demo.get_config("tiny")
+  c.model.depth = 2
+  feats = np.random.default_rng(0).standard_normal((2, 64, 80)).astype(np.float32)
+  lengths = np.array([64, 30])
+  for ctc_layer, ctc_moves in ((0, False), (-1, True)):
+    c.model.ctc_layer = ctc_layer
+    model = Student(c.model, 80, 384, text.VOCAB_SIZE, 0.07, nnx.Rngs(0))
+    model.eval()
+    before = model(feats, lengths)
+    last = model.blocks[-1].ff2.down
+    last.kernel[...] = last.kernel[...] + 1.0
+    after = model(feats, lengths)
+    assert not np.allclose(before["embedding"], after["embedding"])
+    moved = not np.allclose(before["ctc_logits"], after["ctc_logits"], atol=1e-6)
+    assert moved == ctc_moves, ctc_layer
