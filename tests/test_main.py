@@ -250,3 +250,12 @@ def test_every_regime_config_sets_its_losses(name):
   }[name]
   assert weights == expected
   assert bool(c.init_from) == name.endswith("_from_asr")
+
+
+def test_make_skips_the_install_once_done():
+  """`make demo` / `make test` reinstall only when setup.py or requirements.lock changed."""
+  out = subprocess.run(["make", "-n", "demo"], cwd=REPO, capture_output=True, text=True)
+  assert out.returncode == 0, out.stderr
+  assert out.stdout.strip().splitlines() == [
+    ".venv/bin/python -m stalign.main --config=configs/demo.py --workdir=runs/demo"
+  ]

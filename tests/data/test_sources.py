@@ -139,3 +139,17 @@ def test_tfds_examples_are_written_resampled_with_bad_ones_counted(tmp_path):
   [record] = tfrecords.iterate_records(layout.list_shards(config.data_dir, "train"))
   assert record["text"] == "four" and record["labels"]["speaker"] == "theo"
   assert record["duration"] == pytest.approx(0.5, abs=1e-3)
+
+
+def test_demo_trains_on_three_fsdd_voices_and_never_on_nicolas():
+  """The README's promise: the demo mixes george, jackson and lucas into training; nicolas stays
+  unseen, so his digits measure a new voice."""
+  from configs import demo
+
+  from testdata import FSDD_DIR
+
+  c = demo.get_config()
+  c.data.fsdd_dir = FSDD_DIR
+  assert c.data.train_extra == ("fsdd",) and "nicolas" in c.eval.fsdd_held_out_speakers
+  speakers = [ex["labels"]["speaker"] for ex in sources.get("fsdd")(c, "train")]
+  assert set(speakers) == {"george", "jackson", "lucas"} and len(speakers) == 1500
