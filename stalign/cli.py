@@ -2,9 +2,10 @@
 
 `python -m stalign.X` logs at WARNING unless `--verbosity=0` (INFO) or higher
 is given, which also silences orbax's, TensorFlow's and JAX's INFO chatter. A
-user error (a missing file, bad audio, a bad config value) prints one line that
-says what to do and exits with status 2; with `--verbosity=0` its traceback is
-shown too. Any other exception is a bug and keeps its traceback.
+user error (a missing file, bad audio, a bad config value, flags that do not
+go together) prints one line that says what to do and exits with status 2;
+with `--verbosity=0` its traceback is shown too. Any other exception is a bug
+and keeps its traceback.
 """
 
 from collections.abc import Callable
@@ -19,9 +20,11 @@ from stalign import config as config_lib
 from stalign.data import audio
 from stalign.data import text as text_lib
 
-# Errors a user fixes by changing their input, not the code.
+# Errors a user fixes by changing their input or flags, not the code.
 USER_ERRORS = (
+  app.UsageError,
   FileNotFoundError,
+  FileExistsError,
   NotADirectoryError,
   IsADirectoryError,
   audio.AudioError,

@@ -1,96 +1,320 @@
-r"""Embeds a folder of audio files or a JSONL manifest with a trained run, into a file.
+r"""Embeds audio files or texts with a trained run or an export, into one file, resumably.
 
   python -m stalign.embed --workdir=runs/demo --input=clips/ --output=clips.parquet
   python -m stalign.embed --workdir=runs/demo --input=test.jsonl --output=test.npy
+  python -m stalign.embed --workdir=EXPORT --modality=text --space=teacher \
+      --input=sentences.txt --output=index.parquet
 
-`.parquet` holds one row per embedded file (path, id, text when the manifest
-has it, embedding). `.npy` holds the [N, D] matrix, with a JSON index beside
-it (`test.npy` -> `test.json`) giving each row's path/id/text. Files that
-cannot be used (corrupt, silent, too long) are skipped and listed with the
-reason in the index (parquet: `<output>.skipped.json`), so one bad clip never
-loses a whole batch job. Embeddings live in the run's joint space: compare
-them with `stalign.load(RUN).embed_text(...)` by cosine.
+Inputs (`--modality`): speech is a folder of audio files (searched
+recursively) or a JSONL manifest (`audio_filepath`, optionally `id`, `text`);
+text is a text file (one text per line; blank lines are not inputs) or a
+JSONL file (`text`, optionally `id`). Audio of any length is embedded (long
+files in overlapping windows, `stalign.api`).
+
+Outputs: `.parquet` holds one row per embedded input (id, path and/or text,
+embedding) and records modality, space and model in its schema metadata;
+`.npy` holds the [N, D] matrix, with a JSON index beside it (`test.npy` ->
+`test.json`) giving each row's id/path/text and the same record. Inputs that
+cannot be used (corrupt, silent, a manifest line without its field) are
+skipped and listed with the reason (parquet: `<output>.skipped.json`; npy: in
+the index), so one bad input never loses a whole batch job.
+
+At scale: inputs are embedded in chunks of `--chunk_size`, each saved
+atomically under `<output>.parts/` as it finishes, so a killed run started
+again with the same flags continues after its last finished chunk and every
+input is embedded and written exactly once. The output is then assembled
+from the chunks, one at a time (never all embeddings in memory), and the
+chunks are removed. Every batch is split over this process's devices. A
+progress bar shows on a terminal.
+
+Speech and text embedded in the same `--space` compare by cosine: `shared`
+(default) for stalign's own comparisons, `teacher` for vectors comparable with
+a sentence-transformers index of the teacher (`stalign.search --index`).
 """
 
 import glob
+import hashlib
 import json
 import os
+import shutil
 
 from absl import app
 from absl import flags
 from absl import logging
+import jax
 import numpy as np
+import tqdm
 
 from stalign import api
 from stalign import cli
+from stalign import utils
 from stalign.data import audio
-from stalign.data import sources
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
+MODALITIES = ("speech", "text")
+META_KEY = b"stalign"  # Parquet schema metadata: modality, space, dim, model, step.
 
 
-def list_inputs(path: str) -> list[dict]:
-  """[{id, audio_filepath[, text]}] from a manifest (.jsonl/.json) or the audio under a folder."""
-  if os.path.isdir(path):
+def _read_jsonl(path: str, field: str) -> tuple[list[tuple[int, dict]], list[dict]]:
+  """([(line number, row)], skipped): rows lacking `field` or not JSON are skipped with a reason."""
+  rows, skipped = [], []
+  with open(path) as f:
+    for line_no, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+        if not isinstance(row, dict) or not isinstance(row.get(field), str):
+          raise ValueError(f"no string {field!r} field")
+      except ValueError as e:
+        skipped.append(
+          {"id": f"{os.path.basename(path)}:{line_no}", "reason": f"{path}:{line_no}: {e}"}
+        )
+        continue
+      rows.append((line_no, row))
+  return rows, skipped
+
+
+def list_inputs(path: str, modality: str) -> tuple[list[dict], list[dict]]:
+  """(inputs in a fixed order, inputs skipped while listing) of a folder, manifest or text file.
+
+  Speech inputs are `{id, path[, text]}`, text inputs `{id, text}`.
+  """
+  name = os.path.basename(path)
+  if modality == "speech" and os.path.isdir(path):
     files = sorted(
       f
       for f in glob.glob(os.path.join(path, "**", "*"), recursive=True)
       if f.lower().endswith(AUDIO_EXTENSIONS)
     )
-    return [{"id": os.path.relpath(f, path), "audio_filepath": f} for f in files]
-  if os.path.exists(path):
-    return list(sources.read_manifest(path))
-  raise FileNotFoundError(f"--input={path}: neither a folder of audio files nor a JSONL manifest")
+    return [{"id": os.path.relpath(f, path), "path": f} for f in files], []
+  if not os.path.isfile(path):
+    what = "a folder of audio files or a JSONL manifest" if modality == "speech" else "a text file"
+    raise FileNotFoundError(f"--input={path}: not {what}")
+  if modality == "text" and not path.endswith((".jsonl", ".json")):
+    with open(path) as f:
+      return [
+        {"id": f"{name}:{i}", "text": t.rstrip("\r\n")} for i, t in enumerate(f, 1) if t.strip()
+      ], []
+  field = "audio_filepath" if modality == "speech" else "text"
+  rows, skipped = _read_jsonl(path, field)
+  base = os.path.dirname(os.path.abspath(path))
+  items = []
+  for line_no, row in rows:
+    item = {"id": str(row.get("id", f"{name}:{line_no}"))}
+    if modality == "speech":
+      item["path"] = os.path.join(base, row["audio_filepath"])
+    if isinstance(row.get("text"), str):
+      item["text"] = row["text"]
+    items.append(item)
+  return items, skipped
 
 
-def embed_inputs(model: api.Model, items: list[dict]) -> tuple[np.ndarray, list[dict], list[dict]]:
-  """(embeddings [N, D], rows describing them, skipped items with the reason)."""
-  feats, rows, skipped = [], [], []
+def embed_chunk(
+  model: api.Model, modality: str, space: str, items: list[dict]
+) -> tuple[np.ndarray, list[dict], list[dict]]:
+  """(embeddings [n, D], the n inputs they belong to, skipped inputs with the reason)."""
+  if modality == "text":
+    return model.embed_text([it["text"] for it in items], space), items, []
+  windows, rows, skipped = [], [], []
   for item in items:
     try:
-      feats.append(model.features(model.load_waveform(item["audio_filepath"])))
+      windows.append(model.windows(model.load_waveform(item["path"])))
     except audio.AudioError as e:
       logging.warning("skipping %s", e)
-      skipped.append({"path": item["audio_filepath"], "reason": str(e)})
+      skipped.append({"id": item["id"], "path": item["path"], "reason": str(e)})
       continue
-    rows.append(
-      {
-        "path": item["audio_filepath"],
-        "id": item["id"],
-        **({"text": item["text"]} if "text" in item else {}),
-      }
-    )
-  if not feats:
-    raise ValueError(f"no usable audio among {len(items)} inputs (skipped: {skipped[:3]})")
-  return model.embed_features(feats)[0], rows, skipped
+    rows.append(item)
+  if not windows:
+    return np.zeros((0, model.target_mean.shape[-1]), np.float32), rows, skipped
+  return model.embed_windows(windows, space), rows, skipped
 
 
-def write(output: str, embeddings: np.ndarray, rows: list[dict], skipped: list[dict]) -> list[str]:
-  """Writes parquet or npy + JSON index by `output`'s extension; returns the files written."""
+def _fingerprint(settings: dict, items: list[dict]) -> str:
+  """What a chunk's content depends on: a rerun may only continue chunks with the same one."""
+  return hashlib.sha256(json.dumps([settings, items], sort_keys=True).encode()).hexdigest()
+
+
+def _chunk_path(parts: str, index: int) -> str:
+  return os.path.join(parts, f"chunk-{index:06d}.npz")
+
+
+def embed_to_parts(
+  model: api.Model,
+  items: list[dict],
+  parts: str,
+  settings: dict,
+  chunk_size: int,
+) -> int:
+  """Embeds each chunk of `items` not yet saved in `parts`; returns the number of chunks."""
+  os.makedirs(parts, exist_ok=True)
+  state_path = os.path.join(parts, "state.json")
+  fingerprint = _fingerprint({**settings, "chunk_size": chunk_size}, items)
+  if os.path.exists(state_path):
+    with open(state_path) as f:
+      if json.load(f)["fingerprint"] != fingerprint:
+        raise FileExistsError(
+          f"{parts} holds an unfinished run with other inputs or flags; delete it to start over, "
+          "or rerun with the flags it was started with"
+        )
+  else:
+    with utils.atomic_write(state_path) as f:
+      json.dump({"fingerprint": fingerprint, "settings": settings}, f)
+  chunks = [items[i : i + chunk_size] for i in range(0, len(items), chunk_size)]
+  todo = [i for i in range(len(chunks)) if not os.path.exists(_chunk_path(parts, i))]
+  done = len(items) - sum(len(chunks[i]) for i in todo)
+  unit = "clip" if settings["modality"] == "speech" else "text"
+  with tqdm.tqdm(total=len(items), initial=done, desc="embed", unit=unit, disable=None) as progress:
+    for i in todo:
+      emb, rows, skipped = embed_chunk(model, settings["modality"], settings["space"], chunks[i])
+      meta = json.dumps({"rows": rows, "skipped": skipped})
+      with utils.atomic_write(_chunk_path(parts, i), "wb") as f:
+        np.savez(f, embeddings=emb.astype(np.float32), meta=np.array(meta))
+      progress.update(len(chunks[i]))
+  return len(chunks)
+
+
+def _chunk_meta(parts: str, count: int) -> tuple[list[dict], list[dict]]:
+  """(rows, skipped) of the saved chunks, in input order; their embeddings stay on disk."""
+  rows, skipped = [], []
+  for i in range(count):
+    with np.load(_chunk_path(parts, i)) as chunk:
+      meta = json.loads(str(chunk["meta"]))
+    rows += meta["rows"]
+    skipped += meta["skipped"]
+  return rows, skipped
+
+
+def _chunk_embeddings(parts: str, count: int):
+  """Each saved chunk's embeddings in input order, one chunk in memory at a time."""
+  for i in range(count):
+    with np.load(_chunk_path(parts, i)) as chunk:
+      yield chunk["embeddings"]
+
+
+def _columns(modality: str) -> tuple[str, ...]:
+  return ("id", "path", "text") if modality == "speech" else ("id", "text")
+
+
+def assemble(
+  parts: str, count: int, output: str, info: dict, skipped: list[dict]
+) -> tuple[list[str], int, int]:
+  """Writes `output` (.parquet, or .npy + .json index) from the chunks, streaming embeddings.
+
+  `skipped` (inputs skipped before embedding) is listed with those the chunks skipped.
+
+  Returns:
+    (the files written, rows embedded, inputs skipped).
+  """
   base, ext = os.path.splitext(output)
+  rows, chunk_skipped = _chunk_meta(parts, count)
+  skipped = skipped + chunk_skipped
+  start = 0
   if ext == ".parquet":
-    try:
-      import pyarrow as pa  # pylint: disable=g-import-not-at-top
-      import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
-    except ImportError as e:
-      raise SystemExit(
-        f"--output={output} needs pyarrow (pip install pyarrow), or write .npy"
-      ) from e
-    columns = {k: [r.get(k) for r in rows] for k in rows[0]}
-    columns["embedding"] = list(embeddings.astype(np.float32))
-    pq.write_table(pa.table(columns), output)
-    written = [output]
-    if skipped:
-      with open(output + ".skipped.json", "w") as f:
-        json.dump(skipped, f, indent=2)
-      written.append(output + ".skipped.json")
-    return written
+    pa, pq = _pyarrow(output)
+    dim, columns = info["dim"], _columns(info["modality"])
+    schema = pa.schema(
+      [(c, pa.string()) for c in columns] + [("embedding", pa.list_(pa.float32(), dim))],
+      metadata={META_KEY: json.dumps(info)},
+    )
+    with pq.ParquetWriter(output + ".tmp", schema) as writer:
+      for emb in _chunk_embeddings(parts, count):
+        part = rows[start : start + len(emb)]
+        table = {c: [r.get(c) for r in part] for c in columns}
+        table["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), dim)
+        writer.write_table(pa.table(table, schema=schema))
+        start += len(emb)
+    os.replace(output + ".tmp", output)
+    with utils.atomic_write(output + ".skipped.json") as f:
+      json.dump(skipped, f, indent=2)
+    return [output, output + ".skipped.json"], len(rows), len(skipped)
+  matrix = np.lib.format.open_memmap(
+    base + ".tmp.npy", mode="w+", dtype=np.float32, shape=(len(rows), info["dim"])
+  )
+  for emb in _chunk_embeddings(parts, count):
+    matrix[start : start + len(emb)] = emb
+    start += len(emb)
+  matrix.flush()
+  del matrix  # Closes the memory map before the rename.
+  os.replace(base + ".tmp.npy", output)
+  with utils.atomic_write(base + ".json") as f:
+    json.dump({**info, "rows": rows, "skipped": skipped}, f, indent=2)
+  return [output, base + ".json"], len(rows), len(skipped)
+
+
+def _pyarrow(output: str):
+  try:
+    import pyarrow as pa  # pylint: disable=g-import-not-at-top
+    import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise SystemExit(f"{output} needs pyarrow (pip install pyarrow), or use .npy") from e
+  return pa, pq
+
+
+def read_embeddings(path: str) -> tuple[np.ndarray, list[dict], dict]:
+  """(embeddings [N, D], a dict per row, what was recorded: modality, space, ...) of a file.
+
+  Reads what `assemble` writes, and also a parquet file with an `embedding`
+  column written by other code (e.g. sentence-transformers vectors), or a bare
+  .npy matrix; those record nothing, so their space must be given.
+  """
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path} is not a file; write one with `python -m stalign.embed`")
+  base, ext = os.path.splitext(path)
+  if ext == ".parquet":
+    _, pq = _pyarrow(path)
+    table = pq.read_table(path)
+    if "embedding" not in table.column_names:
+      raise app.UsageError(f"{path} has no 'embedding' column (columns {table.column_names})")
+    column = table.column("embedding").combine_chunks()
+    flat = column.flatten().to_numpy().astype(np.float32)
+    if len(column) and flat.size % len(column):
+      raise app.UsageError(f"{path}: rows of its 'embedding' column differ in length")
+    info = json.loads((table.schema.metadata or {}).get(META_KEY, b"{}"))
+    return flat.reshape(len(column), -1), table.drop(["embedding"]).to_pylist(), info
   if ext != ".npy":
-    raise SystemExit(f"--output={output}: use a .npy or .parquet file name")
-  np.save(output, embeddings.astype(np.float32))
-  with open(base + ".json", "w") as f:
-    json.dump({"rows": rows, "skipped": skipped, "dim": int(embeddings.shape[1])}, f, indent=2)
-  return [output, base + ".json"]
+    raise app.UsageError(f"{path}: an index is a .parquet or .npy file")
+  matrix = np.load(path, mmap_mode="r")
+  if not os.path.exists(base + ".json"):
+    return matrix, [{"id": str(i)} for i in range(len(matrix))], {}
+  with open(base + ".json") as f:
+    index = json.load(f)
+  return matrix, index.pop("rows"), index
+
+
+def run(
+  model: api.Model,
+  model_path: str,
+  input_path: str,
+  output: str,
+  modality: str = "speech",
+  space: str = "shared",
+  chunk_size: int = 1024,
+) -> tuple[list[str], int, int]:
+  """Embeds `input_path` into `output`, continuing an interrupted run: `assemble`'s result."""
+  if os.path.splitext(output)[1] not in (".parquet", ".npy"):
+    raise app.UsageError(f"--output={output}: use a .npy or .parquet file name")
+  items, listing_skipped = list_inputs(input_path, modality)
+  for s in listing_skipped:
+    logging.warning("skipping %s", s["reason"])
+  logging.info(
+    "%d %s inputs; batches split over %d local devices",
+    len(items),
+    modality,
+    jax.local_device_count(),
+  )
+  info = {
+    "modality": modality,
+    "space": api.check_space(space),
+    "dim": int(model.target_mean.shape[-1]),
+    "model": os.path.abspath(model_path),
+    "step": model.step,
+  }
+  parts = output + ".parts"
+  count = embed_to_parts(model, items, parts, info, chunk_size)
+  written = assemble(parts, count, output, info, listing_skipped)
+  shutil.rmtree(parts)
+  return written
 
 
 def main(argv):
@@ -98,23 +322,36 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   f = flags.FLAGS
   model = api.load(f.workdir, step=f.step)
-  embeddings, rows, skipped = embed_inputs(model, list_inputs(f.input))
-  for path in write(f.output, embeddings, rows, skipped):
+  files, embedded, skipped = run(
+    model, f.workdir, f.input, f.output, f.modality, f.space, f.chunk_size
+  )
+  for path in files:
     print(path)
-  print(f"{len(rows)} embedded ({embeddings.shape[1]}-d), {len(skipped)} skipped")
+  print(f"{embedded} embedded ({f.modality}, {f.space} space), {skipped} skipped")
 
 
 if __name__ == "__main__":
-  flags.DEFINE_string("workdir", None, "Trained run directory (or RUN/checkpoints/STEP).")
+  flags.DEFINE_string(
+    "workdir", None, "Trained run directory (or RUN/checkpoints/STEP), or an export folder."
+  )
+  flags.DEFINE_enum("modality", "speech", list(MODALITIES), "What --input holds.")
   flags.DEFINE_string(
     "input",
     None,
-    "Folder of audio files (searched recursively) or a JSONL manifest "
-    "with audio_filepath (and optionally id, text) per line.",
+    "speech: a folder of audio files (searched recursively) or a JSONL manifest with "
+    "audio_filepath (and optionally id, text) per line; text: a text file, one text per line, "
+    "or a JSONL file with text (and optionally id) per line.",
   )
   flags.DEFINE_string(
-    "output", None, "out.parquet (one row per file) or out.npy (+ out.json index)."
+    "output", None, "out.parquet (one row per input) or out.npy (+ out.json index)."
   )
+  flags.DEFINE_enum(
+    "space",
+    "shared",
+    list(api.SPACES),
+    "shared: stalign's speech-text space; teacher: the teacher's own (sentence-transformers).",
+  )
+  flags.DEFINE_integer("chunk_size", 1024, "Inputs per saved chunk (the unit of resumption).")
   flags.DEFINE_integer("step", None, "Checkpoint step; default the latest.")
   flags.mark_flags_as_required(["workdir", "input", "output"])
   cli.run(main)

@@ -1,17 +1,21 @@
 r"""Evaluates a trained run: embeds a split once, runs the evaluators, zero-shot tasks, the report.
 
   python -m stalign.evaluate --workdir=runs/demo                 # config from runs/demo/config.json
-  python -m stalign.evaluate --workdir=runs/demo --step=1000 --fsdd_dir=../shared/data/fsdd
+  python -m stalign.evaluate --workdir=runs/demo --step=1000
+  python -m stalign.evaluate --workdir=runs/demo --fsdd_dir=other_fsdd --report_name=other_fsdd
 
 Evaluation only reads: every split it needs is built by the data stage
-(`python -m stalign.main ... --stages=data`).
+(`python -m stalign.main ... --stages=data`). `RUN/report.json` is the run's own
+evaluation (its config, its FSDD folder); evaluating on another set (another
+`--fsdd_dir`, or another `--config`) needs `--report_name=NAME` and writes
+`RUN/NAME.json`, `RUN/NAME.md` and `NAME_*.png`, so no report overwrites another.
 
 Sections of the report (schema: docs/report_schema.md):
   retrieval, geometry, probing   evaluators named in `eval.evaluators`, on `eval.split`;
   zero_shot.synthetic            held-out intents of the corpus's `zero_shot` split, classified by
                                  their text descriptions (runs when `data.source` is synthetic);
   zero_shot.fsdd                 spoken digits of real people classified by the digit words, per
-                                 speaker, held-out speakers (`eval.fsdd_held_out_speakers`) apart.
+                                 speaker; voices absent from the run's training data apart.
 
 The student's embeddings are compared with the teacher's in the space the
 student was trained to match (teacher minus the training mean when
@@ -97,8 +101,36 @@ def zero_shot_synthetic(model: api.Model) -> dict:
   }
 
 
-def zero_shot_fsdd(model: api.Model, fsdd_dir: str, held_out: tuple[str, ...]) -> dict:
-  """Real spoken digits classified against the ten digit words; per speaker, held-out apart."""
+def trained_speakers(config: ml_collections.ConfigDict) -> list[str] | None:
+  """Speakers in the run's training data (the train split's summary); None if it predates them."""
+  speakers = layout.read_summary(config.data_dir, "train").get("speakers")
+  return None if speakers is None else sorted(speakers)
+
+
+def held_out_speakers(config: ml_collections.ConfigDict, speakers: list[str]) -> tuple[list, str]:
+  """(the speakers among `speakers` the run never trained on, where that was decided).
+
+  Decided by the speakers of the training data, not by a list in the config,
+  which can disagree with what was trained on (another --fsdd_dir, other
+  train sources). Data folders written before the summaries listed speakers
+  fall back to `eval.fsdd_held_out_speakers`, with a warning.
+  """
+  trained = trained_speakers(config)
+  if trained is not None:
+    return sorted(set(speakers) - set(trained)), "training_data"
+  logging.warning(
+    "the train split summary in %s lists no speakers (written by an older stalign): unseen "
+    "voices are taken from eval.fsdd_held_out_speakers=%s; rebuild the data with `%s` into a new "
+    "data_dir to decide them by the training data",
+    config.data_dir,
+    list(config.eval.fsdd_held_out_speakers),
+    layout.PREPARE_COMMAND,
+  )
+  return list(config.eval.fsdd_held_out_speakers), "config"
+
+
+def zero_shot_fsdd(model: api.Model, fsdd_dir: str) -> dict:
+  """Real spoken digits classified against the ten digit words; per speaker, unseen voices apart."""
   examples = list(sources.fsdd_examples(fsdd_dir))
   speech = model.embed_speech([ex["audio_filepath"] for ex in examples])
   digits = np.array([ex["labels"]["digit"] for ex in examples])
@@ -106,9 +138,11 @@ def zero_shot_fsdd(model: api.Model, fsdd_dir: str, held_out: tuple[str, ...]) -
   templates = model.config.eval.zero_shot_templates
   classes = zero_shot.class_embeddings(model.embed_text, list(sources.DIGIT_WORDS), templates)
   out = zero_shot.evaluate(speech, digits, classes, list(sources.DIGIT_WORDS), groups=speakers)
+  held_out, decided_by = held_out_speakers(model.config, sorted(set(speakers)))
   held = np.isin(speakers, held_out)
   correct = np.asarray(zero_shot.predict(speech, classes)) == digits
-  out["held_out_speakers"] = list(held_out)
+  out["held_out_speakers"] = held_out
+  out["held_out_from"] = decided_by
   out["held_out_accuracy"] = float(correct[held].mean()) if held.any() else None
   out["seen_accuracy"] = float(correct[~held].mean()) if (~held).any() else None
   return out
@@ -120,8 +154,9 @@ def evaluate(
   step: int | None = None,
   fsdd_dir: str | None = None,
   evaluator_names: tuple[str, ...] | None = None,
+  report_name: str = report.DEFAULT_NAME,
 ) -> dict:
-  """Runs every evaluation of a run and writes RUN/report.json, RUN/report.md and the plots."""
+  """Runs every evaluation of a run and writes RUN/{report_name}.json and .md and the plots."""
   model = api.load(workdir, step=step, config=config)
   config = model.config
   split = config.eval.split
@@ -138,9 +173,7 @@ def evaluate(
   fsdd_dir = fsdd_dir or (config.data.fsdd_dir if "fsdd" in datasets else None)
   if fsdd_dir and os.path.isdir(os.path.join(fsdd_dir, "recordings")):
     logging.info("zero-shot: FSDD digits in %s", fsdd_dir)
-    results["zero_shot"]["fsdd"] = zero_shot_fsdd(
-      model, fsdd_dir, tuple(config.eval.fsdd_held_out_speakers)
-    )
+    results["zero_shot"]["fsdd"] = zero_shot_fsdd(model, fsdd_dir)
   elif fsdd_dir:
     # A section the config asked for is never dropped silently: the report says why it is absent.
     reason = (
@@ -148,16 +181,39 @@ def evaluate(
     )
     logging.warning("zero-shot FSDD skipped: %s", reason)
     results["skipped"] = {"zero_shot.fsdd": reason}
-  report.write(workdir, results, emb)
+  report.write(workdir, results, emb, report_name)
   return results
+
+
+def _report_name(flag_value: str | None, other_set: list[str]) -> str:
+  """--report_name, checked; required (not "report") when `other_set` lists flags."""
+  name = flag_value or report.DEFAULT_NAME
+  try:
+    report.check_name(name)
+  except ValueError as e:
+    raise app.UsageError(f"--report_name: {e}") from e
+  if name == report.DEFAULT_NAME and other_set:
+    raise app.UsageError(
+      f"this evaluates another set than the run's own ({'; '.join(other_set)}): pass "
+      f"--report_name=NAME (writes NAME.json) so that {report.DEFAULT_NAME}.json, the run's own "
+      "evaluation, is kept"
+    )
+  return name
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   f = flags.FLAGS
-  config = config_lib.validate(f.config or api.config_from_workdir(f.workdir))
-  results = evaluate(config, f.workdir, f.step, f.fsdd_dir, tuple(f.evaluators or ()) or None)
+  own = api.config_from_workdir(f.workdir)
+  other_set = ["--config"] if f.config else []
+  if f.fsdd_dir and os.path.realpath(f.fsdd_dir) != os.path.realpath(own.data.fsdd_dir):
+    other_set.append(f"--fsdd_dir={f.fsdd_dir} (the run's is {own.data.fsdd_dir})")
+  name = _report_name(f.report_name, other_set)
+  config = config_lib.validate(f.config or own)
+  results = evaluate(
+    config, f.workdir, f.step, f.fsdd_dir, tuple(f.evaluators or ()) or None, report_name=name
+  )
   print(report.headline(results))
   fsdd = results["zero_shot"].get("fsdd")
   if fsdd:
@@ -165,7 +221,7 @@ def main(argv):
     for speaker, g in fsdd["per_group"].items():
       tag = " (held out)" if speaker in fsdd["held_out_speakers"] else ""
       print(f"  {speaker:10s} {g['accuracy']:.3f}  ({g['utterances']} clips){tag}")
-  print(f"\nreport: {os.path.join(f.workdir, 'report.md')}")
+  print(f"\nreport: {os.path.join(f.workdir, name + '.md')}")
 
 
 if __name__ == "__main__":
@@ -186,6 +242,12 @@ if __name__ == "__main__":
     None,
     "Evaluators to run on eval.split (retrieval, geometry, probing); default the "
     "config's eval.evaluators.",
+  )
+  flags.DEFINE_string(
+    "report_name",
+    None,
+    "Writes NAME.json, NAME.md and NAME_*.png instead of report.*; needed when --fsdd_dir or "
+    "--config evaluate another set, so the run's own report.json is kept.",
   )
   flags.mark_flags_as_required(["workdir"])
   cli.run(main)

@@ -93,6 +93,7 @@ def write_split(
   names = [layout.shard_path(config.data_dir, split, i, num_shards) for i in range(num_shards)]
   writers = [tf.io.TFRecordWriter(n + ".tmp") for n in names]
   skipped, skip_examples = collections.Counter(), {}
+  speakers = collections.Counter()  # Evaluation tells seen voices from unseen ones by these.
   written = unalignable = 0
   seconds = 0.0
   stream = tqdm.tqdm(
@@ -107,6 +108,8 @@ def write_split(
       labels[None], np.array([len(labels)]), np.array([output_frames])
     )[0]
     seconds += record["duration"]
+    if "speaker" in record["labels"]:
+      speakers[str(record["labels"]["speaker"])] += 1
   for w in writers:
     w.close()
   for n in names:
@@ -121,6 +124,7 @@ def write_split(
     "hours": seconds / 3600,
     "shards": num_shards,
     "ctc_targets": config.features.ctc_targets,
+    "speakers": dict(sorted(speakers.items())),
   }
   with utils.atomic_write(layout.summary_path(config.data_dir, split)) as f:
     json.dump(summary, f, indent=2)

@@ -3,11 +3,14 @@
 `headline` is the short table `make demo` prints; `write` adds every section
 in detail and, given the split's embeddings, the figures (PNG, beside the
 report): a speech x text similarity matrix, a PCA map of both modalities and
-probe accuracies per task and per student layer.
+probe accuracies per task and per student layer. `report.json` is the run's
+own evaluation; an evaluation on another set is written under another name
+(`NAME.json`, `NAME.md`, `NAME_similarity.png`, ...), so none overwrites another.
 """
 
 import json
 import os
+import re
 
 # Figures are built with matplotlib's object API, not pyplot: no global backend
 # or figure registry, so writing a report works on headless machines and
@@ -19,6 +22,7 @@ from stalign import utils
 from stalign.utils import unit
 
 SCHEMA_VERSION = 1
+DEFAULT_NAME = "report"  # The run's own evaluation.
 HEADLINE_PROBES = ("intent", "topic", "digit", "voice")  # Shown in the headline when present.
 SIMILARITY_SAMPLE = 32
 
@@ -91,9 +95,20 @@ def headline(results: dict) -> str:
   return "\n".join(lines)
 
 
-def _markdown(workdir: str, results: dict) -> str:
+def check_name(name: str) -> str:
+  """A report name is a plain file stem: it names NAME.json, NAME.md and NAME_*.png in the run."""
+  if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) or name.endswith((".json", ".md")):
+    raise ValueError(
+      f"report name {name!r}: use letters, digits, '_', '.' or '-', without an extension "
+      "(e.g. fsdd_other)"
+    )
+  return name
+
+
+def _markdown(workdir: str, results: dict, name: str) -> str:
+  title = "" if name == DEFAULT_NAME else f" ({name})"
   parts = [
-    f"# stalign report: {os.path.abspath(workdir)}\n",
+    f"# stalign report{title}: {os.path.abspath(workdir)}\n",
     f"Checkpoint step {results.get('step')}. Schema: docs/report_schema.md.\n",
     headline(results) + "\n",
   ]
@@ -203,31 +218,33 @@ def probe_layers_figure(probing: dict) -> Figure:
   return fig
 
 
-def _save(fig: Figure, workdir: str, name: str) -> str:
-  fig.savefig(os.path.join(workdir, name), dpi=100)
-  return name
+def write_figures(workdir: str, results: dict, emb, name: str = DEFAULT_NAME) -> dict[str, str]:
+  """Saves the plots in `workdir`, prefixed `NAME_` for a named report; returns {figure: file}."""
+  prefix = "" if name == DEFAULT_NAME else f"{name}_"
 
+  def save(fig: Figure, file: str) -> str:
+    fig.savefig(os.path.join(workdir, prefix + file), dpi=100)
+    return prefix + file
 
-def write_figures(workdir: str, results: dict, emb) -> dict[str, str]:
-  """Saves the plots in `workdir`; returns {figure: file name}."""
   figures = {
-    "similarity_matrix": _save(similarity_figure(emb), workdir, "similarity.png"),
-    "pca": _save(pca_figure(emb), workdir, "pca.png"),
+    "similarity_matrix": save(similarity_figure(emb), "similarity.png"),
+    "pca": save(pca_figure(emb), "pca.png"),
   }
   probing = results.get("probing")
   if probing:
-    figures["probes"] = _save(probes_figure(probing), workdir, "probes.png")
+    figures["probes"] = save(probes_figure(probing), "probes.png")
     if all("layers" in p for p in probing.values()):
-      figures["probe_layers"] = _save(probe_layers_figure(probing), workdir, "probe_layers.png")
+      figures["probe_layers"] = save(probe_layers_figure(probing), "probe_layers.png")
   return figures
 
 
-def write(workdir: str, results: dict, emb=None) -> None:
-  """Writes report.json and report.md (and, given the split's `Embeddings`, the figures)."""
+def write(workdir: str, results: dict, emb=None, name: str = DEFAULT_NAME) -> None:
+  """Writes NAME.json and NAME.md (and, given the split's `Embeddings`, the figures)."""
+  check_name(name)
   results["schema_version"] = SCHEMA_VERSION
   if emb is not None:
-    results["figures"] = write_figures(workdir, results, emb)
-  with utils.atomic_write(os.path.join(workdir, "report.json")) as f:
+    results["figures"] = write_figures(workdir, results, emb, name)
+  with utils.atomic_write(os.path.join(workdir, f"{name}.json")) as f:
     json.dump(results, f, indent=2, sort_keys=True)
-  with utils.atomic_write(os.path.join(workdir, "report.md")) as f:
-    f.write(_markdown(workdir, results))
+  with utils.atomic_write(os.path.join(workdir, f"{name}.md")) as f:
+    f.write(_markdown(workdir, results, name))

@@ -47,6 +47,20 @@ def make_mesh(mesh_config: ml_collections.ConfigDict) -> Mesh:
   return mesh
 
 
+def local_mesh() -> Mesh | None:
+  """This process's devices as a 1-D `data` mesh, or None when it has only one.
+
+  For inference and the teacher, which split a batch over the local devices
+  and replicate the (small) parameters: each process embeds its own inputs,
+  so a mesh over other hosts' devices would only make it wait on them. Auto
+  axes let XLA propagate the batch split with no per-op annotations.
+  """
+  devices = jax.local_devices()
+  if len(devices) == 1:
+    return None
+  return Mesh(np.array(devices), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+
+
 @contextlib.contextmanager
 def rules_context(mesh: Mesh, rules: Sequence):
   """Makes the mesh and the logical-axis rules current (for tracing and for specs)."""

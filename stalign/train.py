@@ -75,9 +75,10 @@ def make_optimizer(
   )
   if t.grad_accumulation > 1:
     tx = optax.MultiSteps(tx, every_k_schedule=t.grad_accumulation)
-  # Skips (and counts) updates whose gradients are not finite; the loop stops
-  # the run before optax would give up and apply them.
-  return optax.apply_if_finite(tx, max_consecutive_errors=t.max_nonfinite_steps + 1)
+  # Skips (and counts) every update whose gradients are not finite, however
+  # many in a row, so the parameters can never be poisoned; the loop reads the
+  # counters at log and checkpoint steps and stops a run that keeps failing.
+  return optax.apply_if_finite(tx, max_consecutive_errors=np.iinfo(np.int32).max)
 
 
 # --------------------------------------------------------------------- losses
@@ -245,6 +246,22 @@ def advance(position: dict | None, epoch: int) -> dict:
   if position and position["epoch"] == epoch:
     return {"epoch": epoch, "batch": position["batch"] + 1}
   return {"epoch": epoch, "batch": 1}
+
+
+def check_nonfinite(metrics: dict, config: ml_collections.ConfigDict, step: int) -> None:
+  """Stops a run whose last `train.max_nonfinite_steps` or more updates all had NaN/Inf.
+
+  Their updates were skipped by the optimizer (`make_optimizer`), so whatever
+  is saved holds finite parameters; a streak that ended before this check only
+  shows in the logged `nonfinite_total`.
+  """
+  consecutive = int(metrics["nonfinite_consecutive"])
+  if consecutive >= config.train.max_nonfinite_steps:
+    raise NonFiniteLossError(
+      f"the {consecutive} steps up to step {step} had NaN/Inf loss or gradients; their updates "
+      "were skipped, so every checkpoint holds finite params. Lower train.lr, check the input "
+      "data, or raise train.max_nonfinite_steps."
+    )
 
 
 def validate(jit_eval, params, config: ml_collections.ConfigDict, mesh, teacher_dim: int) -> dict:
@@ -422,13 +439,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         logging.info("first step (compile + run) took %.1f s", compile_s)
       report_progress(step)
       progress.update(1)
-      # One scalar per step: the run must stop before a poisoned update or checkpoint.
-      if int(metrics["nonfinite_consecutive"]) >= config.train.max_nonfinite_steps:
-        raise NonFiniteLossError(
-          f"{config.train.max_nonfinite_steps} consecutive steps had NaN/Inf loss or gradients "
-          f"(step {step}); their updates were skipped, so every checkpoint holds finite params. "
-          "Lower train.lr, check the input data, or raise train.max_nonfinite_steps."
-        )
+      stop = preempted["flag"]
+      if jax.process_count() > 1 and step % config.train.log_every == 0:
+        # Hosts agree on stopping at the same step; asking them only every log
+        # step keeps a cross-host exchange out of every step.
+        stop = bool(multihost_utils.process_allgather(np.array(stop)).any())
+      elif jax.process_count() > 1:
+        stop = False
+      save = step % config.train.checkpoint_every == 0 or step == total_steps or stop
+      # The host reads the step's results only at log and checkpoint steps, so
+      # dispatch runs ahead of the device in between (no per-step sync).
+      if save or step % config.train.log_every == 0:
+        check_nonfinite(metrics, config, step)
 
       if step % config.train.log_every == 0 or step == total_steps:
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -441,10 +463,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         with report_progress.timed("evaluators"):
           writer.write_scalars(step, run_evaluators(state["params"], step))
 
-      stop = preempted["flag"]
-      if jax.process_count() > 1:
-        stop = bool(multihost_utils.process_allgather(np.array(stop)).any())
-      if step % config.train.checkpoint_every == 0 or step == total_steps or stop:
+      if save:
         with report_progress.timed("validate"):
           valid = validate(jit_eval, state["params"], config, mesh, teacher_dim)
         writer.write_scalars(step, valid)

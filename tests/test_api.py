@@ -1,6 +1,7 @@
 """The embedding API and its CLIs, on an untrained tiny student (what is checked is plumbing)."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -13,12 +14,17 @@ import pytest
 import soundfile as sf
 
 import stalign
+from stalign import api
 from stalign import checkpoints
+from stalign import utils
+from stalign.data import audio
 from stalign.data import features
 from stalign.data import layout
 from stalign.data import tfrecords
 from stalign.models import student as student_lib
+from stalign.models import teacher as teacher_lib
 
+from testdata import fsdd_files
 from testdata import with_buckets
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -82,6 +88,68 @@ def test_text_is_centred_like_the_training_targets(model):
   assert np.abs(model.target_mean).sum() > 0
 
 
+_FIXTURE = os.path.join(REPO, "tests", "fixtures", "teacher_reference.npz")
+
+
+def test_teacher_space_text_equals_sentence_transformers_encode(model, prepared_config):
+  """Unicode, empty text and text past sentence-transformers' own 256-token limit included.
+
+  The run's targets were cut at teacher.max_tokens (64 here); inference must not be.
+  """
+  reference = np.load(_FIXTURE)
+  sentences = [str(s) for s in reference["sentences"]]
+  assert "" in sentences and reference["token_counts"].max() > reference["max_seq_length"] == 256
+  assert any(ord(c) > 0x2000 for s in sentences for c in s)  # Emoji, CJK, ...
+  assert teacher_lib.from_config(prepared_config).max_tokens == prepared_config.teacher.max_tokens
+  assert model.teacher.max_tokens == 256 > prepared_config.teacher.max_tokens
+  got = model.embed_text(sentences, space="teacher")
+  want = reference["embeddings"]
+  cosine = np.sum(got * want, 1) / np.linalg.norm(want, axis=1)
+  assert cosine.min() >= 0.9999, (cosine.min(), sentences[int(cosine.argmin())][:40])
+  np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+
+
+def test_teacher_space_speech_is_the_student_mapped_back_onto_the_teacher(model, prepared_config):
+  path = json.loads(open(prepared_config.data.manifests.test).readline())["audio_filepath"]
+  shared = model.embed_speech([path])
+  teacher = model.embed_speech([path], space="teacher")
+  mean = model.target_mean
+  # The student gives the direction of its target t - mean; its length is the targets' RMS length.
+  expected = utils.unit(utils.unit(shared) * math.sqrt(1 - mean @ mean) + mean)
+  np.testing.assert_allclose(teacher, expected, atol=1e-6)
+  np.testing.assert_allclose(np.linalg.norm(teacher, axis=1), 1.0, atol=1e-6)
+  with pytest.raises(ValueError, match="space='nope'"):
+    model.embed_speech([path], space="nope")
+
+
+def test_window_bounds_cover_long_audio_with_half_overlap():
+  assert api.window_bounds(100, 160) == [(0, 100)]
+  assert api.window_bounds(160, 160) == [(0, 160)]
+  bounds = api.window_bounds(1000, 160)
+  assert bounds[0] == (0, 160) and bounds[-1][1] == 1000
+  assert all(b - a == 160 for a, b in bounds[:-1]) and 80 < bounds[-1][1] - bounds[-1][0] <= 160
+  assert all(b[0] == a[0] + 80 for a, b in zip(bounds, bounds[1:]))
+
+
+def test_a_40_second_file_embeds_as_the_length_weighted_mean_of_its_windows(model, tmp_path):
+  clips = [sf.read(f, dtype="float32")[0] for f in fsdd_files("george", range(0, 20))]
+  wave = np.concatenate(clips * 3)[: 40 * 8000]
+  assert wave.size == 40 * 8000  # FSDD is 8 kHz.
+  path = str(tmp_path / "long.wav")
+  sf.write(path, wave, 8000)
+  fcfg = model.config.features
+  with pytest.raises(audio.AudioError, match="max_seconds"):  # The cap stays for training data.
+    audio.load_audio(path, fcfg.sample_rate, fcfg.max_seconds)
+  [got] = model.embed_speech([path])
+  windows = model.windows(model.load_waveform(path))
+  assert len(windows) == len(api.window_bounds(40 * fcfg.sample_rate, int(1.5 * 16000))) > 50
+  assert max(len(w) for w in windows) <= features.bucket_lengths(model.config)[-1]
+  weights = np.array([len(w) for w in windows], np.float32)
+  want = weights @ model.embed_features(windows)[0] / weights.sum()
+  np.testing.assert_allclose(got, want, atol=1e-5)
+  assert np.all(np.isfinite(got))
+
+
 @pytest.fixture(scope="module")
 def bucketed_model(tiny_run, prepared_config):
   """The tiny run padding to several buckets (its checkpoint does not depend on them)."""
@@ -119,30 +187,46 @@ def test_batches_and_buckets_do_not_change_embeddings(bucketed_model, prepared_c
   )
 
 
-def _cli(module, *args, returncode=0):
+def _cli(module, *args, returncode=0, env=None):
   out = subprocess.run(
-    [sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True, timeout=300
+    [sys.executable, "-m", module, *args],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env=env and {**os.environ, **env},
   )
   assert out.returncode == returncode, out.stderr[-3000:]
   return out
 
 
-def test_embed_cli_writes_npy_with_index_and_parquet_skipping_bad_files(
-  tiny_run, prepared_config, tmp_path
+def test_embed_cli_on_two_devices_writes_npy_with_index_and_parquet_skipping_bad_files(
+  tiny_run, model, prepared_config, tmp_path
 ):
   clips = tmp_path / "clips"
   clips.mkdir()
-  for i, line in enumerate(open(prepared_config.data.manifests.test).readlines()[:3]):
-    os.symlink(json.loads(line)["audio_filepath"], clips / f"c{i}.wav")
+  paths = [json.loads(line)["audio_filepath"] for line in open(prepared_config.data.manifests.test)]
+  for i, path in enumerate(paths[:3]):
+    os.symlink(path, clips / f"c{i}.wav")
   (clips / "broken.wav").write_bytes(b"not audio")
-  _cli(
-    "stalign.embed", f"--workdir={tiny_run}", f"--input={clips}", f"--output={tmp_path / 'e.npy'}"
+  out = _cli(
+    "stalign.embed",
+    f"--workdir={tiny_run}",
+    f"--input={clips}",
+    f"--output={tmp_path / 'e.npy'}",
+    "--verbosity=0",
+    env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
   )
+  assert "1 skipped" in out.stdout and "broken.wav" in out.stderr  # Listed as it happens.
+  assert "split over 2 local devices" in out.stderr
   emb = np.load(tmp_path / "e.npy")
   index = json.load(open(tmp_path / "e.json"))
   assert emb.shape == (3, index["dim"])
   assert [r["id"] for r in index["rows"]] == ["c0.wav", "c1.wav", "c2.wav"]
   assert index["skipped"][0]["path"].endswith("broken.wav")
+  assert "cannot decode" in index["skipped"][0]["reason"]
+  # Batches split over two devices embed as one device does.
+  np.testing.assert_allclose(emb, model.embed_speech(paths[:3]), atol=1e-5)
   pq = pytest.importorskip("pyarrow.parquet")
   _cli(
     "stalign.embed",

@@ -144,8 +144,10 @@ def test_report_json_values_match_this_run_and_lie_in_documented_ranges(evaluate
   assert len(digit["layers"]) == 2  # Frontend + the tiny model's one block.
   fsdd = saved["zero_shot"]["fsdd"]
   assert fsdd["utterances"] == 40 and set(fsdd["per_group"]) == {"jackson", "nicolas"}
-  assert fsdd["held_out_speakers"] == ["nicolas"]
+  # The prepared train split holds george and jackson: nicolas is the one voice never trained on.
+  assert fsdd["held_out_speakers"] == ["nicolas"] and fsdd["held_out_from"] == "training_data"
   assert fsdd["held_out_accuracy"] == fsdd["per_group"]["nicolas"]["accuracy"]
+  assert fsdd["seen_accuracy"] == fsdd["per_group"]["jackson"]["accuracy"]
 
 
 def test_report_markdown_and_figures(evaluated):
@@ -187,29 +189,73 @@ def test_headline_keeps_retrieval_rows_and_adds_sections():
   assert "zero-shot" not in text
 
 
-def test_cli_defaults_to_the_runs_config_and_prints_per_speaker(evaluated, small_fsdd, tmp_path):
-  workdir = str(tmp_path / "run")
-  shutil.copytree(evaluated[0], workdir)  # Leaves the shared run's report to the other tests.
-  out = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "stalign.evaluate",
-      f"--workdir={workdir}",
-      f"--fsdd_dir={small_fsdd}",
-      "--evaluators=retrieval",
-    ],
+def _evaluate_cli(*args):
+  return subprocess.run(
+    [sys.executable, "-m", "stalign.evaluate", *args],
     cwd=REPO,
     capture_output=True,
     text=True,
     timeout=300,
   )
+
+
+def test_cli_on_another_set_writes_a_named_report_and_keeps_report_json(
+  evaluated, small_fsdd, tmp_path
+):
+  workdir = str(tmp_path / "run")
+  shutil.copytree(evaluated[0], workdir)  # Leaves the shared run's report to the other tests.
+  own = open(os.path.join(workdir, "report.json")).read()
+  figures = sorted(f for f in os.listdir(workdir) if f.endswith(".png"))
+  refused = _evaluate_cli(f"--workdir={workdir}", f"--fsdd_dir={small_fsdd}")
+  assert refused.returncode == 2 and "--report_name" in refused.stderr
+  assert len(refused.stderr.strip().splitlines()) == 1 and refused.stderr.startswith("error: ")
+  out = _evaluate_cli(
+    f"--workdir={workdir}",
+    f"--fsdd_dir={small_fsdd}",
+    "--evaluators=retrieval",
+    "--report_name=small_fsdd",
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   assert (
     "speech to text R@1" in out.stdout and "nicolas" in out.stdout and "(held out)" in out.stdout
   )
-  saved = json.load(open(os.path.join(workdir, "report.json")))
+  assert out.stdout.strip().endswith(os.path.join(workdir, "small_fsdd.md"))
+  assert open(os.path.join(workdir, "report.json")).read() == own
+  saved = json.load(open(os.path.join(workdir, "small_fsdd.json")))
   assert "probing" not in saved and "fsdd" in saved["zero_shot"]
+  assert saved["figures"] == {
+    "similarity_matrix": "small_fsdd_similarity.png",
+    "pca": "small_fsdd_pca.png",
+  }
+  for name in saved["figures"].values():
+    assert f"({name})" in open(os.path.join(workdir, "small_fsdd.md")).read()
+  assert sorted(f for f in os.listdir(workdir) if f.endswith(".png")) == sorted(
+    figures + list(saved["figures"].values())
+  )
+  bad = _evaluate_cli(f"--workdir={workdir}", "--report_name=../x.json")
+  assert bad.returncode == 2 and "report name" in bad.stderr
+
+
+def test_unseen_voices_come_from_the_training_data_not_the_config(
+  prepared_config, tmp_path, caplog
+):
+  config = ml_collections.ConfigDict(prepared_config.to_dict())
+  config.eval.fsdd_held_out_speakers = ("jackson",)  # Wrong: jackson is in the training data.
+  assert evaluate.trained_speakers(config) == ["george", "jackson"]
+  assert evaluate.held_out_speakers(config, ["jackson", "lucas", "nicolas"]) == (
+    ["lucas", "nicolas"],
+    "training_data",
+  )
+  # A data folder written before summaries listed speakers: the config's list, with a warning.
+  old = tmp_path / "old"
+  shutil.copytree(os.path.join(prepared_config.data_dir, "tfrecords"), old / "tfrecords")
+  summary = json.load(open(old / "tfrecords" / "train.summary.json"))
+  del summary["speakers"]
+  json.dump(summary, open(old / "tfrecords" / "train.summary.json", "w"))
+  config.data_dir = str(old)
+  assert evaluate.trained_speakers(config) is None
+  assert evaluate.held_out_speakers(config, ["jackson", "nicolas"]) == (["jackson"], "config")
+  assert "eval.fsdd_held_out_speakers" in caplog.text
 
 
 def test_analysis_notebook_runs_on_a_tiny_run_and_shows_every_figure(

@@ -22,6 +22,8 @@ from testdata import write_manifest
 def test_prepared_split_summary_and_round_trip(prepared_config):
   summary = layout.read_summary(prepared_config.data_dir, "train")
   assert summary["read"] == 60 and summary["written"] + sum(summary["skipped"].values()) == 60
+  # Evaluation decides which voices are unseen by these.
+  assert summary["speakers"] == {"george": 20, "jackson": 40}
   records = list(tfrecords.iterate_records(layout.list_shards(prepared_config.data_dir, "train")))
   assert len(records) == summary["written"]
   r = records[0]
@@ -47,6 +49,7 @@ def test_bad_inputs_are_skipped_counted_and_named(tmp_path):
   config.data.manifests["train"] = manifest
   summary = prepare.write_split(sources.get("manifest")(config, "train"), config, "train", 2)
   assert summary["read"] == 6 and summary["written"] == 3
+  assert summary["speakers"] == {"jackson": 3}  # Written records with a speaker label.
   assert sum(summary["skipped"].values()) == 3
   reasons = " ".join(summary["skipped"])
   assert (

@@ -384,6 +384,28 @@ def test_other_model_family_is_refused(tmp_path, change, named):
   assert str(tmp_path) in message, message
 
 
+def test_inference_truncates_where_sentence_transformers_does(tmp_path, tiny_dir):
+  root = str(tmp_path / "model")
+  shutil.copytree(tiny_dir, root)
+  config = bert.BertConfig.from_hf(json.load(open(os.path.join(root, "config.json"))))
+  # No sentence_bert_config.json: the position table (64) or the tokenizer's limit, the smaller.
+  assert hf_loader.max_seq_length(root, config) == 64
+  with open(os.path.join(root, "tokenizer_config.json"), "w") as f:
+    json.dump({"model_max_length": 48}, f)
+  assert hf_loader.max_seq_length(root, config) == 48
+  with open(os.path.join(root, "sentence_bert_config.json"), "w") as f:
+    json.dump({"max_seq_length": 20, "do_lower_case": False}, f)
+  assert hf_loader.max_seq_length(root, config) == 20
+  teacher = teacher_lib.load(root)  # max_tokens=None: the folder's own limit.
+  assert teacher.max_tokens == 20
+  long = " ".join(["turn on the lights"] * 10)
+  np.testing.assert_allclose(
+    teacher.embed([long]), teacher_lib.load(root, max_tokens=20).embed([long]), atol=1e-6
+  )
+  assert not np.allclose(teacher.embed([long]), teacher_lib.load(root, max_tokens=32).embed([long]))
+  assert hf_loader.max_seq_length(hf_loader.default_teacher_path(), config) == 256
+
+
 def test_minilm_matches_sentence_transformers():
   reference = np.load(_FIXTURE)
   # The fixture uses sentence-transformers' own truncation (256), and one

@@ -23,14 +23,14 @@ def write_manifest(path: str, files: list[str]) -> str:
 
   with open(path, "w") as f:
     for file in files:
-      digit = int(os.path.basename(file)[0])
+      digit, speaker, _ = os.path.basename(file).split("_")
       f.write(
         json.dumps(
           {
             "audio_filepath": file,
             "duration": 0.5,
-            "text": sources.DIGIT_WORDS[digit],
-            "labels": {"digit": digit},
+            "text": sources.DIGIT_WORDS[int(digit)],
+            "labels": {"digit": int(digit), "speaker": speaker},
           }
         )
         + "\n"

@@ -7,7 +7,9 @@
   DATA_DIR/teacher_cache/                   finished chunks of teacher embeddings
 
 Inference reads only the teacher statistics, so it imports this module and not
-the TFRecord reader or writer.
+the TFRecord reader or writer. Each split's summary also lists the speakers it
+holds (`speakers`, from the `speaker` label), which is how evaluation tells the
+voices a run was trained on from unseen ones.
 """
 
 import glob
@@ -63,5 +65,10 @@ def read_teacher_stats(data_dir: str) -> tuple[int, np.ndarray]:
     raise FileNotFoundError(
       f"{path} not found: the teacher statistics are written by `{PREPARE_COMMAND}`"
     )
+  return read_teacher_stats_file(path)
+
+
+def read_teacher_stats_file(path: str) -> tuple[int, np.ndarray]:
+  """`read_teacher_stats` of a copy of the file (an export carries one)."""
   stats = np.load(path)
   return int(stats["dim"]), stats["mean"]

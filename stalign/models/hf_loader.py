@@ -213,6 +213,27 @@ def load_tokenizer(model_dir: str, max_tokens: int) -> tokenizers.Tokenizer:
   return tokenizer
 
 
+def max_seq_length(model_dir: str, config: bert.BertConfig) -> int:
+  """Tokens sentence-transformers keeps of a text ([CLS] and [SEP] included) for this transformer.
+
+  Its `sentence_bert_config.json` says (256 for all-MiniLM-L6-v2); without a
+  value there, sentence-transformers takes the smaller of the position table
+  and the tokenizer's `model_max_length`, and so does this. Inference
+  truncates here, so a text embeds exactly as sentence-transformers' `encode`
+  embeds it.
+  """
+  st_config = os.path.join(model_dir, "sentence_bert_config.json")
+  if os.path.exists(st_config):
+    value = _read_json(st_config, "").get("max_seq_length")
+    if value:
+      return int(value)
+  limit = config.max_positions
+  tokenizer_config = os.path.join(model_dir, "tokenizer_config.json")
+  if os.path.exists(tokenizer_config):
+    limit = min(limit, int(_read_json(tokenizer_config, "").get("model_max_length") or limit))
+  return limit
+
+
 def _pooling_modes(config: Mapping[str, Any]) -> tuple[str, ...]:
   if "pooling_mode" in config:  # sentence-transformers >= 5.
     modes = config["pooling_mode"]

@@ -8,6 +8,12 @@ sentence-transformers itself on all-MiniLM-L6-v2. The encoder is
 adds what makes it fast and cheap to compile: sorting by token count, padding
 to a few fixed shapes (`round_length`, `round_rows`) and splitting batches
 over a device mesh. `load` takes a folder, `from_config` the run's config.
+
+Two truncation lengths: training targets are cut at the config's
+`teacher.max_tokens` (transcripts are short, and the stored targets are what
+the student learnt), while inference cuts where sentence-transformers does
+(`hf_loader.max_seq_length`, 256 for all-MiniLM-L6-v2), so a text embedded
+by stalign equals the vector an existing sentence-transformers index holds.
 """
 
 import functools
@@ -21,6 +27,7 @@ import ml_collections
 import numpy as np
 import tokenizers
 
+from stalign import sharding
 from stalign import utils
 from stalign.models import bert
 from stalign.models import hf_loader
@@ -130,15 +137,17 @@ class Teacher:
     return out
 
 
-def load(path: str = "", max_tokens: int = 128, mesh: jax.sharding.Mesh | None = None) -> Teacher:
+def load(
+  path: str = "", max_tokens: int | None = None, mesh: jax.sharding.Mesh | None = None
+) -> Teacher:
   """Loads a sentence-transformers folder; "" means the packaged MiniLM.
 
   Args:
     path: local sentence-transformers folder, or "" for
       `hf_loader.default_teacher_path`.
-    max_tokens: truncation length including [CLS] and [SEP]. Note that
-      sentence-transformers truncates at `max_seq_length` from
-      sentence_bert_config.json (256 for all-MiniLM-L6-v2).
+    max_tokens: truncation length including [CLS] and [SEP]; None truncates
+      where sentence-transformers does (`hf_loader.max_seq_length`: 256 for
+      all-MiniLM-L6-v2).
     mesh: optional device mesh; the batch is split over all of its devices.
 
   Returns:
@@ -147,6 +156,8 @@ def load(path: str = "", max_tokens: int = 128, mesh: jax.sharding.Mesh | None =
   model_dir = path or hf_loader.default_teacher_path()
   transformer_dir, pooling = hf_loader.load_pooling(model_dir)
   graphdef, state, config = hf_loader.load_bert(transformer_dir)
+  if max_tokens is None:
+    max_tokens = hf_loader.max_seq_length(transformer_dir, config)
   if not 2 <= max_tokens <= config.max_positions:
     raise ValueError(
       f"max_tokens={max_tokens} must be in [2, {config.max_positions}] (max_position_embeddings)"
@@ -174,13 +185,13 @@ def load(path: str = "", max_tokens: int = 128, mesh: jax.sharding.Mesh | None =
   )
 
 
-def from_config(config: ml_collections.ConfigDict) -> Teacher:
+def from_config(config: ml_collections.ConfigDict, inference: bool = False) -> Teacher:
   """The configured teacher, each batch split over this process's devices.
 
+  Training targets (`inference=False`) are truncated at `teacher.max_tokens`;
+  inference truncates where sentence-transformers does (module docstring).
   Each process embeds its own texts (precompute splits the chunks by process),
-  so the mesh holds local devices only: a global one would make every batch
-  wait on the other hosts.
+  so the mesh holds local devices only (`sharding.local_mesh`).
   """
-  devices = jax.local_devices()
-  mesh = jax.sharding.Mesh(np.array(devices), ("data",)) if len(devices) > 1 else None
-  return load(config.teacher.path, max_tokens=config.teacher.max_tokens, mesh=mesh)
+  max_tokens = None if inference else config.teacher.max_tokens
+  return load(config.teacher.path, max_tokens=max_tokens, mesh=sharding.local_mesh())

