@@ -98,6 +98,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.ctc_layer = -1  # Index of the block the CTC head reads; -1 = last.
   c.model.ctc_upsample = 4  # CTC outputs per encoder frame: 80 ms / 4 = 20 ms per character slot.
   c.model.pooling = "mean"  # "mean" | "attention".
+  c.model.scan_blocks = False  # One compiled block scanned over depth (faster compiles).
+  c.model.remat = False  # Recompute block activations in the backward pass (less memory).
 
   # Losses (stalign/losses.py): weighted sum of the parts below.
   c.loss = ml_collections.ConfigDict()

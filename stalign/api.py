@@ -68,7 +68,7 @@ def config_from_workdir(workdir: str) -> ml_collections.ConfigDict:
       "stalign.export (or give the config explicitly)"
     )
   with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    return config_lib.upgrade(ml_collections.ConfigDict(json.load(f)))
 
 
 def _split_path(path: str) -> tuple[str, int | None]:

@@ -19,8 +19,41 @@ from stalign.data import text as text_lib
 ZERO_SHOT_DATASETS = ("synthetic", "fsdd")
 
 
+# Keys added after runs were first saved, with the value that reproduces how
+# those runs were built: a run's saved config.json from before a key existed
+# still loads (`upgrade`). Add a row whenever a key is added to the configs.
+ADDED_KEYS = {
+  "model.scan_blocks": False,
+  "model.remat": False,
+  "eval.zero_shot_templates": ("{}", "the speaker says {}", "a recording of someone saying {}"),
+  "data.manifests.train": "",
+  "data.manifests.valid": "",
+  "data.manifests.test": "",
+  "data.tfds_splits.train": "",
+  "data.tfds_splits.valid": "",
+  "data.tfds_splits.test": "",
+  "data.fsdd_speakers.valid": (),
+  "data.fsdd_speakers.test": (),
+}
+
+
 class ConfigError(ValueError):
   """A config value that cannot work; the message names the key and what it may be."""
+
+
+def upgrade(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config` (an unlocked copy) with every key of `ADDED_KEYS` it lacks, set to that default."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  for path, default in ADDED_KEYS.items():
+    *parents, name = path.split(".")
+    node = config
+    for parent in parents:
+      if parent not in node:
+        node[parent] = ml_collections.ConfigDict()
+      node = node[parent]
+    if name not in node:
+      node[name] = default
+  return config
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -116,6 +149,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if not 0 <= c.model.dropout < 1:
     raise ConfigError(f"model.dropout={c.model.dropout} must be in [0, 1)")
   _one_of("model.pooling", c.model.pooling, ("mean", "attention"))
+  for key in ("scan_blocks", "remat"):
+    _one_of(f"model.{key}", c.model[key], (False, True))
 
   _one_of("loss.distill", c.loss.distill, ("cosine", "mse", "none"))
   for key in ("distill_weight", "contrastive_weight", "ctc_weight"):

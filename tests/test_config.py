@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import ml_collections
 import pytest
 
 from configs import demo
@@ -115,3 +116,25 @@ def test_bad_value_on_the_command_line_is_one_line_and_runs_nothing(tmp_path):
   [line] = out.stderr.strip().splitlines()
   assert "loss.distill='cos'" in line and "'cosine', 'mse', 'none'" in line
   assert not os.path.exists(tmp_path / "config.json")
+
+
+def test_a_config_saved_before_keys_were_added_still_loads_and_validates():
+  saved = demo.get_config("tiny").to_dict()
+  del saved["model"]["scan_blocks"], saved["eval"]["zero_shot_templates"]
+  del saved["data"]["manifests"]["valid"]
+  upgraded = config_lib.upgrade(ml_collections.ConfigDict(saved))
+  assert upgraded.model.scan_blocks is False and upgraded.data.manifests.valid == ""
+  assert tuple(upgraded.eval.zero_shot_templates) == tuple(
+    demo.get_config().eval.zero_shot_templates
+  )
+  config_lib.validate(upgraded)
+
+
+def test_every_added_key_is_declared_in_the_configs_with_its_default():
+  """The migration table and the configs agree, so an upgraded old run builds as it was built."""
+  c = demo.get_config()
+  for path, default in config_lib.ADDED_KEYS.items():
+    value = c
+    for part in path.split("."):
+      value = value[part]
+    assert value == default or (path.startswith("data.fsdd_speakers") and not value), path

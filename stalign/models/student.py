@@ -151,6 +151,8 @@ class Student(nnx.Module):
   ):
     dim = config.dim
     self.subsample = config.subsample
+    self.scan_blocks = config.scan_blocks
+    self.remat = config.remat
     self.ctc_layer = config.ctc_layer % config.depth
     self.input_norm = nnx.LayerNorm(num_mels * config.subsample, rngs=rngs)
     self.frontend = _dense(num_mels * config.subsample, dim, (None, "embed"), rngs)
@@ -179,6 +181,39 @@ class Student(nnx.Module):
     frames = utils.ceil_div(num_frames, self.subsample)
     return jnp.arange(padded_frames // self.subsample)[None, :] < frames[:, None]
 
+  def _run_blocks(self, x: jax.Array, mask: jax.Array, rngs: nnx.Rngs | None) -> list[jax.Array]:
+    """The output of every Conformer block, first to last.
+
+    Unrolled by default. `model.scan_blocks` runs one compiled block body over
+    the stacked block parameters (`jax.lax.scan`): compile time stops growing
+    with depth, and the parameters keep their per-block layout, so checkpoints
+    and shardings are the same either way (dropout then draws one key per block,
+    so its masks differ from the unrolled run's). `model.remat` recomputes each
+    block's activations in the backward pass instead of keeping them: memory
+    per block drops to its input, for about a third more compute.
+    """
+    if not self.scan_blocks:
+      block_fn = lambda block, h, r: block(h, mask, r)
+      if self.remat:
+        block_fn = nnx.remat(block_fn)
+      out = []
+      for block in self.blocks:
+        out.append(x := block_fn(block, x, rngs))
+      return out
+
+    graphdef = nnx.graphdef(self.blocks[0])
+    stacked = jax.tree.map(lambda *s: jnp.stack(s), *(nnx.state(b) for b in self.blocks))
+    keys = None if rngs is None else jax.random.split(rngs.dropout(), len(self.blocks))
+
+    def body(h, state_and_key):
+      state, key = state_and_key
+      block = nnx.merge(graphdef, state)
+      h = block(h, mask, None if key is None else nnx.Rngs(dropout=key))
+      return h, h
+
+    _, outs = jax.lax.scan(jax.checkpoint(body) if self.remat else body, x, (stacked, keys))
+    return list(outs)
+
   def __call__(
     self, features: jax.Array, num_frames: jax.Array, rngs: nnx.Rngs | None = None
   ) -> dict:
@@ -189,9 +224,7 @@ class Student(nnx.Module):
     x = (features * real[..., None]).reshape(batch, length // self.subsample, mels * self.subsample)
     x = self.frontend(self.input_norm(x)) + _sinusoids(x.shape[1], self.frontend.out_features)
     x = constrain(self.dropout(x, rngs=rngs) * mask[..., None], "batch", "length", None)
-    hidden = [x]
-    for block in self.blocks:
-      hidden.append(block(x := hidden[-1], mask, rngs))
+    hidden = [x, *self._run_blocks(x, mask, rngs)]
     x = hidden[-1]
     ctc_hidden = hidden[self.ctc_layer + 1]
     mean_weights = mask / jnp.maximum(mask.sum(axis=1, keepdims=True), 1)
