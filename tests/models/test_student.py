@@ -115,3 +115,38 @@ def test_ctc_layer_reads_its_block_and_ignores_later_ones():
     assert not np.allclose(before["embedding"], after["embedding"])
     moved = not np.allclose(before["ctc_logits"], after["ctc_logits"], atol=1e-6)
     assert moved == ctc_moves, ctc_layer
+
+
+def test_scanned_and_rematerialised_blocks_compute_what_unrolled_blocks_do():
+  """`model.scan_blocks` and `model.remat` change how the blocks run, not what they compute: same
+  params, same outputs and gradients (eval mode; in training, scan draws one dropout key per
+  block, so its masks differ)."""
+  from flax import nnx
+  import jax
+  import jax.numpy as jnp
+
+  from stalign.models import student
+
+  c = demo.get_config("tiny")
+  c.model.depth = 3
+  x = np.random.default_rng(0).standard_normal((2, 64, 80)).astype(np.float32)
+  n = np.array([64, 40])
+  results = {}
+  for scan, remat in ((False, False), (True, False), (False, True), (True, True)):
+    c.model.scan_blocks, c.model.remat = scan, remat
+    graphdef, state = nnx.split(student.build(c, 384, seed=0))
+
+    def loss(state, graphdef=graphdef):
+      model = nnx.merge(graphdef, state)
+      model.eval()
+      out = model(x, n)
+      return jnp.sum(out["embedding"] ** 2) + jnp.sum(out["ctc_logits"] ** 2), out["layers"]
+
+    (value, layers), grads = jax.value_and_grad(loss, has_aux=True)(state)
+    results[scan, remat] = (value, layers, jax.tree.leaves(grads))
+  base = results[False, False]
+  for key, (value, layers, grads) in results.items():
+    np.testing.assert_allclose(value, base[0], rtol=1e-5, err_msg=str(key))
+    np.testing.assert_allclose(layers, base[1], atol=1e-5, err_msg=str(key))
+    for a, b in zip(grads, base[2]):
+      np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4, err_msg=str(key))
