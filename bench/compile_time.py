@@ -1,11 +1,11 @@
-"""Seconds to compile the demo's train step for every bucket shape: blocks unrolled vs scanned.
+"""Seconds to compile the train step with the Conformer blocks unrolled vs scanned.
 
-Compilation is paid inside the demo's ten-minute budget, once per bucket
-shape. With `model.scan_blocks` the Conformer block is compiled once and
-scanned over depth, so the cost stops growing with depth. Both variants are
-lowered and compiled in this process, alternating per shape, with the
-persistent compilation cache off, so the ratio is measured side by side.
-Needs no data: the step is compiled from shapes (`jax.ShapeDtypeStruct`).
+Compilation is paid inside a run's budget once per bucket shape. With
+`model.scan_blocks` the block is compiled once and scanned over depth, so the
+cost stops growing with depth. Both variants are lowered and compiled in this
+process, alternating, with the persistent compilation cache off, so the ratio
+is measured side by side. Needs no data: the step is compiled from shapes
+(`jax.ShapeDtypeStruct`).
 """
 
 import functools
@@ -20,7 +20,6 @@ import numpy as np
 from configs import demo
 from stalign import train
 from stalign.data import features
-from stalign.data import text as text_lib
 from stalign.models import student
 
 TEACHER_DIM = 384
@@ -57,21 +56,34 @@ def compile_seconds(config, frames: int) -> float:
   return time.perf_counter() - start
 
 
-def run(bucket_limit: int | None = None) -> dict[str, Any]:
+def run(frames: int = 296, depths: tuple[int, ...] = (4, 12), repeats: int = 2) -> dict[str, Any]:
+  """Compile seconds of one demo-shaped train step (batch 64 x `frames`), per depth, both ways.
+
+  Depth 4 is the demo's; deeper students (the TPU configs have 17 blocks) are
+  where scanning pays: the unrolled step's compile time grows with depth.
+  """
+  cache = jax.config.jax_enable_compilation_cache
   jax.config.update("jax_enable_compilation_cache", False)
+  try:
+    return _run(frames, depths, repeats)
+  finally:
+    jax.config.update("jax_enable_compilation_cache", cache)
+
+
+def _run(frames: int, depths: tuple[int, ...], repeats: int) -> dict[str, Any]:
   config = demo.get_config()
-  buckets = features.bucket_lengths(config)[:bucket_limit]
-  seconds = {"unrolled": [], "scanned": []}
-  for frames in buckets:
-    for name, scan in (("unrolled", False), ("scanned", True)):
-      config.model.scan_blocks = scan
-      seconds[name].append(round(compile_seconds(config, frames), 2))
-  total = {k: sum(v) for k, v in seconds.items()}
-  return {
-    "depth": config.model.depth,
-    "bucket_frames": list(buckets),
-    "vocab": text_lib.vocab_size(config.features.ctc_targets),
-    "compile_seconds": seconds,
-    "total_seconds": total,
-    "scanned_over_unrolled": round(total["scanned"] / total["unrolled"], 3),
-  }
+  out = {"frames": frames, "batch": config.input.batch_size, "depths": {}}
+  for depth in depths:
+    config.model.depth = depth
+    seconds = {"unrolled": [], "scanned": []}
+    for _ in range(repeats):  # Alternating, so both see the same machine load.
+      for name, scan in (("unrolled", False), ("scanned", True)):
+        config.model.scan_blocks = scan
+        seconds[name].append(round(compile_seconds(config, frames), 2))
+    medians = {k: float(np.median(v)) for k, v in seconds.items()}
+    out["depths"][depth] = {
+      "compile_seconds": seconds,
+      "median_seconds": medians,
+      "scanned_over_unrolled": round(medians["scanned"] / medians["unrolled"], 3),
+    }
+  return out
