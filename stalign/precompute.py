@@ -4,10 +4,15 @@ The teacher is frozen, so running it inside every training step would only
 cost time and memory. Transcripts are deduplicated across all splits, embedded
 in large length-bucketed batches and saved chunk by chunk (a killed run keeps
 its finished chunks); then each shard is rewritten with a `teacher_embedding`
-per example, under a temporary name and renamed, so a shard is either old or
-complete. At the end every example is checked to hold exactly one embedding.
+per example, and replaced whole (a rename, or one upload to an object store),
+so a shard is either old or complete. At the end every example is checked to
+hold exactly one embedding.
+
 Several processes split the chunks and then the shards by process index, each
-running the teacher on its own devices; they must share `data_dir`.
+running the teacher on its own devices. They need no shared POSIX disk: every
+chunk, shard and the statistics are written to the `data_dir` URL through
+`stalign.fs`, and a host reads what another wrote only after a barrier
+(`sync_global_devices`) that the writer passes once its files are complete.
 
   python -m stalign.precompute --config=configs/demo.py
 """
@@ -19,6 +24,7 @@ if __name__ == "__main__":  # As a CLI: quiet TensorFlow's C++ side before it lo
   os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 import hashlib
+import io
 
 from absl import flags
 from absl import logging
@@ -31,7 +37,7 @@ import tensorflow as tf
 import tqdm
 
 from stalign import cli
-from stalign import utils
+from stalign import fs
 from stalign.data import layout
 from stalign.data import tfrecords
 from stalign.models import teacher as teacher_lib
@@ -40,48 +46,50 @@ CHUNK = 4096
 
 
 def _has_embeddings(shard: str) -> bool:
-  for raw in tf.data.TFRecordDataset(shard).take(1).as_numpy_iterator():
+  for raw in tfrecords.read_raw(shard):
     return tfrecords.deserialize(raw)["teacher_embedding"] is not None
   return True  # An empty shard needs nothing.
 
 
 def _texts(files: list[str]) -> list[str]:
-  """Transcripts only: parsing just this field skips decoding every record's features."""
-  spec = {"text": tf.io.FixedLenFeature([], tf.string)}
-  ds = tf.data.TFRecordDataset(files).map(lambda raw: tf.io.parse_single_example(raw, spec)["text"])
-  return [t.decode() for t in ds.as_numpy_iterator()]
+  """Transcripts only: reading just this field skips decoding every record's features."""
+  return [
+    tf.train.Example.FromString(raw).features.feature["text"].bytes_list.value[0].decode()
+    for path in files
+    for raw in tfrecords.read_raw(path)
+  ]
 
 
 def _embed_chunks(
   texts: list[str], teacher, cache_dir: str, batch_size: int
 ) -> dict[str, np.ndarray]:
   """Embeds `texts` (sorted, distinct) chunk by chunk; finished chunks are reused on restart."""
-  os.makedirs(cache_dir, exist_ok=True)
+  fs.makedirs(cache_dir)
   chunks = [texts[i : i + CHUNK] for i in range(0, len(texts), CHUNK)]
   mine = [i for i in range(len(chunks)) if i % jax.process_count() == jax.process_index()]
   for i in tqdm.tqdm(mine, desc="teacher", unit="chunk", disable=not mine):
     digest = hashlib.sha1("\n".join(chunks[i]).encode()).hexdigest()[:16]
     path = os.path.join(cache_dir, f"chunk-{i:05d}-{digest}.npy")
-    if not os.path.exists(path):
-      with utils.atomic_write(path, "wb") as f:
+    if not fs.exists(path):
+      with fs.atomic_write(path, "wb") as f:
         np.save(f, teacher.embed(chunks[i], batch_size=batch_size))
+  # Every host's chunks are whole objects (or renamed files) before any host reads them.
   multihost_utils.sync_global_devices("teacher chunks")
   table = {}
   for i, chunk in enumerate(chunks):
     digest = hashlib.sha1("\n".join(chunk).encode()).hexdigest()[:16]
-    table.update(zip(chunk, np.load(os.path.join(cache_dir, f"chunk-{i:05d}-{digest}.npy"))))
+    path = os.path.join(cache_dir, f"chunk-{i:05d}-{digest}.npy")
+    table.update(zip(chunk, np.load(io.BytesIO(fs.read_bytes(path)))))
   return table
 
 
 def _rewrite_shard(shard: str, table: dict[str, np.ndarray]) -> int:
-  with tf.io.TFRecordWriter(shard + ".tmp") as writer:
-    count = 0
+  def with_embeddings():
     for record in tfrecords.iterate_records([shard]):
       record["teacher_embedding"] = table[record["text"]]
-      writer.write(tfrecords.serialize(record))
-      count += 1
-  os.replace(shard + ".tmp", shard)
-  return count
+      yield tfrecords.serialize(record)
+
+  return tfrecords.write_shard(shard, with_embeddings())
 
 
 def precompute(config: ml_collections.ConfigDict, splits: tuple[str, ...]) -> dict:
@@ -89,7 +97,7 @@ def precompute(config: ml_collections.ConfigDict, splits: tuple[str, ...]) -> di
   shards = {s: layout.list_shards(config.data_dir, s) for s in splits}
   todo = [f for s in splits for f in shards[s] if not _has_embeddings(f)]
   stats_path = layout.teacher_stats_path(config.data_dir)
-  if todo or not os.path.exists(stats_path):
+  if todo or not fs.exists(stats_path):
     teacher = teacher_lib.from_config(config)
     split_texts = {s: _texts(shards[s]) for s in splits}
     texts = sorted(set().union(*split_texts.values()))
@@ -103,7 +111,7 @@ def precompute(config: ml_collections.ConfigDict, splits: tuple[str, ...]) -> di
     if jax.process_index() == 0:
       # Centring targets uses the mean over distinct training transcripts.
       mean = np.mean([table[t] for t in sorted(set(split_texts["train"]))], axis=0)
-      with utils.atomic_write(stats_path, "wb") as f:
+      with fs.atomic_write(stats_path, "wb") as f:
         np.savez(f, mean=mean, dim=teacher.dim, name=teacher.name)
     # After the stats, so no process goes on to train before they exist.
     multihost_utils.sync_global_devices("teacher shards and stats")

@@ -4,29 +4,33 @@ The `data` stage of `stalign.main`. A split is written once from any source
 (synthetic corpus, user manifest, FSDD, TFDS): audio is checked and turned into
 log-mel features by the same front end inference uses, bad input is skipped
 with a counted reason, and `stalign.precompute` then adds the teacher
-embeddings. Shards are written under a temporary name and renamed when
-complete, and a split counts as written only once its `{split}.summary.json`
+embeddings. Shards appear only when complete (a rename, or one upload to an
+object store: `stalign.fs`), and a split counts as written only once its `{split}.summary.json`
 exists, so a killed job never leaves a half-written split that looks finished.
-Evaluators only read: every split they use is built here.
+Evaluators only read: every split they use is built here. With several
+processes, process 0 writes the splits while the others wait at a barrier
+(no shared POSIX disk is assumed: the data folder may be a `gs://` URL), then
+all of them share the teacher embeddings (`stalign.precompute`).
 """
 
 import collections
 from collections.abc import Iterable
 from collections.abc import Iterator
-import glob
+import contextlib
 import itertools
 import json
-import os
 
 from absl import logging
+import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 import tensorflow as tf
 import tqdm
 
 from stalign import data
+from stalign import fs
 from stalign import precompute
-from stalign import utils
 from stalign.data import audio
 from stalign.data import features
 from stalign.data import layout
@@ -87,11 +91,10 @@ def write_split(
   total: int | None = None,
 ) -> dict:
   """Writes a split atomically and returns (and stores) its summary of what went in and out."""
-  os.makedirs(layout.tfrecords_dir(config.data_dir), exist_ok=True)
-  for stale in glob.glob(os.path.join(layout.tfrecords_dir(config.data_dir), f"{split}-*")):
-    os.remove(stale)  # Leftovers of a killed write: the split is rewritten whole.
+  fs.makedirs(layout.tfrecords_dir(config.data_dir))
+  for stale in fs.glob(layout.tfrecords_dir(config.data_dir), f"{split}-*"):
+    fs.remove(stale)  # Leftovers of a killed write: the split is rewritten whole.
   names = [layout.shard_path(config.data_dir, split, i, num_shards) for i in range(num_shards)]
-  writers = [tf.io.TFRecordWriter(n + ".tmp") for n in names]
   skipped, skip_examples = collections.Counter(), {}
   speakers = collections.Counter()  # Evaluation tells seen voices from unseen ones by these.
   written = unalignable = 0
@@ -99,21 +102,23 @@ def write_split(
   stream = tqdm.tqdm(
     examples, total=total, desc=f"tfrecords/{split}", unit="utt", mininterval=2, disable=None
   )
-  for record in _featurize(stream, config, skipped, skip_examples):
-    writers[written % num_shards].write(tfrecords.serialize(record))
-    written += 1
-    labels = record["ctc_labels"]
-    output_frames = features.ctc_frames(record["features"].shape[0], config.model)
-    unalignable += not text_lib.ctc_alignable(
-      labels[None], np.array([len(labels)]), np.array([output_frames])
-    )[0]
-    seconds += record["duration"]
-    if "speaker" in record["labels"]:
-      speakers[str(record["labels"]["speaker"])] += 1
-  for w in writers:
-    w.close()
-  for n in names:
-    os.replace(n + ".tmp", n)
+  # A shard appears only once the whole split is written (`fs.staged`), so a killed or failed
+  # write leaves no shard that looks finished.
+  with contextlib.ExitStack() as stack:
+    writers = [
+      stack.enter_context(tf.io.TFRecordWriter(stack.enter_context(fs.staged(n)))) for n in names
+    ]
+    for record in _featurize(stream, config, skipped, skip_examples):
+      writers[written % num_shards].write(tfrecords.serialize(record))
+      written += 1
+      labels = record["ctc_labels"]
+      output_frames = features.ctc_frames(record["features"].shape[0], config.model)
+      unalignable += not text_lib.ctc_alignable(
+        labels[None], np.array([len(labels)]), np.array([output_frames])
+      )[0]
+      seconds += record["duration"]
+      if "speaker" in record["labels"]:
+        speakers[str(record["labels"]["speaker"])] += 1
   summary = {
     "split": split,
     "read": written + sum(skipped.values()),
@@ -126,7 +131,7 @@ def write_split(
     "ctc_targets": config.features.ctc_targets,
     "speakers": dict(sorted(speakers.items())),
   }
-  with utils.atomic_write(layout.summary_path(config.data_dir, split)) as f:
+  with fs.atomic_write(layout.summary_path(config.data_dir, split)) as f:
     json.dump(summary, f, indent=2)
   logging.info(
     "split %s: %d read, %d written, skipped %s, %d not CTC-alignable",
@@ -141,10 +146,19 @@ def write_split(
 
 def prepare(config: ml_collections.ConfigDict) -> dict:
   """Idempotent: splits whose summary exists are kept; returns each split's summary."""
+  if jax.process_index() == 0:
+    write_splits(config)
+  multihost_utils.sync_global_devices("data splits written")  # No host reads one half-written.
+  precompute.precompute(config, splits(config))
+  return {split: layout.read_summary(config.data_dir, split) for split in splits(config)}
+
+
+def write_splits(config: ml_collections.ConfigDict) -> dict:
+  """Writes every split that has no summary yet; returns each split's summary."""
   source = sources.get(config.data.source)
   summaries = {}
   for split in splits(config):
-    if os.path.exists(layout.summary_path(config.data_dir, split)):
+    if fs.exists(layout.summary_path(config.data_dir, split)):
       summaries[split] = layout.read_summary(config.data_dir, split)
       stored = summaries[split].get("ctc_targets", "chars")
       if stored != config.features.ctc_targets:
@@ -161,5 +175,4 @@ def prepare(config: ml_collections.ConfigDict) -> dict:
       extra = [sources.get(name)(config, split) for name in config.data.train_extra]
       examples = itertools.chain(examples, *extra)  # The reader's shuffle mixes them.
     summaries[split] = write_split(examples, config, split, config.data.num_shards)
-  precompute.precompute(config, splits(config))
   return summaries

@@ -18,7 +18,7 @@ import re
 from matplotlib.figure import Figure
 import numpy as np
 
-from stalign import utils
+from stalign import fs
 from stalign.utils import unit
 
 SCHEMA_VERSION = 1
@@ -108,7 +108,7 @@ def check_name(name: str) -> str:
 def _markdown(workdir: str, results: dict, name: str) -> str:
   title = "" if name == DEFAULT_NAME else f" ({name})"
   parts = [
-    f"# stalign report{title}: {os.path.abspath(workdir)}\n",
+    f"# stalign report{title}: {fs.abspath(workdir)}\n",
     f"Checkpoint step {results.get('step')}. Schema: docs/report_schema.md.\n",
     headline(results) + "\n",
   ]
@@ -223,7 +223,8 @@ def write_figures(workdir: str, results: dict, emb, name: str = DEFAULT_NAME) ->
   prefix = "" if name == DEFAULT_NAME else f"{name}_"
 
   def save(fig: Figure, file: str) -> str:
-    fig.savefig(os.path.join(workdir, prefix + file), dpi=100)
+    with fs.atomic_write(os.path.join(workdir, prefix + file), "wb") as f:
+      fig.savefig(f, format="png", dpi=100)
     return prefix + file
 
   figures = {
@@ -244,7 +245,7 @@ def write(workdir: str, results: dict, emb=None, name: str = DEFAULT_NAME) -> No
   results["schema_version"] = SCHEMA_VERSION
   if emb is not None:
     results["figures"] = write_figures(workdir, results, emb, name)
-  with utils.atomic_write(os.path.join(workdir, f"{name}.json")) as f:
+  with fs.atomic_write(os.path.join(workdir, f"{name}.json")) as f:
     json.dump(results, f, indent=2, sort_keys=True)
-  with utils.atomic_write(os.path.join(workdir, f"{name}.md")) as f:
+  with fs.atomic_write(os.path.join(workdir, f"{name}.md")) as f:
     f.write(_markdown(workdir, results, name))

@@ -12,6 +12,7 @@ import functools
 import json
 import os
 import signal
+import tempfile
 import time
 
 from absl import logging
@@ -30,6 +31,7 @@ from stalign import api
 from stalign import checkpoints
 from stalign import evaluate
 from stalign import evaluators
+from stalign import fs
 from stalign import input_pipeline
 from stalign import losses
 from stalign import sharding
@@ -293,8 +295,30 @@ def validate(jit_eval, params, config: ml_collections.ConfigDict, mesh, teacher_
 
 def _write_history(workdir: str, summary: dict, history: dict) -> None:
   if jax.process_index() == 0:
-    with utils.atomic_write(os.path.join(workdir, "train_history.json")) as f:
+    with fs.atomic_write(os.path.join(workdir, "train_history.json")) as f:
       json.dump({"summary": summary, **history}, f, indent=1)
+
+
+class _TensorBoard:
+  """The metric writer, and where its event files go.
+
+  Event files grow by appending, which an object store cannot do: for a
+  `gs://` workdir they are written to a local folder and uploaded whole at
+  each `flush` (checkpoint steps and the end), by process 0 only.
+  """
+
+  def __init__(self, workdir: str):
+    self.folder = os.path.join(workdir, "tensorboard")
+    remote = fs.is_remote(workdir)
+    self.local = tempfile.mkdtemp(prefix="stalign-tensorboard-") if remote else self.folder
+    self.writer = metric_writers.create_default_writer(
+      self.local, just_logging=jax.process_index() > 0
+    )
+
+  def flush(self) -> None:
+    self.writer.flush()
+    if self.local != self.folder and jax.process_index() == 0:
+      fs.sync_folder(self.local, self.folder)
 
 
 # -------------------------------------------------------------------- driver
@@ -303,9 +327,8 @@ def _write_history(workdir: str, summary: dict, history: dict) -> None:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (resuming from `workdir` if it holds a checkpoint) and returns a summary."""
   # ---------------------------------------------------------------- logging
-  writer = metric_writers.create_default_writer(
-    os.path.join(workdir, "tensorboard"), just_logging=jax.process_index() > 0
-  )
+  tensorboard = _TensorBoard(workdir)
+  writer = tensorboard.writer
   writer.write_hparams(
     {
       k: v if isinstance(v, (int, float, str, bool)) else str(v)
@@ -469,6 +492,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         writer.write_scalars(step, valid)
         history["valid"].append({"step": step, **valid})
         checkpoints.save(mgr, step, state, position, valid)
+        tensorboard.flush()
       if stop:
         logging.warning(
           "SIGTERM received: saved step %d, exiting; rerun the same command to resume", step
@@ -482,7 +506,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     mgr.wait_until_finished()
     mgr.close()
     signal.signal(signal.SIGTERM, previous_handler)
-    writer.flush()
+    tensorboard.flush()
   summary = {
     "steps": step,
     "preempted": preempted["flag"],

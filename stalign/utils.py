@@ -5,10 +5,7 @@ stalign module.
 """
 
 from collections.abc import Callable
-from collections.abc import Iterator
-import contextlib
 import importlib
-import os
 from typing import Generic
 from typing import TypeVar
 
@@ -44,19 +41,6 @@ def flatten_dict(tree: dict, prefix: str = "", sep: str = ".") -> dict:
     else:
       out[f"{prefix}{k}"] = v
   return out
-
-
-@contextlib.contextmanager
-def atomic_write(path: str, mode: str = "w") -> Iterator:
-  """Opens `path + ".tmp"` for writing and renames it to `path` only when the block succeeds.
-
-  A killed job therefore leaves either the old file or the complete new one,
-  never a truncated file that a rerun would take as finished.
-  """
-  tmp = path + ".tmp"
-  with open(tmp, mode) as f:
-    yield f
-  os.replace(tmp, path)
 
 
 class Registry(Generic[T]):

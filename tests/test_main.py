@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from testdata import NETWORK_GUARD
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -44,35 +46,12 @@ def test_help_explains_the_flags():
     assert flag in out.stdout
 
 
-# Loaded into every Python process of a test run through sitecustomize: any attempt to reach a
-# host other than this one is refused and written to $STALIGN_NET_LOG, so the test sees it even
-# when a library catches the error and falls back.
-_NETWORK_GUARD = """
-import os, socket
-_LOCAL = ("127.0.0.1", "localhost", "::1", "0.0.0.0")
-def _refuse(what):
-  with open(os.environ["STALIGN_NET_LOG"], "a") as f:
-    f.write(repr(what) + "\\n")
-  raise OSError(f"network blocked by the test: {what!r}")
-_connect, _getaddrinfo = socket.socket.connect, socket.getaddrinfo
-def connect(self, address):
-  if self.family in (socket.AF_INET, socket.AF_INET6) and address[0] not in _LOCAL:
-    _refuse(address)
-  return _connect(self, address)
-def getaddrinfo(host, *args, **kwargs):
-  if host not in _LOCAL and host is not None:
-    _refuse(host)
-  return _getaddrinfo(host, *args, **kwargs)
-socket.socket.connect, socket.getaddrinfo = connect, getaddrinfo
-"""
-
-
 def _offline_main(tmp_path, *args, timeout=600):
   """`python -m stalign.main` with the network refused (and in its own network namespace when the
   machine allows one, so even non-Python code cannot reach out)."""
   guard = tmp_path / "netguard"
   guard.mkdir(exist_ok=True)
-  (guard / "sitecustomize.py").write_text(_NETWORK_GUARD)
+  (guard / "sitecustomize.py").write_text(NETWORK_GUARD)
   env = dict(
     os.environ,
     PYTHONPATH=f"{guard}:{os.environ.get('PYTHONPATH', '')}",

@@ -66,3 +66,26 @@ def with_buckets(config, boundaries=SEVERAL_BUCKETS):
   c = config.copy_and_resolve_references()
   c.input.bucket_boundaries = boundaries
   return c
+
+
+# Loaded into every Python process of a test run through sitecustomize: any attempt to reach a
+# host other than this one is refused and written to $STALIGN_NET_LOG, so the test sees it even
+# when a library catches the error and falls back.
+NETWORK_GUARD = """
+import os, socket
+_LOCAL = ("127.0.0.1", "localhost", "::1", "0.0.0.0")
+def _refuse(what):
+  with open(os.environ["STALIGN_NET_LOG"], "a") as f:
+    f.write(repr(what) + "\\n")
+  raise OSError(f"network blocked by the test: {what!r}")
+_connect, _getaddrinfo = socket.socket.connect, socket.getaddrinfo
+def connect(self, address):
+  if self.family in (socket.AF_INET, socket.AF_INET6) and address[0] not in _LOCAL:
+    _refuse(address)
+  return _connect(self, address)
+def getaddrinfo(host, *args, **kwargs):
+  if host not in _LOCAL and host is not None:
+    _refuse(host)
+  return _getaddrinfo(host, *args, **kwargs)
+socket.socket.connect, socket.getaddrinfo = connect, getaddrinfo
+"""

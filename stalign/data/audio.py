@@ -11,6 +11,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from stalign import fs
+
 MIN_SECONDS = 0.1
 SILENCE_PEAK = 1e-4
 # Below telephone band (8 kHz) speech is not intelligible; such a rate is a broken header.
@@ -24,9 +26,13 @@ class AudioError(ValueError):
 
 
 def load_audio(path: str, sample_rate: int, max_seconds: float) -> np.ndarray:
-  """Returns float32 mono audio at `sample_rate`; raises AudioError on bad input."""
+  """Returns float32 mono audio at `sample_rate`; raises AudioError on bad input.
+
+  `path` may be a URL (`stalign.fs`): manifests on a bucket name their audio there.
+  """
   try:
-    wave, file_rate = sf.read(path, dtype="float32", always_2d=True)
+    with fs.open(path, "rb") as f:
+      wave, file_rate = sf.read(f, dtype="float32", always_2d=True)
   except Exception as e:  # soundfile raises several types for bad headers.
     raise AudioError(
       f"{path}: cannot decode audio ({e}); re-encode it as WAV/FLAC or drop it"

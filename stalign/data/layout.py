@@ -1,22 +1,26 @@
 """Where a data folder keeps each thing, and the reads that need no TensorFlow.
 
-  DATA_DIR/corpus/                          the synthetic corpus (stalign.data.corpus)
+  DATA_DIR/corpus/                          the synthetic corpus (stalign.data.corpus; for a
+                                            gs:// DATA_DIR a local cache, sources.corpus_dir)
   DATA_DIR/tfrecords/{split}-i-of-n.tfrecord shards of a split (stalign.data.tfrecords)
   DATA_DIR/tfrecords/{split}.summary.json   written last: a split without it is unfinished
   DATA_DIR/tfrecords/teacher_stats.npz      teacher width and mean embedding (stalign.precompute)
   DATA_DIR/teacher_cache/                   finished chunks of teacher embeddings
 
-Inference reads only the teacher statistics, so it imports this module and not
+DATA_DIR may be a local folder or a `gs://` URL: every read goes through
+`stalign.fs`. Inference reads only the teacher statistics, so it imports this module and not
 the TFRecord reader or writer. Each split's summary also lists the speakers it
 holds (`speakers`, from the `speaker` label), which is how evaluation tells the
 voices a run was trained on from unseen ones.
 """
 
-import glob
+import io
 import json
 import os
 
 import numpy as np
+
+from stalign import fs
 
 # The command that builds (or rebuilds) every split and the teacher statistics.
 PREPARE_COMMAND = "python -m stalign.main --config=CONFIG --workdir=RUN --stages=data"
@@ -44,8 +48,8 @@ def teacher_cache_dir(data_dir: str) -> str:
 
 def list_shards(data_dir: str, split: str) -> list[str]:
   """Shards of a finished split, or a FileNotFoundError that says how to make them."""
-  files = sorted(glob.glob(os.path.join(tfrecords_dir(data_dir), f"{split}-*-of-*.tfrecord")))
-  if not files or not os.path.exists(summary_path(data_dir, split)):
+  files = fs.glob(tfrecords_dir(data_dir), f"{split}-*-of-*.tfrecord")
+  if not files or not fs.exists(summary_path(data_dir, split)):
     raise FileNotFoundError(
       f"no finished TFRecords for split {split!r} under {tfrecords_dir(data_dir)}; build them "
       f"with `{PREPARE_COMMAND}` (a data folder from an older stalign may lack this split)"
@@ -54,14 +58,13 @@ def list_shards(data_dir: str, split: str) -> list[str]:
 
 
 def read_summary(data_dir: str, split: str) -> dict:
-  with open(summary_path(data_dir, split)) as f:
-    return json.load(f)
+  return json.loads(fs.read_text(summary_path(data_dir, split)))
 
 
 def read_teacher_stats(data_dir: str) -> tuple[int, np.ndarray]:
   """(teacher width, mean teacher embedding of the distinct training transcripts)."""
   path = teacher_stats_path(data_dir)
-  if not os.path.exists(path):
+  if not fs.exists(path):
     raise FileNotFoundError(
       f"{path} not found: the teacher statistics are written by `{PREPARE_COMMAND}`"
     )
@@ -70,5 +73,5 @@ def read_teacher_stats(data_dir: str) -> tuple[int, np.ndarray]:
 
 def read_teacher_stats_file(path: str) -> tuple[int, np.ndarray]:
   """`read_teacher_stats` of a copy of the file (an export carries one)."""
-  stats = np.load(path)
+  stats = np.load(io.BytesIO(fs.read_bytes(path)))
   return int(stats["dim"]), stats["mean"]

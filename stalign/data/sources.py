@@ -11,7 +11,6 @@ from collections.abc import Callable
 from collections.abc import Iterator
 from collections.abc import Sequence
 import dataclasses
-import glob
 import json
 import os
 import re
@@ -20,6 +19,7 @@ from absl import logging
 import ml_collections
 import numpy as np
 
+from stalign import fs
 from stalign import utils
 from stalign.data import audio
 
@@ -33,10 +33,10 @@ DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "e
 
 def read_manifest(path: str) -> Iterator[dict]:
   """NeMo-style JSONL (`audio_filepath`, `duration`, `text`); paths are relative to the file."""
-  if not os.path.exists(path):
+  if not fs.exists(path):
     raise FileNotFoundError(f"manifest {path} does not exist; check data.manifests in the config")
-  base = os.path.dirname(os.path.abspath(path))
-  with open(path) as f:
+  base = os.path.dirname(fs.abspath(path))
+  with fs.open(path) as f:
     for line_no, line in enumerate(f, 1):
       if not line.strip():
         continue
@@ -57,6 +57,14 @@ def read_manifest(path: str) -> Iterator[dict]:
 
 
 def corpus_dir(config: ml_collections.ConfigDict) -> str:
+  """data_dir/corpus; for a `gs://` data_dir a local folder, ~/.cache/stalign/corpus/BUCKET/PATH.
+
+  The renderer writes wav files from a pool of worker processes with plain
+  file I/O, and only the TFRecords made from them are shared between hosts.
+  """
+  if fs.is_remote(config.data_dir):
+    local = config.data_dir.replace("://", "/", 1)
+    return os.path.join(os.path.expanduser("~/.cache/stalign/corpus"), local)
   return os.path.join(config.data_dir, "corpus")
 
 
@@ -95,7 +103,7 @@ def fsdd(config: ml_collections.ConfigDict, split: str) -> Iterator[dict]:
 def fsdd_examples(fsdd_dir: str, speakers: Sequence[str] = ()) -> Iterator[dict]:
   """Examples of an FSDD-layout folder, optionally only some speakers (all when empty)."""
   folder = os.path.join(fsdd_dir, "recordings")
-  files = sorted(glob.glob(os.path.join(folder, "*.wav")))
+  files = fs.glob(folder, "*.wav")
   if not files:
     raise FileNotFoundError(
       f"no FSDD recordings ({{digit}}_{{speaker}}_{{take}}.wav) in {folder}; "

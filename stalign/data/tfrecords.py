@@ -6,14 +6,25 @@ them), transcript, CTC label ids, duration and analysis labels, and, once
 `stalign.prepare` writes splits with `serialize`; `stalign.input_pipeline`
 parses the same fields inside tf.data; `deserialize` is the numpy reader for
 precompute and analysis. Where the shards live: `stalign.data.layout`.
+
+Shards are read and written through `stalign.fs`, never by TensorFlow's own
+file system (whose GCS client cannot be pointed at an emulator, so no test
+could hold it to a `gs://` data folder): `read_raw` parses the TFRecord framing
+(length, masked CRC32C of the length, data, masked CRC32C of the data) from
+any file object, and `write_shard` writes with `tf.io.TFRecordWriter` to a
+local file that becomes the shard in one rename or upload.
 """
 
 from collections.abc import Iterable
 from collections.abc import Iterator
 import json
+import struct
 
+import google_crc32c
 import numpy as np
 import tensorflow as tf
+
+from stalign import fs
 
 
 def _bytes(v: bytes) -> tf.train.Feature:
@@ -66,5 +77,36 @@ def deserialize(raw: bytes) -> dict:
 
 def iterate_records(files: Iterable[str]) -> Iterator[dict]:
   for path in files:
-    for raw in tf.data.TFRecordDataset(path).as_numpy_iterator():
+    for raw in read_raw(path):
       yield deserialize(raw)
+
+
+def _masked_crc(data: bytes) -> int:
+  crc = google_crc32c.value(data)
+  return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def read_raw(path: str) -> Iterator[bytes]:
+  """The serialized records of one shard, in order, each checked against its CRC."""
+  with fs.open(path, "rb") as f:
+    while header := f.read(12):
+      data = f.read(struct.unpack("<Q", header[:8])[0]) if len(header) == 12 else b""
+      footer = f.read(4)
+      if (
+        len(header) < 12
+        or len(footer) < 4
+        or _masked_crc(header[:8]) != struct.unpack("<I", header[8:])[0]
+        or _masked_crc(data) != struct.unpack("<I", footer)[0]
+      ):
+        raise ValueError(f"{path}: truncated or corrupt TFRecord; rebuild it with the data stage")
+      yield data
+
+
+def write_shard(path: str, records: Iterable[bytes]) -> int:
+  """Writes serialized records as the shard `path`, which appears only once complete."""
+  count = 0
+  with fs.staged(path) as local, tf.io.TFRecordWriter(local) as writer:
+    for raw in records:
+      writer.write(raw)
+      count += 1
+  return count

@@ -1,0 +1,136 @@
+"""One file layer for every path stalign reads or writes: local paths and `gs://` URLs alike.
+
+Paths are `etils.epath` paths, the type orbax itself uses, so a workdir or a
+data folder behaves the same in our code and in the checkpointer. For URLs
+epath has two backends: `tf.io.gfile` (its default whenever TensorFlow is
+installed) and fsspec (gcsfs for `gs://`). We use the fsspec one, for ours
+and orbax's paths alike (`EPATH_USE_TF=false`, set here unless the user set
+it): TensorFlow's GCS client has its endpoint compiled in
+(`https://www.googleapis.com/storage/v1/`), so nothing written through it can
+be tested against an emulator, while gcsfs, like google-cloud-storage and
+tensorstore, can be pointed at one (`STORAGE_EMULATOR_HOST`,
+`TENSORSTORE_GCS_HTTP_URL`). TensorFlow therefore never opens a path of ours:
+TFRecords are framed in Python (`stalign.data.tfrecords`).
+
+Object stores have no atomic rename, but an object appears only when its
+upload completes. So every write that must never be seen half-done
+(`atomic_write`, `staged`) goes to a local temporary file first and then
+becomes the final object in one upload (`put_file`: one request, or a
+resumable upload that is finalised last); locally it is a temporary name
+renamed over the target. Paths are composed with `os.path.join`, which
+treats a URL as a string. Several hosts read what others wrote only after a
+barrier, and gcsfs's listing cache is off so that none reads a stale listing.
+"""
+
+import builtins
+from collections.abc import Iterator
+import contextlib
+import os
+import tempfile
+from typing import IO
+
+os.environ.setdefault("EPATH_USE_TF", "false")  # Before epath picks a backend (module docstring).
+
+from etils import epath  # noqa: E402
+import fsspec  # noqa: E402
+
+# Other hosts write into the same folders: a cached listing would hide their files.
+fsspec.config.conf.setdefault("gcs", {}).setdefault("use_listings_cache", False)
+
+
+def is_remote(path: str) -> bool:
+  """A URL (`gs://...`) rather than a local path."""
+  return "://" in os.fspath(path)
+
+
+def abspath(path: str) -> str:
+  """Absolute local path; a URL unchanged (`os.path.abspath` would make gs://b/x a local folder)."""
+  return os.fspath(path) if is_remote(path) else os.path.abspath(path)
+
+
+def exists(path: str) -> bool:
+  return epath.Path(path).exists()
+
+
+def isdir(path: str) -> bool:
+  return epath.Path(path).is_dir()
+
+
+def isfile(path: str) -> bool:
+  return epath.Path(path).is_file()
+
+
+def makedirs(path: str) -> None:
+  epath.Path(path).mkdir(parents=True, exist_ok=True)
+
+
+def glob(folder: str, pattern: str) -> list[str]:
+  """Sorted entries of `folder` matching `pattern` (one level: no `**` on object stores)."""
+  root = epath.Path(folder)
+  return sorted(os.fspath(p) for p in root.glob(pattern)) if root.exists() else []
+
+
+def remove(path: str) -> None:
+  epath.Path(path).unlink()
+
+
+def open(path: str, mode: str = "r") -> IO:  # noqa: A001 - the file layer's `open`.
+  """A file object for reading, or for a write that may be seen partly done (use `atomic_write`)."""
+  return epath.Path(path).open(mode)
+
+
+def read_text(path: str) -> str:
+  return epath.Path(path).read_text()
+
+
+def read_bytes(path: str) -> bytes:
+  return epath.Path(path).read_bytes()
+
+
+def _upload(local: str, path: str) -> None:
+  """`local` becomes the object `path` in one upload: visible whole or not at all."""
+  filesystem, target = fsspec.core.url_to_fs(path)
+  filesystem.put_file(local, target)
+
+
+@contextlib.contextmanager
+def staged(path: str) -> Iterator[str]:
+  """A local file name to write `path` under; it becomes `path` only when the block succeeds.
+
+  For writers that need a real file name (TFRecordWriter-style, savefig with
+  no file object). Locally the name is `path + ".tmp"`, renamed at the end; for
+  a URL it is a local temporary file, uploaded at the end as one object.
+  """
+  if not is_remote(path):
+    tmp = os.fspath(path) + ".tmp"
+    yield tmp
+    os.replace(tmp, path)
+    return
+  with tempfile.TemporaryDirectory(prefix="stalign-staged-") as folder:
+    local = os.path.join(folder, os.path.basename(os.fspath(path)))
+    yield local
+    _upload(local, path)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str, mode: str = "w") -> Iterator[IO]:
+  """Opens a file for writing that becomes `path` only when the block succeeds.
+
+  A killed job therefore leaves either the old file or the complete new one,
+  never a truncated file that a rerun would take as finished (see the module
+  docstring for how that holds on an object store).
+  """
+  with staged(path) as local, builtins.open(local, mode) as f:
+    yield f
+
+
+def sync_folder(local: str, path: str) -> None:
+  """Uploads every file of the local folder `local` to the folder `path`, each as one object.
+
+  For files written by appending (TensorBoard event files), which an object
+  store cannot take: they are written locally and copied whole at each sync.
+  """
+  for root, _, files in os.walk(local):
+    for name in files:
+      source = os.path.join(root, name)
+      _upload(source, os.path.join(path, os.path.relpath(source, local)))

