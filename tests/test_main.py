@@ -233,7 +233,15 @@ def test_every_regime_config_sets_its_losses(name):
 
 def test_make_skips_the_install_once_done():
   """`make demo` / `make test` reinstall only when setup.py or requirements.lock changed."""
-  out = subprocess.run(["make", "-n", "demo"], cwd=REPO, capture_output=True, text=True)
+  # Inside `make test` the environment says this is a recursive make; start a fresh one.
+  env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+  out = subprocess.run(
+    ["make", "--no-print-directory", "-n", "demo"],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+  )
   assert out.returncode == 0, out.stderr
   assert out.stdout.strip().splitlines() == [
     ".venv/bin/python -m stalign.main --config=configs/demo.py --workdir=runs/demo"
