@@ -463,12 +463,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       report_progress(step)
       progress.update(1)
       stop = preempted["flag"]
-      if jax.process_count() > 1 and step % config.train.log_every == 0:
+      if jax.process_count() > 1:
         # Hosts agree on stopping at the same step; asking them only every log
         # step keeps a cross-host exchange out of every step.
-        stop = bool(multihost_utils.process_allgather(np.array(stop)).any())
-      elif jax.process_count() > 1:
-        stop = False
+        stop = step % config.train.log_every == 0 and bool(
+          multihost_utils.process_allgather(np.array(stop)).any()
+        )
       save = step % config.train.checkpoint_every == 0 or step == total_steps or stop
       # The host reads the step's results only at log and checkpoint steps, so
       # dispatch runs ahead of the device in between (no per-step sync).

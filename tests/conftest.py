@@ -17,6 +17,7 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 import pytest  # noqa: E402
 
 from testdata import fsdd_files  # noqa: E402
+from testdata import make_run  # noqa: E402
 from testdata import tiny_config  # noqa: E402
 from testdata import write_manifest  # noqa: E402
 
@@ -37,3 +38,16 @@ def prepared_config(tmp_path_factory):
     config.data.manifests[split] = write_manifest(os.path.join(root, f"{split}.jsonl"), files)
   prepare.prepare(config)
   return config
+
+
+@pytest.fixture(scope="module")
+def tiny_run(prepared_config, tmp_path_factory):
+  """An untrained run folder of the tiny config (see `testdata.make_run`)."""
+  return make_run(prepared_config, str(tmp_path_factory.mktemp("run") / "run"))
+
+
+@pytest.fixture(scope="module")
+def model(tiny_run):
+  import stalign
+
+  return stalign.load(tiny_run)

@@ -6,52 +6,24 @@ import os
 import subprocess
 import sys
 
-from flax import nnx
 import jax
-import ml_collections
 import numpy as np
 import pytest
 import soundfile as sf
 
 import stalign
 from stalign import api
-from stalign import checkpoints
 from stalign import utils
 from stalign.data import audio
 from stalign.data import features
 from stalign.data import layout
 from stalign.data import tfrecords
-from stalign.models import student as student_lib
 from stalign.models import teacher as teacher_lib
 
 from testdata import fsdd_files
 from testdata import with_buckets
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def make_run(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """A run folder (config.json + a step-7 checkpoint of freshly initialised params), no training."""
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort())
-  dim, _ = layout.read_teacher_stats(config.data_dir)
-  params = nnx.state(student_lib.build(config, dim, seed=1))
-  mgr = checkpoints.manager(workdir, keep=1, async_save=False)
-  checkpoints.save(mgr, 7, {"params": params}, {"epoch": 0, "batch": 0})
-  mgr.wait_until_finished()
-  mgr.close()
-  return workdir
-
-
-@pytest.fixture(scope="module")
-def tiny_run(prepared_config, tmp_path_factory):
-  return make_run(prepared_config, str(tmp_path_factory.mktemp("run") / "run"))
-
-
-@pytest.fixture(scope="module")
-def model(tiny_run):
-  return stalign.load(tiny_run)
 
 
 def test_load_accepts_run_checkpoints_or_step_folder(tiny_run, model):

@@ -110,7 +110,7 @@ def test_the_layering_test_catches_an_upward_import(monkeypatch):
 
 @pytest.mark.usefixtures("prepared_config")
 def test_inference_api_loads_no_training_code_or_tensorflow(tmp_path, prepared_config):
-  from test_api import make_run  # pylint: disable=g-import-not-at-top
+  from testdata import make_run  # pylint: disable=g-import-not-at-top
 
   run = make_run(prepared_config, str(tmp_path / "run"))
   script = f"""

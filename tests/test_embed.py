@@ -12,19 +12,7 @@ import stalign
 from stalign import embed
 from stalign import search
 
-from test_api import make_run  # The run-folder builder the API tests use.
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="module")
-def tiny_run(prepared_config, tmp_path_factory):
-  return make_run(prepared_config, str(tmp_path_factory.mktemp("run") / "run"))
-
-
-@pytest.fixture(scope="module")
-def model(tiny_run):
-  return stalign.load(tiny_run)
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ import pytest
 from stalign import evaluate
 from stalign import report
 
-from test_api import make_run  # The run-folder builder the API tests use.
 from testdata import FSDD_DIR
+from testdata import make_run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

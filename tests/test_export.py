@@ -14,8 +14,8 @@ import stalign
 from stalign import api
 from stalign import export
 
-from test_api import make_run  # The run-folder builder the API tests use.
 from testdata import fsdd_files
+from testdata import make_run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEXTS = ["one", "turn on the lights", ""]

@@ -89,3 +89,81 @@ def getaddrinfo(host, *args, **kwargs):
   return _getaddrinfo(host, *args, **kwargs)
 socket.socket.connect, socket.getaddrinfo = connect, getaddrinfo
 """
+
+
+def make_run(config, workdir: str) -> str:
+  """A run folder (config.json + a step-7 checkpoint of freshly initialised params), no training."""
+  from flax import nnx
+
+  from stalign import checkpoints
+  from stalign.data import layout
+  from stalign.models import student
+
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json_best_effort())
+  dim, _ = layout.read_teacher_stats(config.data_dir)
+  params = nnx.state(student.build(config, dim, seed=1))
+  mgr = checkpoints.manager(workdir, keep=1, async_save=False)
+  checkpoints.save(mgr, 7, {"params": params}, {"epoch": 0, "batch": 0})
+  mgr.wait_until_finished()
+  mgr.close()
+  return workdir
+
+
+def free_port() -> int:
+  import socket
+
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def two_process_main(args: list[str], env: dict, timeout: int = 500) -> list[tuple[str, str]]:
+  """`python -m stalign.main ARGS` as two hosts joined by jax.distributed on localhost, one device
+  each, as users launch it; [(stdout, stderr)] per process, after checking both succeeded."""
+  import subprocess
+  import sys
+
+  port = free_port()
+  env = dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  procs = [
+    subprocess.Popen(
+      [sys.executable, "-m", "stalign.main", *args, f"--coordinator_address=127.0.0.1:{port}"]
+      + ["--num_processes=2", f"--process_id={i}"],
+      cwd=REPO,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
+  outs = [p.communicate(timeout=timeout) for p in procs]
+  for p, (_, stderr) in zip(procs, outs):
+    assert p.returncode == 0, stderr[-4000:]
+  return outs
+
+
+def assert_same_params(a: dict, b: dict) -> None:
+  """Two runs' parameters, {path: array}, agree; the attention key biases are left out.
+
+  A key bias shifts every score of a query alike, which softmax ignores: its
+  gradient is rounding noise, which Adam scales up to lr-sized steps of either sign.
+  """
+  import numpy as np
+
+  assert a.keys() == b.keys() and a
+  for name in sorted(a):
+    if "attn/key/bias" not in name:
+      np.testing.assert_allclose(a[name], b[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def flat_params(params) -> dict:
+  """{"blocks/0/attn/...": array} of a params pytree."""
+  import jax
+
+  return {
+    jax.tree_util.keystr(path, simple=True, separator="/"): value
+    for path, value in jax.tree_util.tree_flatten_with_path(params)[0]
+  }
