@@ -15,5 +15,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = demo.get_config(arg)
   c.loss.distill = "none"
   c.loss.contrastive_weight = 0.0
+  c.loss.bank_weight = 0.0
   c.loss.ctc_weight = 1.0
   return c

@@ -107,6 +107,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.loss.distill_weight = 1.0  # Weight of the distillation term.
   c.loss.centre_targets = True  # Targets minus the mean training embedding (avoids collapse).
   c.loss.contrastive_weight = 1.0  # In-batch InfoNCE; 0 turns it off.
+  # InfoNCE of each utterance against every distinct training transcript (hard negatives).
+  c.loss.bank_weight = 0.0
   c.loss.temperature = 0.07  # Initial value; it is learned.
   c.loss.ctc_weight = 0.3  # Multitask CTC; 0 turns it off.
 
@@ -128,6 +130,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # SpecAugment on the stored log-mel, inside the jitted step; 0 masks turns it off.
   c.train.spec_augment = ml_collections.ConfigDict(
     dict(freq_masks=0, freq_width=12, time_masks=0, time_width=20)
+  )
+  # Voice and channel variation of the stored log-mel, inside the jitted step
+  # (features.channel_augment): vocal-tract warp factor range, random EQ (dB),
+  # and the share of utterances band-limited below a cutoff drawn in lowpass_hz.
+  c.train.channel_augment = ml_collections.ConfigDict(
+    dict(warp=0.0, eq_db=0.0, lowpass_prob=0.0, lowpass_hz=(3400.0, 4600.0))
   )
   # Warm start (regimes b/d): a workdir or checkpoint folder whose params initialise this run;
   # params whose path matches any regex in init_skip keep their fresh initialisation.

@@ -20,5 +20,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = tpu_multitask.get_config(arg)
   c.loss.distill = "none"
   c.loss.contrastive_weight = 0.0
+  c.loss.bank_weight = 0.0
   c.loss.ctc_weight = 1.0
   return c

@@ -25,6 +25,13 @@ ZERO_SHOT_DATASETS = ("synthetic", "fsdd")
 ADDED_KEYS = {
   "model.scan_blocks": False,
   "model.remat": False,
+  "loss.bank_weight": 0.0,
+  "train.channel_augment": {
+    "warp": 0.0,
+    "eq_db": 0.0,
+    "lowpass_prob": 0.0,
+    "lowpass_hz": (3400.0, 4600.0),
+  },
   "eval.zero_shot_templates": ("{}", "the speaker says {}", "a recording of someone saying {}"),
   "data.manifests.train": "",
   "data.manifests.valid": "",
@@ -153,7 +160,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _one_of(f"model.{key}", c.model[key], (False, True))
 
   _one_of("loss.distill", c.loss.distill, ("cosine", "mse", "none"))
-  for key in ("distill_weight", "contrastive_weight", "ctc_weight"):
+  for key in ("distill_weight", "contrastive_weight", "bank_weight", "ctc_weight"):
     _at_least(f"loss.{key}", c.loss[key], 0)
   _above("loss.temperature", c.loss.temperature, 0)
   if c.loss.distill == "none" and not c.loss.contrastive_weight and not c.loss.ctc_weight:
@@ -177,6 +184,20 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _above(f"train.{key}", t[key], 0)
   for key, value in t.spec_augment.items():
     _at_least(f"train.spec_augment.{key}", value, 0)
+  channel = t.channel_augment
+  _at_least("train.channel_augment.eq_db", channel.eq_db, 0)
+  if not 0 <= channel.warp < 0.5:
+    raise ConfigError(f"train.channel_augment.warp must be in [0, 0.5), got {channel.warp}")
+  if not 0 <= channel.lowpass_prob <= 1:
+    raise ConfigError(
+      f"train.channel_augment.lowpass_prob must be in [0, 1], got {channel.lowpass_prob}"
+    )
+  low, high = channel.lowpass_hz
+  if not 0 < low <= high <= c.features.sample_rate / 2:
+    raise ConfigError(
+      f"train.channel_augment.lowpass_hz must be 0 < low <= high <= sample_rate / 2, got "
+      f"{channel.lowpass_hz}"
+    )
   if c.init_skip and not c.init_from:
     raise ConfigError("init_skip is set but init_from is empty: name the run to warm-start from")
 

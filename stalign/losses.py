@@ -45,6 +45,31 @@ def info_nce(
   return jnp.sum((s2t + t2s) * 0.5 * weights) / jnp.maximum(weights.sum(), 1)
 
 
+def bank_nce(
+  student: jax.Array,
+  target: jax.Array,
+  bank: jax.Array,
+  log_temperature: jax.Array,
+  weights: jax.Array,
+) -> jax.Array:
+  """Each utterance against every distinct training transcript (speech -> text).
+
+  In-batch negatives are mostly easy: in a batch of 64 random sentences the
+  near-duplicates that retrieval must tell apart (the same command in another
+  room, another number) rarely meet. A bank of all training transcripts' targets
+  holds every such hard negative and costs one [batch, bank] matmul. The
+  positive is the bank row equal to the utterance's target; rows whose target
+  is not in the bank (never the case in training) are left out.
+  """
+  s, b = unit(student), unit(bank)
+  logits = s @ b.T / jnp.exp(log_temperature)
+  positive = (unit(target) @ b.T) > 0.9999
+  weights = weights * positive.any(axis=1)
+  soft = positive / jnp.maximum(positive.sum(axis=1, keepdims=True), 1)
+  per_utt = optax.softmax_cross_entropy(logits, soft)
+  return jnp.sum(per_utt * weights) / jnp.maximum(weights.sum(), 1)
+
+
 def ctc(
   logits: jax.Array,
   frame_mask: jax.Array,

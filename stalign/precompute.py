@@ -97,7 +97,7 @@ def precompute(config: ml_collections.ConfigDict, splits: tuple[str, ...]) -> di
   shards = {s: layout.list_shards(config.data_dir, s) for s in splits}
   todo = [f for s in splits for f in shards[s] if not _has_embeddings(f)]
   stats_path = layout.teacher_stats_path(config.data_dir)
-  if todo or not fs.exists(stats_path):
+  if todo or not fs.exists(stats_path) or not fs.exists(layout.text_bank_path(config.data_dir)):
     teacher = teacher_lib.from_config(config)
     split_texts = {s: _texts(shards[s]) for s in splits}
     texts = sorted(set().union(*split_texts.values()))
@@ -110,9 +110,12 @@ def precompute(config: ml_collections.ConfigDict, splits: tuple[str, ...]) -> di
       _rewrite_shard(shard, table)
     if jax.process_index() == 0:
       # Centring targets uses the mean over distinct training transcripts.
-      mean = np.mean([table[t] for t in sorted(set(split_texts["train"]))], axis=0)
+      # The same rows are the bank of loss.bank_weight, written first: the stats mark the end.
+      bank = np.stack([table[t] for t in sorted(set(split_texts["train"]))])
+      with fs.atomic_write(layout.text_bank_path(config.data_dir), "wb") as f:
+        np.save(f, bank)
       with fs.atomic_write(stats_path, "wb") as f:
-        np.savez(f, mean=mean, dim=teacher.dim, name=teacher.name)
+        np.savez(f, mean=bank.mean(axis=0), dim=teacher.dim, name=teacher.name)
     # After the stats, so no process goes on to train before they exist.
     multihost_utils.sync_global_devices("teacher shards and stats")
   return verify(config, splits)

@@ -99,8 +99,13 @@ def compute_losses(
   target_mean: jax.Array,
   loss_config: ml_collections.ConfigDict,
   log_temperature: jax.Array,
+  text_bank: jax.Array | None = None,
 ) -> tuple[jax.Array, dict]:
-  """Weighted sum of the loss parts, and each part for logging."""
+  """Weighted sum of the loss parts, and each part for logging.
+
+  `text_bank` (the raw teacher embeddings of every distinct training
+  transcript) turns on the bank term when `loss.bank_weight` > 0.
+  """
   weights = batch["weight"]
   target = targets(batch, target_mean, loss_config)
   parts = {}
@@ -112,6 +117,9 @@ def compute_losses(
     raise ValueError(f"loss.distill={loss_config.distill!r}; use 'cosine', 'mse' or 'none'")
   if loss_config.contrastive_weight:
     parts["contrastive"] = losses.info_nce(outputs["embedding"], target, log_temperature, weights)
+  if loss_config.bank_weight and text_bank is not None:
+    bank = text_bank - target_mean if loss_config.centre_targets else text_bank
+    parts["bank"] = losses.bank_nce(outputs["embedding"], target, bank, log_temperature, weights)
   if loss_config.ctc_weight:
     parts["ctc"] = losses.ctc(
       outputs["ctc_logits"], outputs["ctc_mask"], batch["ctc_labels"], batch["num_labels"], weights
@@ -119,6 +127,7 @@ def compute_losses(
   scale = {
     "distill": loss_config.distill_weight,
     "contrastive": loss_config.contrastive_weight,
+    "bank": loss_config.bank_weight,
     "ctc": loss_config.ctc_weight,
   }
   total = sum(scale[k] * v for k, v in parts.items())
@@ -137,17 +146,23 @@ def loss_fn(
   config: ml_collections.ConfigDict,
   target_mean: jax.Array,
   train: bool,
+  text_bank: jax.Array | None = None,
 ) -> tuple[jax.Array, tuple[dict, dict]]:
   """(total loss, (loss parts, model outputs)) of `params` on one batch.
 
   Computes in `train.compute_dtype` (bf16 compute keeps f32 master weights);
-  losses are taken in float32. In training, SpecAugment and dropout draw from
+  losses are taken in float32. In training, channel augmentation, SpecAugment and dropout draw from
   `rng`; in evaluation neither runs and `rng` may be None.
   """
   compute_dtype = jnp.dtype(config.train.compute_dtype)
   model = nnx.merge(graphdef, jax.tree.map(lambda p: p.astype(compute_dtype), params))
   features = batch["features"].astype(compute_dtype)
   if train:
+    channel = config.train.channel_augment
+    if channel.warp or channel.eq_db or channel.lowpass_prob:
+      features = features_lib.channel_augment(
+        features, jax.random.fold_in(rng, 2), config.features, **channel
+      )
     spec = config.train.spec_augment
     if spec.freq_masks or spec.time_masks:
       features = features_lib.spec_augment(
@@ -161,7 +176,12 @@ def loss_fn(
     lambda x: x.astype(jnp.float32) if x.dtype == compute_dtype else x, outputs
   )
   total, parts = compute_losses(
-    outputs, batch, target_mean, config.loss, model.log_temperature[...].astype(jnp.float32)
+    outputs,
+    batch,
+    target_mean,
+    config.loss,
+    model.log_temperature[...].astype(jnp.float32),
+    text_bank,
   )
   return total, (parts, outputs)
 
@@ -174,6 +194,7 @@ def train_step(
   tx: optax.GradientTransformation,
   config: ml_collections.ConfigDict,
   target_mean: jax.Array,
+  text_bank: jax.Array | None = None,
 ) -> tuple[dict, dict]:
   """One optimizer update: state in, (state, metrics) out. The step number keys the RNG."""
   rng = jax.random.fold_in(jax.random.key(config.seed), state["step"])
@@ -186,6 +207,7 @@ def train_step(
     config=config,
     target_mean=target_mean,
     train=True,
+    text_bank=text_bank,
   )
   updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
   params = optax.apply_updates(state["params"], updates)
@@ -376,8 +398,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   data_sharding = sharding.batch_sharding(mesh)
   bound = dict(graphdef=graphdef, config=config, target_mean=target_mean)
   with sharding.rules_context(mesh, rules):
+    text_bank = layout.read_text_bank(config.data_dir) if config.loss.bank_weight else None
     jit_train = jax.jit(
-      functools.partial(train_step, tx=tx, **bound),
+      functools.partial(train_step, tx=tx, text_bank=text_bank, **bound),
       in_shardings=(state_sharding, data_sharding),
       out_shardings=(state_sharding, None),
       donate_argnums=0,

@@ -52,6 +52,28 @@ def test_info_nce_prefers_matched_pairs_and_treats_duplicates_as_positives():
   assert abs(soft - _info_nce_reference(student, target, 0.1, w, soft=False)) > 1e-3
 
 
+def test_bank_nce_is_cross_entropy_over_the_bank_and_skips_targets_outside_it():
+  """Row i's positive is the bank row equal to its target; a target not in the bank adds nothing."""
+  rng = np.random.default_rng(1)
+  bank = rng.standard_normal((20, 8)).astype(np.float32)
+  target = bank[[3, 7, 7, 11]].copy()
+  target[3] = rng.standard_normal(8)  # Not in the bank.
+  student = target + 0.3 * rng.standard_normal(target.shape).astype(np.float32)
+  w = np.array([1, 2, 1, 5], np.float32)
+  got = losses.bank_nce(*map(jnp.asarray, (student, target, bank)), jnp.log(0.1), jnp.asarray(w))
+
+  unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
+  logits = unit(student) @ unit(bank).T / 0.1
+  log_p = logits - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1, keepdims=True))
+  log_p -= logits.max(1, keepdims=True)
+  per_row = -log_p[np.arange(3), [3, 7, 7]]
+  np.testing.assert_allclose(float(got), np.sum(w[:3] * per_row) / w[:3].sum(), rtol=1e-5)
+  shuffled = losses.bank_nce(
+    *map(jnp.asarray, (student[::-1], target, bank)), jnp.log(0.1), jnp.asarray(w)
+  )
+  assert float(got) < float(shuffled)
+
+
 def test_ctc_matches_optax_per_character_and_masks_unalignable():
   rng = np.random.default_rng(0)
   logits = jnp.asarray(rng.standard_normal((2, 10, 5)), jnp.float32)

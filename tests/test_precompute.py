@@ -169,6 +169,10 @@ def test_resumed_run_equals_uninterrupted_run(make_config, teacher, pristine, mo
     for old, new in zip(before[split], after[split]):
       np.testing.assert_array_equal(new["features"], old["features"])
       np.testing.assert_allclose(new["teacher_embedding"], table[new["text"]], atol=1e-6)
+  # The bank of loss.bank_weight: every distinct training transcript once, and nothing else.
+  train_texts = sorted({r["text"] for r in after["train"]})
+  bank = layout.read_text_bank(resumed.data_dir)
+  np.testing.assert_allclose(bank, [table[t] for t in train_texts], atol=1e-6)
 
 
 def test_finished_dataset_is_left_alone(make_config):

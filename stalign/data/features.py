@@ -128,3 +128,63 @@ def spec_augment(
   time = masks(t_rng, time_masks, time_width, lengths, frames)
   keep = ~(freq[:, None, :] | time[:, :, None])
   return features * keep
+
+
+def mel_centres_hz(sample_rate: int, num_mels: int) -> np.ndarray:
+  """Centre frequency (Hz) of each band of `_mel_matrix` (strictly increasing)."""
+  edges = librosa.mel_frequencies(n_mels=num_mels + 2, fmin=0.0, fmax=sample_rate / 2)
+  return edges[1:-1].astype(np.float32)
+
+
+def channel_augment(
+  features: jax.Array,
+  rng: jax.Array,
+  features_config: ml_collections.ConfigDict,
+  *,
+  warp: float,
+  eq_db: float,
+  lowpass_prob: float,
+  lowpass_hz: tuple[float, float],
+) -> jax.Array:
+  """Voice and channel variation on stored log-mel, per utterance, inside the jitted step.
+
+  Why: a new speaker differs from the training voices mainly in vocal-tract
+  length (formants shift together), microphone response and bandwidth, and
+  real recordings such as the 8 kHz FSDD clips are empty above 4 kHz while
+  espeak-ng renders the full band. Each utterance gets
+  - `warp`: frequency axis scaled by a factor in [1 - warp, 1 + warp]
+    (vocal-tract-length perturbation, Jaitly & Hinton 2013);
+  - `eq_db`: a smooth random gain curve over frequency of up to +-eq_db dB
+    (a different microphone);
+  - `lowpass_prob`: with this probability, every band above a cutoff drawn
+    from `lowpass_hz` set to the log floor (a band-limited recording).
+  """
+  batch, _, mels = features.shape
+  centres = jnp.asarray(mel_centres_hz(features_config.sample_rate, mels), features.dtype)
+  warp_rng, eq_rng, cut_rng, on_rng = jax.random.split(rng, 4)
+  if warp:
+    alpha = jax.random.uniform(warp_rng, (batch, 1), minval=1 - warp, maxval=1 + warp)
+    # Band k takes its energy from the (fractional) band whose centre is f_k / alpha.
+    source = jax.vmap(lambda a: jnp.interp(centres / a, centres, jnp.arange(mels, dtype=a.dtype)))(
+      alpha[:, 0]
+    )
+    lo = jnp.clip(jnp.floor(source).astype(jnp.int32), 0, mels - 1)
+    hi = jnp.clip(lo + 1, 0, mels - 1)
+    frac = (source - lo)[:, None, :]
+
+    def band(index):
+      return jnp.take_along_axis(features, jnp.broadcast_to(index[:, None], features.shape), -1)
+
+    features = band(lo) * (1 - frac) + band(hi) * frac
+  if eq_db:
+    # Natural-log power units: +-eq_db dB of gain, as a sum of three slow cosines.
+    amplitude = eq_db * np.log(10) / 10 / 3
+    coef = jax.random.uniform(eq_rng, (batch, 3), minval=-amplitude, maxval=amplitude)
+    basis = jnp.cos(jnp.pi * jnp.arange(1, 4)[:, None] * jnp.linspace(0, 1, mels)[None, :])
+    features = features + (coef @ basis)[:, None, :].astype(features.dtype)
+  if lowpass_prob:
+    cutoff = jax.random.uniform(cut_rng, (batch, 1), minval=lowpass_hz[0], maxval=lowpass_hz[1])
+    on = jax.random.uniform(on_rng, (batch, 1)) < lowpass_prob
+    silent = (centres[None, :] > cutoff) & on
+    features = jnp.where(silent[:, None, :], np.log(LOG_FLOOR), features)
+  return features

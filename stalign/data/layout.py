@@ -4,6 +4,8 @@
                                             gs:// DATA_DIR a local cache, sources.corpus_dir)
   DATA_DIR/tfrecords/{split}-i-of-n.tfrecord shards of a split (stalign.data.tfrecords)
   DATA_DIR/tfrecords/{split}.summary.json   written last: a split without it is unfinished
+  DATA_DIR/tfrecords/{split}.index.npz      where each record of the split's shards starts, and
+                                            its frames (stalign.data.tfrecords.RecordIndex)
   DATA_DIR/tfrecords/teacher_stats.npz      teacher width and mean embedding (stalign.precompute)
   DATA_DIR/teacher_cache/                   finished chunks of teacher embeddings
 
@@ -38,8 +40,16 @@ def summary_path(data_dir: str, split: str) -> str:
   return os.path.join(tfrecords_dir(data_dir), f"{split}.summary.json")
 
 
+def index_path(data_dir: str, split: str) -> str:
+  return os.path.join(tfrecords_dir(data_dir), f"{split}.index.npz")
+
+
 def teacher_stats_path(data_dir: str) -> str:
   return os.path.join(tfrecords_dir(data_dir), "teacher_stats.npz")
+
+
+def text_bank_path(data_dir: str) -> str:
+  return os.path.join(tfrecords_dir(data_dir), "train_text_bank.npy")
 
 
 def teacher_cache_dir(data_dir: str) -> str:
@@ -69,6 +79,17 @@ def read_teacher_stats(data_dir: str) -> tuple[int, np.ndarray]:
       f"{path} not found: the teacher statistics are written by `{PREPARE_COMMAND}`"
     )
   return read_teacher_stats_file(path)
+
+
+def read_text_bank(data_dir: str) -> np.ndarray:
+  """Teacher embeddings of every distinct training transcript, [transcripts, dim]."""
+  path = text_bank_path(data_dir)
+  if not fs.exists(path):
+    raise FileNotFoundError(
+      f"{path} not found: it is written by `{PREPARE_COMMAND}` (a data folder made before "
+      "loss.bank_weight existed gets it by rerunning that; the teacher cache is reused)"
+    )
+  return np.load(io.BytesIO(fs.read_bytes(path)))
 
 
 def read_teacher_stats_file(path: str) -> tuple[int, np.ndarray]:

@@ -36,3 +36,48 @@ def test_spec_augment_is_seeded_and_masks_inside_real_frames():
   masked_frames = np.asarray((a == 0).all(axis=2))
   for i, n in enumerate(lengths):
     assert not masked_frames[i, int(n) + 10 :].any()
+
+
+def test_mel_centres_follow_the_filterbank_peaks():
+  centres = features.mel_centres_hz(16000, 80)
+  assert np.all(np.diff(centres) > 0)
+  fft_hz = np.linspace(0, 8000, 201)
+  peaks = fft_hz[features._mel_matrix(16000, 400, 80).argmax(axis=0)]
+  np.testing.assert_allclose(centres[20:], peaks[20:], atol=40)  # One FFT bin of 40 Hz.
+
+
+def _augment(x, key, **overrides):
+  kw = dict(warp=0.0, eq_db=0.0, lowpass_prob=0.0, lowpass_hz=(3400.0, 4600.0)) | overrides
+  return np.asarray(features.channel_augment(jnp.asarray(x), jax.random.key(key), CONFIG, **kw))
+
+
+def test_channel_augment_off_is_identity_and_each_part_does_what_it_says():
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(8, 20, 80)).astype(np.float32)
+  np.testing.assert_array_equal(_augment(x, 0), x)
+  np.testing.assert_allclose(_augment(x, 0, warp=1e-7), x, atol=1e-3)
+
+  # Band-limiting: every utterance silent (log floor) above a cutoff inside lowpass_hz, in
+  # every frame; the bands below 3.4 kHz untouched.
+  low = _augment(x, 0, lowpass_prob=1.0)
+  centres = features.mel_centres_hz(16000, 80)
+  floor = np.float32(np.log(features.LOG_FLOOR))
+  silent = (low == floor).all(axis=1)
+  assert silent[:, centres > 4600].all() and not silent[:, centres < 3400].any()
+  np.testing.assert_array_equal(low[..., centres < 3400], x[..., centres < 3400])
+  assert (_augment(x, 0, lowpass_prob=0.5) == floor).all(axis=(1, 2)).sum() == 0
+  assert 0 < (_augment(x, 0, lowpass_prob=0.5) == floor).any(axis=(1, 2)).sum() < 8
+
+  # EQ: a gain per band, the same in every frame, within +-eq_db dB (natural-log power).
+  gain = _augment(x, 0, eq_db=6.0) - x
+  np.testing.assert_allclose(gain, np.broadcast_to(gain[:, :1], gain.shape), atol=1e-5)
+  assert 0 < np.abs(gain).max() <= 6.0 * np.log(10) / 10 + 1e-5
+
+  # Warp: a formant moves up when alpha > 1 (spectrum stretched), never outside the band range.
+  peak = np.zeros((64, 1, 80), np.float32)
+  peak[..., 40] = 1.0
+  warped = _augment(peak, 1, warp=0.2)[:, 0]
+  moved = warped.argmax(-1)
+  assert moved.min() < 40 < moved.max()
+  twice = [_augment(x, 3, warp=0.2, eq_db=3.0) for _ in range(2)]
+  np.testing.assert_array_equal(*twice)
