@@ -106,10 +106,14 @@ def spec_augment(
   time_masks: int,
   time_width: int,
 ) -> jax.Array:
-  """SpecAugment (Park et al., 2019): zero random mel bands and time spans.
+  """SpecAugment (Park et al., 2019): random mel bands and time spans set to the utterance's mean.
 
-  Time masks are drawn inside each utterance's real length, so padding does
-  not absorb them. Shapes are static, so this runs inside the jitted step.
+  Park et al. mask normalised features with zero, their mean; these log-mels
+  are not normalised (speech sits near -8, silence at log(LOG_FLOOR) = -13.8),
+  so a zero would insert a loud band, and the mean over the utterance's real
+  frames stands in for it. Time masks are drawn inside each utterance's real
+  length, so padding does not absorb them. Shapes are static, so this runs
+  inside the jitted step.
   """
   batch, frames, mels = features.shape
   f_rng, t_rng = jax.random.split(rng)
@@ -127,7 +131,9 @@ def spec_augment(
   freq = masks(f_rng, freq_masks, freq_width, jnp.full((batch,), mels), mels)
   time = masks(t_rng, time_masks, time_width, lengths, frames)
   keep = ~(freq[:, None, :] | time[:, :, None])
-  return features * keep
+  real = (jnp.arange(frames)[None, :] < lengths[:, None])[..., None]
+  mean = jnp.sum(features * real, axis=(1, 2)) / jnp.maximum(lengths * mels, 1)
+  return jnp.where(keep, features, mean[:, None, None].astype(features.dtype))
 
 
 def mel_centres_hz(sample_rate: int, num_mels: int) -> np.ndarray:

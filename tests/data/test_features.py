@@ -22,18 +22,26 @@ def test_log_mel_matches_librosa_within_1e_4():
     np.testing.assert_allclose(ours, np.log(ref.T + features.LOG_FLOOR), atol=1e-4)
 
 
-def test_spec_augment_is_seeded_and_masks_inside_real_frames():
-  x = jnp.ones((4, 100, 80))
+def test_spec_augment_is_seeded_and_masks_inside_real_frames_with_their_mean():
+  """A masked cell holds the mean of its utterance's real frames: not 0, not the padding."""
   lengths = jnp.array([100, 50, 30, 100])
+  real = np.arange(100)[None, :, None] < np.asarray(lengths)[:, None, None]
+  noise = np.random.default_rng(0).normal(-8.0, 1.0, (4, 100, 80)).astype(np.float32)
+  x = jnp.asarray(np.where(real, noise, np.log(features.LOG_FLOOR)))
   kw = dict(freq_masks=2, freq_width=10, time_masks=2, time_width=10)
-  a = features.spec_augment(x, lengths, jax.random.key(0), **kw)
+  a = np.asarray(features.spec_augment(x, lengths, jax.random.key(0), **kw))
   b = features.spec_augment(x, lengths, jax.random.key(0), **kw)
   c = features.spec_augment(x, lengths, jax.random.key(1), **kw)
   np.testing.assert_array_equal(a, b)
   assert not np.array_equal(a, c)
-  assert 0 < float((a == 0).mean()) < 0.5
+  masked = a != np.asarray(x)
+  assert 0 < masked.mean() < 0.5
+  means = np.array([noise[i, :n].mean() for i, n in enumerate(np.asarray(lengths))])
+  np.testing.assert_allclose(
+    a[masked], np.broadcast_to(means[:, None, None], a.shape)[masked], atol=1e-4
+  )
   # Time masks fall inside each utterance: a fully masked frame beyond the length never occurs.
-  masked_frames = np.asarray((a == 0).all(axis=2))
+  masked_frames = masked.all(axis=2)
   for i, n in enumerate(lengths):
     assert not masked_frames[i, int(n) + 10 :].any()
 
