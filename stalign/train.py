@@ -197,7 +197,7 @@ def train_step(
   text_bank: jax.Array | None = None,
 ) -> tuple[dict, dict]:
   """One optimizer update: state in, (state, metrics) out. The step number keys the RNG."""
-  rng = jax.random.fold_in(jax.random.key(config.seed), state["step"])
+  rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   (loss, (parts, outputs)), grads = grad_fn(
     state["params"],
@@ -223,7 +223,7 @@ def train_step(
     "nonfinite_total": opt_state.total_notfinite,
     "nonfinite_consecutive": opt_state.notfinite_count,
   }
-  return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
+  return {**state, "params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
 
 
 def eval_step(
@@ -252,9 +252,19 @@ def eval_step(
 def init_state(
   config: ml_collections.ConfigDict, tx: optax.GradientTransformation, teacher_dim: int
 ) -> dict:
-  """Fresh train state: params of seed `config.seed`, optimizer state, step 0."""
+  """Fresh train state: params of seed `config.seed`, optimizer state, step 0, the step's RNG.
+
+  The RNG key (dropout, augmentation) travels in the state rather than being
+  built from `config.seed` inside the step, so runs that differ only in their
+  seed compile to the same program and share the persistent compilation cache.
+  """
   params = nnx.state(student_lib.build(config, teacher_dim, config.seed))
-  return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+  return {
+    "params": params,
+    "opt_state": tx.init(params),
+    "step": jnp.zeros((), jnp.int32),
+    "rng": jax.random.key_data(jax.random.key(config.seed)),
+  }
 
 
 def device_batch(local: dict) -> dict:

@@ -62,6 +62,23 @@ def step_parts(prepared_config):
   return c, graphdef, tx, mean, train.init_state(c, tx, dim), batch
 
 
+def test_runs_that_differ_only_in_seed_compile_to_one_program(step_parts):
+  """The seed is state, not code: the persistent cache serves every seed of a study cell."""
+  c, graphdef, tx, mean, _, batch = step_parts
+  programs, keys = [], []
+  for seed in (0, 7):
+    cs = c.copy_and_resolve_references()
+    cs.seed = seed
+    step = jax.jit(
+      functools.partial(train.train_step, graphdef=graphdef, tx=tx, config=cs, target_mean=mean)
+    )
+    state = train.init_state(cs, tx, batch["teacher"].shape[-1])
+    programs.append(step.lower(state, batch).as_text())
+    keys.append(np.asarray(state["rng"]))
+  assert programs[0] == programs[1]
+  assert not np.array_equal(*keys)
+
+
 def test_train_step_alone_fits_one_batch_and_its_loss_is_the_weighted_sum(step_parts):
   c, graphdef, tx, mean, state, batch = step_parts
   step = jax.jit(
