@@ -1,18 +1,28 @@
-"""tf.data input: per-process file sharding, length buckets, static shapes, prefetch.
+"""tf.data input: an epoch plan from the record index, length buckets, static shapes, prefetch.
 
-Each process reads its own slice of the TFRecord shards, so a pod never sends
-data between hosts. Utterances are grouped by length and padded up to a small
-set of bucket lengths: padding stays low and `jax.jit` compiles once per
-bucket. Every epoch has its own shuffle seed, and every batch carries the
-epoch it came from, so the loop can save `(epoch, batches seen in it)` with a
-checkpoint and resume at exactly the next batch.
+Training batches are planned, not streamed: `epoch_plan` computes an epoch's
+order, length buckets and batches from the split's `RecordIndex` (each
+record's shard, offset and frames) and (seed, epoch) alone, and the pipeline
+then reads each batch's records at their offsets. Resuming at batch k of an
+epoch therefore plans that epoch and starts reading at batch k: its cost does
+not grow with k (replaying k batches, as a streamed input must, does).
+
+The plan is of global batches, the same on every process; each process reads
+only its own rows of each, so the processes' rows together are exactly the
+batch one process would see, every process pads to the same bucket at every
+step, and no data moves between hosts. Utterances are grouped by length and
+padded up to a small set of bucket lengths: padding stays low and `jax.jit`
+compiles once per bucket. Every batch carries the epoch it came from, so the
+loop can save `(epoch, batches seen in it)` with a checkpoint.
 """
 
 import collections
 from collections.abc import Iterator
+import itertools
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 import tensorflow as tf
@@ -111,17 +121,6 @@ def _pad_to_bucket(batch: dict, lengths: tuple[int, ...], model: ml_collections.
   return batch
 
 
-def local_files(files: list[str]) -> list[str]:
-  """This process's shards; every shard goes to exactly one process."""
-  count, index = jax.process_count(), jax.process_index()
-  if len(files) < count:
-    raise ValueError(
-      f"{len(files)} shards cannot feed {count} processes; write at least "
-      f"{count} shards (data.num_shards)"
-    )
-  return files[index::count]
-
-
 def local_batch_size(global_batch: int) -> int:
   if global_batch % jax.process_count():
     raise ValueError(
@@ -130,32 +129,120 @@ def local_batch_size(global_batch: int) -> int:
   return global_batch // jax.process_count()
 
 
+def record_index(config: ml_collections.ConfigDict, split: str) -> tfrecords.RecordIndex:
+  """The split's record index; a data folder written before indexes existed gets one here.
+
+  Building it reads the split once (as one epoch would) on process 0, which
+  writes it beside the shards, so this happens once per data folder.
+  """
+  try:
+    return tfrecords.read_index(config.data_dir, split)
+  except tfrecords.MissingIndexError as e:
+    logging.warning(
+      "no usable record index for split %s (%s): building it now, one pass over the split; "
+      "`%s` writes it ahead of training",
+      split,
+      e,
+      layout.PREPARE_COMMAND,
+    )
+  if jax.process_index() == 0:
+    tfrecords.write_index(config.data_dir, split)
+  multihost_utils.sync_global_devices("record index built on demand")  # None reads half of it.
+  return tfrecords.read_index(config.data_dir, split)
+
+
+def _padded_lengths(index: tfrecords.RecordIndex, config: ml_collections.ConfigDict) -> np.ndarray:
+  """Each record's bucket, as the length it is padded to (`features.padded_length`)."""
+  lengths = features.bucket_lengths(config)
+  frames = np.unique(index.num_frames)
+  padded = [features.padded_length(int(n), lengths, config.model.subsample) for n in frames]
+  return np.array(padded, np.int64)[np.searchsorted(frames, index.num_frames)]
+
+
+def batches_per_epoch(index: tfrecords.RecordIndex, config: ml_collections.ConfigDict) -> int:
+  """Full global batches in every epoch: each bucket's records, whole batches of them.
+
+  The same for every epoch (a bucket's size does not depend on the order), so
+  a position `(epoch, batch)` maps to a global batch count and back.
+  """
+  _, counts = np.unique(_padded_lengths(index, config), return_counts=True)
+  return int((counts // config.input.batch_size).sum())
+
+
+def epoch_plan(
+  index: tfrecords.RecordIndex, config: ml_collections.ConfigDict, epoch: int
+) -> np.ndarray:
+  """The record numbers of each global batch of `epoch`, [batches, global batch], in order.
+
+  A function of the index, the config and (seed, epoch) only, so every
+  process and every resume computes the same plan. The order is what a
+  streamed input with a shuffle buffer gives: the shards in a new order each
+  epoch, read front to back, records shuffled within windows of
+  `input.shuffle_buffer` (here a window costs no memory, and one as large as
+  the split shuffles it whole). Each record then joins its length bucket, and
+  a batch is emitted when its bucket fills, as `bucket_by_sequence_length`
+  does; buckets' incomplete last batches are dropped. Costs O(records log
+  records) whatever the epoch or the batch a run resumes at.
+  """
+  rng = np.random.default_rng((config.seed, epoch))
+  starts = np.searchsorted(index.shard, np.arange(len(index.files) + 1))
+  order = np.concatenate(
+    [np.arange(starts[s], starts[s + 1]) for s in rng.permutation(len(index.files))]
+  )
+  window = np.arange(order.size) // max(1, config.input.shuffle_buffer)
+  order = order[np.lexsort((rng.random(order.size), window))]
+  padded = _padded_lengths(index, config)[order]
+  batch = config.input.batch_size
+  batches = [
+    at[: at.size // batch * batch].reshape(-1, batch)
+    for at in (np.flatnonzero(padded == length) for length in np.unique(padded))
+  ]
+  batches = np.concatenate(batches + [np.zeros((0, batch), np.int64)])
+  return order[batches[np.argsort(batches[:, -1])]]  # In the order the batches fill.
+
+
 def train_iterator(
   config: ml_collections.ConfigDict, split: str, teacher_dim: int, position: dict | None = None
 ) -> Iterator[dict]:
-  """Endless shuffled batches as numpy dicts, starting after `position`.
+  """Endless shuffled batches (this process's rows) as numpy dicts, starting after `position`.
 
-  `position = {"epoch": e, "batch": k}` resumes at the (k+1)-th batch of epoch e.
+  `position = {"epoch": e, "batch": k}` resumes at the (k+1)-th batch of epoch
+  e, reading nothing before it (`epoch_plan`).
   """
   _keep_tf_off_accelerators()
-  files = local_files(layout.list_shards(config.data_dir, split))
+  index = record_index(config, split)
+  if not batches_per_epoch(index, config):
+    raise ValueError(
+      f"no length bucket of split {split!r} holds a full batch of {config.input.batch_size} "
+      f"({index.num_frames.size} records): lower input.batch_size or use fewer buckets"
+    )
   parse = _parse_fn(config, teacher_dim)
   batch_size = local_batch_size(config.input.batch_size)
-  seed = config.seed + 1000 * jax.process_index()
+  rows = slice(jax.process_index() * batch_size, (jax.process_index() + 1) * batch_size)
   start_epoch = position["epoch"] if position else 0
   skip = position["batch"] if position else 0
 
-  def epoch(e):
-    ds = tf.data.Dataset.from_tensor_slices(files)
-    ds = ds.shuffle(len(files), seed=seed + e)
-    ds = ds.interleave(_records, cycle_length=min(4, len(files)))
-    ds = ds.shuffle(config.input.shuffle_buffer, seed=seed + e, reshuffle_each_iteration=False)
-    ds = _bucketed(ds.map(parse), config, batch_size, drop_remainder=True)
-    return ds.map(lambda b: {**b, "epoch": tf.fill([batch_size], tf.cast(e, tf.int64))})
+  def planned():
+    for e in itertools.count(start_epoch):
+      for batch in epoch_plan(index, config, e)[skip if e == start_epoch else 0 :]:
+        yield e, batch[rows]
 
-  first = epoch(start_epoch).skip(skip)
-  rest = tf.data.Dataset.range(start_epoch + 1, 2**62).flat_map(epoch)
-  ds = first.concatenate(rest).prefetch(config.input.prefetch)
+  def read(epoch, batch):
+    raw = tf.numpy_function(
+      lambda r: np.array(index.read(r), object), [batch], tf.string, stateful=False
+    )
+    return tf.fill([batch_size], epoch), tf.ensure_shape(raw, [batch_size])
+
+  lengths = features.bucket_lengths(config)
+  ds = tf.data.Dataset.from_generator(
+    planned,
+    output_signature=(tf.TensorSpec([], tf.int64), tf.TensorSpec([batch_size], tf.int64)),
+  )
+  ds = ds.map(read, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
+  ds = ds.map(lambda e, raw: {**parse(raw), "epoch": e}, num_parallel_calls=tf.data.AUTOTUNE)
+  # Every planned batch is one bucket's `batch_size` records: this regroups exactly those.
+  ds = ds.padded_batch(batch_size, drop_remainder=True)
+  ds = ds.map(lambda b: _pad_to_bucket(b, lengths, config.model)).prefetch(config.input.prefetch)
   options = tf.data.Options()
   options.deterministic = True
   ds = ds.with_options(options)

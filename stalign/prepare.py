@@ -10,7 +10,9 @@ exists, so a killed job never leaves a half-written split that looks finished.
 Evaluators only read: every split they use is built here. With several
 processes, process 0 writes the splits while the others wait at a barrier
 (no shared POSIX disk is assumed: the data folder may be a `gs://` URL), then
-all of them share the teacher embeddings (`stalign.precompute`).
+all of them share the teacher embeddings (`stalign.precompute`). Last, the
+train split's record index is written (`tfrecords.write_index`), from which the
+training input plans its epochs and resumes without replaying them.
 """
 
 import collections
@@ -150,7 +152,19 @@ def prepare(config: ml_collections.ConfigDict) -> dict:
     write_splits(config)
   multihost_utils.sync_global_devices("data splits written")  # No host reads one half-written.
   precompute.precompute(config, splits(config))
+  if jax.process_index() == 0:
+    write_index(config, "train")  # After precompute, which rewrites the shards.
+  multihost_utils.sync_global_devices("record index written")
   return {split: layout.read_summary(config.data_dir, split) for split in splits(config)}
+
+
+def write_index(config: ml_collections.ConfigDict, split: str) -> None:
+  """Writes the split's record index unless an up-to-date one exists (a rerun reuses it)."""
+  try:
+    tfrecords.read_index(config.data_dir, split)
+  except tfrecords.MissingIndexError as e:
+    logging.info("indexing split %s (%s)", split, e)
+    tfrecords.write_index(config.data_dir, split)
 
 
 def write_splits(config: ml_collections.ConfigDict) -> dict:

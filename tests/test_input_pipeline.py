@@ -1,6 +1,12 @@
+import contextlib
+import dataclasses
+import logging
+import os
+import shutil
 from unittest import mock
 
 import numpy as np
+import pytest
 
 from stalign import input_pipeline
 from stalign.data import features
@@ -61,18 +67,142 @@ def test_resume_position_continues_with_the_same_batches(prepared_config):
     np.testing.assert_array_equal(got["features"], expected["features"])
 
 
-def test_two_processes_read_disjoint_shards_covering_everything(prepared_config):
-  files = layout.list_shards(prepared_config.data_dir, "train")
-  seen = []
-  for index in range(2):
-    with (
-      mock.patch("jax.process_count", return_value=2),
-      mock.patch("jax.process_index", return_value=index),
-    ):
-      mine = input_pipeline.local_files(files)
-      seen += [r["id"] for r in tfrecords.iterate_records(mine)]
-  all_ids = [r["id"] for r in tfrecords.iterate_records(files)]
-  assert sorted(seen) == sorted(all_ids) and len(set(seen)) == len(seen)
+@contextlib.contextmanager
+def _as_process(index: int, count: int = 2):
+  with (
+    mock.patch("jax.process_count", return_value=count),
+    mock.patch("jax.process_index", return_value=index),
+  ):
+    yield
+
+
+def _take(iterator, n: int) -> list[dict]:
+  return [next(iterator) for _ in range(n)]
+
+
+def test_processes_read_their_rows_of_the_global_batches_and_resume_alike(prepared_config):
+  """Two processes' rows make up the one-process batches (same bucket on both), and each
+  process, resumed in the second epoch, continues with its own uninterrupted batches."""
+  c = with_buckets(prepared_config)
+  whole = _take(input_pipeline.train_iterator(c, "train", 384), 10)
+  per_epoch = input_pipeline.batches_per_epoch(input_pipeline.record_index(c, "train"), c)
+  k = per_epoch + 2  # Two batches into the second epoch.
+  assert k < len(whole) and len({tuple(b["features"].shape) for b in whole}) > 1
+  rows = c.input.batch_size // 2
+  for process in range(2):
+    with _as_process(process):
+      mine = _take(input_pipeline.train_iterator(c, "train", 384), len(whole))
+      resumed = _take(
+        input_pipeline.train_iterator(c, "train", 384, {"epoch": 1, "batch": 2}), len(whole) - k
+      )
+    for got, full in zip(mine, whole):
+      for key in ("features", "text", "teacher", "ctc_labels", "epoch"):
+        np.testing.assert_array_equal(got[key], full[key][process * rows : (process + 1) * rows])
+    for got, expected in zip(resumed, mine[k:]):
+      for key in ("features", "text", "epoch"):
+        np.testing.assert_array_equal(got[key], expected[key])
+
+
+def test_resuming_reads_no_record_of_the_batches_before_it(prepared_config):
+  c = with_buckets(prepared_config)
+  index = input_pipeline.record_index(c, "train")
+  plan = input_pipeline.epoch_plan(index, c, 3)
+  requested = []
+  real_read = tfrecords.RecordIndex.read
+
+  def read(self, rows):
+    requested.append(list(rows))
+    return real_read(self, rows)
+
+  with mock.patch.object(tfrecords.RecordIndex, "read", read):
+    it = input_pipeline.train_iterator(c, "train", 384, {"epoch": 3, "batch": 2})
+    first = next(it)
+  assert requested[0] == list(plan[2])  # The first read is of the first batch it yields.
+  assert all(r in (list(b) for b in plan[2:]) for r in requested[: len(plan) - 2])
+  np.testing.assert_array_equal(first["num_frames"], index.num_frames[plan[2]])
+
+
+def test_epoch_plan_is_fixed_by_seed_and_epoch_with_one_bucket_per_batch(prepared_config):
+  c = with_buckets(prepared_config)
+  index = input_pipeline.record_index(c, "train")
+  buckets = features.bucket_lengths(c)
+  plans = [input_pipeline.epoch_plan(index, c, e) for e in (0, 1)]
+  np.testing.assert_array_equal(plans[0], input_pipeline.epoch_plan(index, c, 0))
+  assert not np.array_equal(plans[0], plans[1])
+  for plan in plans:
+    assert plan.shape == (input_pipeline.batches_per_epoch(index, c), c.input.batch_size)
+    assert len(set(plan.ravel())) == plan.size  # No record twice in an epoch.
+    for batch in plan:
+      padded = {
+        features.padded_length(n, buckets, c.model.subsample) for n in index.num_frames[batch]
+      }
+      assert len(padded) == 1
+
+
+def _synthetic_index(records: int, shards: int, frames: np.ndarray) -> tfrecords.RecordIndex:
+  shard = np.repeat(np.arange(shards), records // shards).astype(np.int32)
+  return tfrecords.RecordIndex(
+    path="synthetic",
+    files=tuple(f"shard-{i}" for i in range(shards)),
+    shard=shard,
+    offset=np.zeros(records, np.int64),
+    length=np.zeros(records, np.int64),
+    num_frames=frames.astype(np.int32),
+  )
+
+
+def test_epoch_plan_shuffles_within_windows_of_the_shuffle_buffer(prepared_config):
+  """With one shard the base order is the file order, so records mix only within a window."""
+  c = prepared_config.copy_and_resolve_references()
+  index = _synthetic_index(1000, 1, np.full(1000, 50))
+  c.input.shuffle_buffer = 100
+  order = input_pipeline.epoch_plan(index, c, 0).ravel()
+  assert np.all(np.diff(order // 100) >= 0) and not np.all(np.diff(order) > 0)
+  c.input.shuffle_buffer = 1
+  np.testing.assert_array_equal(input_pipeline.epoch_plan(index, c, 0).ravel(), np.arange(1000))
+
+
+def test_the_index_reads_every_record_at_its_offset(prepared_config):
+  """The data stage wrote the train split's index; reading any rows in any order works."""
+  index = tfrecords.read_index(prepared_config.data_dir, "train")
+  records = [raw for path in index.files for raw in tfrecords.read_raw(path)]
+  rows = np.random.default_rng(0).permutation(len(records))
+  assert index.read(rows) == [records[r] for r in rows]
+  np.testing.assert_array_equal(
+    index.num_frames, [tfrecords.deserialize(r)["features"].shape[0] for r in records]
+  )
+  bad = dataclasses.replace(index, offset=index.offset + 1)
+  with pytest.raises(ValueError, match="--stages=data"):
+    bad.read(rows[:1])
+
+
+def _copy_of_data(config, tmp_path):
+  c = config.copy_and_resolve_references()
+  c.data_dir = str(tmp_path / "data")
+  shutil.copytree(config.data_dir, c.data_dir)
+  return c
+
+
+def test_a_data_folder_without_an_index_gets_one_on_first_use(prepared_config, tmp_path, caplog):
+  c = _copy_of_data(prepared_config, tmp_path)
+  os.remove(layout.index_path(c.data_dir, "train"))
+  with caplog.at_level(logging.WARNING):
+    got = _take(input_pipeline.train_iterator(c, "train", 384, {"epoch": 2, "batch": 1}), 3)
+  assert "no usable record index" in caplog.text and "--stages=data" in caplog.text
+  tfrecords.read_index(c.data_dir, "train")  # Written for the next run.
+  expected = input_pipeline.train_iterator(prepared_config, "train", 384, {"epoch": 2, "batch": 1})
+  for batch, want in zip(got, _take(expected, 3)):
+    np.testing.assert_array_equal(batch["features"], want["features"])
+
+
+def test_an_index_of_other_shards_is_rebuilt_not_trusted(prepared_config, tmp_path):
+  c = _copy_of_data(prepared_config, tmp_path)
+  shard = layout.list_shards(c.data_dir, "train")[0]
+  tfrecords.write_shard(shard, list(tfrecords.read_raw(shard))[:-1])  # One record fewer.
+  with pytest.raises(tfrecords.MissingIndexError, match="other shards"):
+    tfrecords.read_index(c.data_dir, "train")
+  before = tfrecords.read_index(prepared_config.data_dir, "train").num_frames.size
+  assert input_pipeline.record_index(c, "train").num_frames.size == before - 1
 
 
 def test_eval_batches_cover_each_example_once(prepared_config):

@@ -13,18 +13,33 @@ could hold it to a `gs://` data folder): `read_raw` parses the TFRecord framing
 (length, masked CRC32C of the length, data, masked CRC32C of the data) from
 any file object, and `write_shard` writes with `tf.io.TFRecordWriter` to a
 local file that becomes the shard in one rename or upload.
+
+A split's `RecordIndex` (written by the data stage, `write_index`) holds where
+every record starts and its number of frames. The training input plans an
+epoch from the index alone and reads each record at its offset (`RecordIndex.read`),
+so resuming at batch k reads nothing before it: TFRecord has no seek of its
+own, but its framing (12-byte header, data, 4-byte CRC) is all a reader needs.
 """
 
 from collections.abc import Iterable
 from collections.abc import Iterator
+import contextlib
+import dataclasses
+import io
 import json
+import os
 import struct
+from typing import IO
 
 import google_crc32c
 import numpy as np
 import tensorflow as tf
 
 from stalign import fs
+from stalign.data import layout
+
+# Bumped whenever the index file changes meaning; an index of another version is rebuilt.
+INDEX_VERSION = 1
 
 
 def _bytes(v: bytes) -> tf.train.Feature:
@@ -86,20 +101,129 @@ def _masked_crc(data: bytes) -> int:
   return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
+def _read_framed(f: IO[bytes], path: str) -> bytes | None:
+  """The record at `f`'s position, checked against its CRCs; None at the end of the file."""
+  header = f.read(12)
+  if not header:
+    return None
+  error = ValueError(f"{path}: truncated or corrupt TFRecord; rebuild it with the data stage")
+  # The length is trusted only once its CRC matches: a corrupt one could ask for any size.
+  if len(header) < 12 or _masked_crc(header[:8]) != struct.unpack("<I", header[8:])[0]:
+    raise error
+  data = f.read(struct.unpack("<Q", header[:8])[0])
+  footer = f.read(4)
+  if len(footer) < 4 or _masked_crc(data) != struct.unpack("<I", footer)[0]:
+    raise error
+  return data
+
+
 def read_raw(path: str) -> Iterator[bytes]:
   """The serialized records of one shard, in order, each checked against its CRC."""
   with fs.open(path, "rb") as f:
-    while header := f.read(12):
-      data = f.read(struct.unpack("<Q", header[:8])[0]) if len(header) == 12 else b""
-      footer = f.read(4)
-      if (
-        len(header) < 12
-        or len(footer) < 4
-        or _masked_crc(header[:8]) != struct.unpack("<I", header[8:])[0]
-        or _masked_crc(data) != struct.unpack("<I", footer)[0]
-      ):
-        raise ValueError(f"{path}: truncated or corrupt TFRecord; rebuild it with the data stage")
+    while (data := _read_framed(f, path)) is not None:
       yield data
+
+
+class MissingIndexError(FileNotFoundError):
+  """A split has no record index, or one that no longer matches its shards."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordIndex:
+  """Where each record of a split is, and its length in frames: an epoch plan needs nothing else.
+
+  Records are numbered shard by shard (in `layout.list_shards` order), each shard front to back.
+  """
+
+  path: str  # The index file (named in errors).
+  files: tuple[str, ...]  # The split's shards.
+  shard: np.ndarray  # [records] int32: which of `files` holds the record.
+  offset: np.ndarray  # [records] int64: byte offset of its 12-byte header.
+  length: np.ndarray  # [records] int64: bytes of its serialized example.
+  num_frames: np.ndarray  # [records] int32: its feature frames, which choose its length bucket.
+
+  def read(self, rows: np.ndarray) -> list[bytes]:
+    """The serialized records numbered `rows`, in that order; each shard is opened once."""
+    out = [b""] * len(rows)
+    with contextlib.ExitStack() as stack:
+      opened = {}
+      for i in np.lexsort((self.offset[rows], self.shard[rows])):  # Front to back per shard.
+        row, shard = rows[i], int(self.shard[rows[i]])
+        if shard not in opened:
+          opened[shard] = stack.enter_context(fs.open(self.files[shard], "rb"))
+        opened[shard].seek(int(self.offset[row]))
+        try:
+          data = _read_framed(opened[shard], self.files[shard])
+        except ValueError:
+          data = None
+        if data is None or len(data) != self.length[row]:
+          raise ValueError(
+            f"{self.files[shard]} has no record of {self.length[row]} bytes at offset "
+            f"{self.offset[row]}: the shards changed after {self.path} was written; rebuild "
+            f"it with `{layout.PREPARE_COMMAND}`"
+          )
+        out[i] = data
+    return out
+
+
+def _num_frames(raw: bytes) -> int:
+  return tf.train.Example.FromString(raw).features.feature["num_frames"].int64_list.value[0]
+
+
+def _size(path: str) -> int:
+  with fs.open(path, "rb") as f:
+    return f.seek(0, os.SEEK_END)
+
+
+def write_index(data_dir: str, split: str) -> RecordIndex:
+  """Indexes a finished split (one pass over its records) and writes the index beside it.
+
+  Run after anything that rewrites the shards (`stalign.precompute` adds the
+  teacher embeddings), since offsets move. Each shard's size is stored too, so
+  an index that no longer matches its shards is noticed before any read.
+  """
+  files = layout.list_shards(data_dir, split)
+  columns = {"shard": [], "offset": [], "length": [], "num_frames": []}
+  sizes = []
+  for shard, path in enumerate(files):
+    with fs.open(path, "rb") as f:
+      while True:
+        offset = f.tell()
+        raw = _read_framed(f, path)
+        if raw is None:
+          break
+        for name, value in zip(columns, (shard, offset, len(raw), _num_frames(raw))):
+          columns[name].append(value)
+      sizes.append(offset)
+  dtypes = {"shard": np.int32, "offset": np.int64, "length": np.int64, "num_frames": np.int32}
+  arrays = {name: np.array(values, dtypes[name]) for name, values in columns.items()}
+  path = layout.index_path(data_dir, split)
+  with fs.atomic_write(path, "wb") as f:
+    np.savez(
+      f,
+      version=INDEX_VERSION,
+      shards=np.array([os.path.basename(p) for p in files]),
+      shard_bytes=np.array(sizes, np.int64),
+      **arrays,
+    )
+  return RecordIndex(path, tuple(files), **arrays)
+
+
+def read_index(data_dir: str, split: str) -> RecordIndex:
+  """The split's index, or a `MissingIndexError` if it is absent or its shards have changed."""
+  path = layout.index_path(data_dir, split)
+  if not fs.exists(path):
+    raise MissingIndexError(f"{path} does not exist")
+  stored = np.load(io.BytesIO(fs.read_bytes(path)))
+  if int(stored["version"]) != INDEX_VERSION:
+    raise MissingIndexError(f"{path} is version {int(stored['version'])}, not {INDEX_VERSION}")
+  files = layout.list_shards(data_dir, split)
+  if list(stored["shards"]) != [os.path.basename(p) for p in files] or list(
+    stored["shard_bytes"]
+  ) != [_size(p) for p in files]:
+    raise MissingIndexError(f"{path} was written for other shards than those now beside it")
+  columns = ("shard", "offset", "length", "num_frames")
+  return RecordIndex(path, tuple(files), **{name: stored[name] for name in columns})
 
 
 def write_shard(path: str, records: Iterable[bytes]) -> int:

@@ -1,0 +1,122 @@
+r"""The regime study: regimes (a)-(d) x two loss families x seeds, every cell on one step budget.
+
+  python -m stalign.study --config=configs/study.py --workdir=runs/study
+  python -m stalign.study --config=configs/study.py:quick --workdir=/tmp/study   # tiny, minutes
+
+What a run is. The top-level keys are the demo recipe (configs/demo.py; `:tiny` for `quick`),
+so the study follows the recipe as it changes. `study.regimes.<regime>` holds what that
+regime's own config file changes in the recipe, found here by comparing the two (`changes`),
+and `study.pretrain` what configs/asr_pretrain.py changes:
+
+  a_distill        configs/distill.py             cosine + contrastive, no CTC, from scratch
+  b_asr_distill    configs/distill_from_asr.py    as (a), encoder from the ASR pretraining run
+  c_multitask      configs/demo.py                as (a) + CTC, from scratch (the recipe itself)
+  d_asr_multitask  configs/multitask_from_asr.py  as (c), encoder from the ASR pretraining run
+
+`study.families.<family>` then changes the loss: `ours` is the recipe's loss as it stands
+(cosine to centred teacher targets + in-batch InfoNCE), `paper` is the paper's plain distance to
+the raw teacher embedding (`loss.distill`, no centring, no contrastive term; CTC as the regime
+says). A regime whose config warm-starts (`init_from`) starts from the study's own pretraining
+run of the same seed, `WORKDIR/asr_pretrain/seed<k>`, shared by (b) and (d) of both families.
+At paper scale, REGIME_CONFIGS would name configs/tpu_*.py instead (with `:from_asr` for (b)
+and (d)); nothing else here is local.
+
+Budget, matched: every cell gets `train.steps` = T optimizer updates of `input.batch_size`
+utterances in total. (a) and (c) train T steps from scratch; the pretraining run takes
+`study.pretrain_steps` = P of them, and (b) and (d) train the remaining T - P. Per seed that is
+one pretraining run of P steps, four runs of T ((a), (c), two families) and four of T - P.
+
+Why T = 360 and P = 120 (2-core CPU, no accelerator; per-step and compile figures from the
+README's `make demo`, evaluation from its rerun):
+  steps:       3 seeds x (4 x 360 + 4 x 240 + 120) = 7,560 steps x 0.45 s            = 57 min
+  compiling:   9 distinct train steps (pretraining; (a), (c) and (b), (d) per family:
+               the schedule's length is compiled in, the seed is not) x 7 bucket shapes
+               x ~12 s, plus validation shapes                                        = 13 min
+               and 18 runs loading theirs from the persistent cache, ~15 s each      =  5 min
+  evaluation:  24 runs x ~30 s (test split, zero-shot, FSDD, probes)                  = 12 min
+  curves:      valid retrieval every 60 steps, 3 x (4 x 6 + 4 x 4) = 120 x ~2.5 s     =  5 min
+  total                                                                               ~ 92 min
+plus about a minute to build data/demo if it is missing. T is under a third of the demo's 1,150
+steps: the study compares regimes at a budget this machine affords, not at convergence, and the
+ASR pretraining is short (P = T / 3); `--config.study.pretrain_steps` moves the split. Each
+further 100 steps of T cost 3 x 8 x 100 x 0.45 s = 18 min.
+
+`quick` runs every stage of the same grid at tiny size (2 seeds, 8 steps) in minutes; the test
+suite runs it. Every key below is declared once, with a comment; `stalign.study.validate` checks
+the study keys and builds (and `stalign.config.validate`s) every run's config before any work.
+"""
+
+import importlib
+
+import ml_collections
+
+from configs import demo
+from stalign import config as config_lib
+
+# regime -> the config file (configs/<name>.py) that defines it, and the pretraining one.
+REGIME_CONFIGS = {
+  "a_distill": "distill",
+  "b_asr_distill": "distill_from_asr",
+  "c_multitask": "demo",
+  "d_asr_multitask": "multitask_from_asr",
+}
+PRETRAIN_CONFIG = "asr_pretrain"
+
+
+def changes(config: ml_collections.ConfigDict, base: ml_collections.ConfigDict) -> dict:
+  """The keys whose value `config` sets differently from `base`, nested as in the config."""
+  out = {}
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      inner = changes(value, base[key])
+      if inner:
+        out[key] = inner
+    elif value != base[key]:
+      out[key] = value
+  return out
+
+
+def _changes_of(name: str, arg: str | None, recipe: ml_collections.ConfigDict):
+  module = importlib.import_module(f"configs.{name}")
+  return ml_collections.ConfigDict(changes(module.get_config(arg), recipe))
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  # `tiny` is the name every config's small variant also answers to (tests/test_config.py).
+  args = config_lib.parse_arg(arg, quick=False, tiny=False)
+  quick = args.quick or args.tiny
+  run_arg = "tiny" if quick else None
+  recipe = demo.get_config(run_arg)
+  c = demo.get_config(run_arg)  # The recipe; the overrides below are the study's own.
+  # Total optimizer updates of every cell, pretraining included (T in the docstring).
+  c.train.steps = 8 if quick else 360
+  # Checkpoint (+ valid loss and CER) this often: a killed run resumes from the last one.
+  c.train.checkpoint_every = 4 if quick else 120
+  if quick:
+    c.train.warmup_steps = 2  # The tiny recipe's 5 would outlast a 4-step fine-tuning run.
+    # One padded length (the longest): one compiled step per loss and schedule, so the quick
+    # grid's time goes to running every stage rather than to compiling bucket shapes.
+    c.input.bucket_boundaries = ()
+  # Valid-split retrieval this often, for the R@1-against-step curves; it divides
+  # study.pretrain_steps and train.steps so that every regime is measured at the same steps.
+  c.eval.every_steps = 4 if quick else 60
+  c.eval.during_training = ("retrieval",)  # The curves need retrieval only.
+
+  c.study = ml_collections.ConfigDict()
+  c.study.seeds = 2 if quick else 3  # Runs per cell, with seeds `seed`, `seed` + 1, ...
+  c.study.pretrain_steps = 4 if quick else 120  # P: ASR pretraining steps of (b) and (d).
+  c.study.baseline = "a_distill"  # The regime the others are compared with, seed by seed.
+  # What each regime's config file (REGIME_CONFIGS) and configs/asr_pretrain.py change in the
+  # recipe: loss weights and warm start; the warm start's source is replaced by the study's own.
+  c.study.regimes = ml_collections.ConfigDict(
+    {name: _changes_of(module, run_arg, recipe) for name, module in REGIME_CONFIGS.items()}
+  )
+  c.study.pretrain = _changes_of(PRETRAIN_CONFIG, run_arg, recipe)
+  # Loss families: changes to `loss` on top of each regime.
+  c.study.families = ml_collections.ConfigDict()
+  c.study.families.ours = ml_collections.ConfigDict()  # The recipe's loss, unchanged.
+  # The paper's: plain distance ("cosine" or "mse") to the raw teacher embedding.
+  c.study.families.paper = ml_collections.ConfigDict(
+    dict(distill="cosine", centre_targets=False, contrastive_weight=0.0)
+  )
+  return c
