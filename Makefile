@@ -35,7 +35,13 @@ format: install
 test-fast: install
 	$(PY) -m pytest -n 2 -m "not slow" tests
 
-bench: install
+# The bench extra (faiss-cpu, the retrieval benchmark's peer) on top of the pinned install.
+BENCH_STAMP := $(VENV)/.bench-stamp
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install -q -c requirements.lock -e '.[bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	$(PY) -m bench.run
 
 clean:

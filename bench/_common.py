@@ -1,0 +1,238 @@
+"""What the benchmarks share, so that figures which must agree come from one place.
+
+- `MatmulPeak`: the hardware limit every FLOPs utilisation is divided by, a
+  large jitted float32 matmul measured in the same process as the thing it is
+  compared with.
+- `alternate`: the one timing loop. The machines are shared and noisy, so two
+  things are compared only when measured side by side: rounds visit every
+  candidate once, in reversed order every other round (ABBA), and each side's
+  figure is a median.
+- `TrainStep`: the student's train step built as `train.train_and_evaluate`
+  builds it (mesh, shardings, donated state), on synthetic batches of any
+  length, with its FLOPs and memory from XLA's analyses.
+- `ratio`: one row of the table `bench.run` prints.
+"""
+
+from collections.abc import Callable
+import functools
+import os
+import platform
+import statistics
+import time
+from typing import Any
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from stalign import sharding
+from stalign import train
+from stalign.data import features
+from stalign.data import text as text_lib
+from stalign.models import student
+
+TEACHER_DIM = 384  # all-MiniLM-L6-v2, the demo's teacher.
+MATMUL_N = 2048  # Large enough that the matmul runs at the CPU's sustained rate.
+CHARS_PER_SECOND = 15  # Typical speech: sets the CTC targets' length in synthetic batches.
+
+
+def machine() -> dict[str, Any]:
+  """What the figures were measured on: they are only comparable on the same machine."""
+  cpu = platform.processor()
+  if os.path.exists("/proc/cpuinfo"):
+    with open("/proc/cpuinfo") as f:
+      cpu = next((line.split(":", 1)[1].strip() for line in f if "model name" in line), cpu)
+  return {
+    "cpu": cpu,
+    "cores": len(os.sched_getaffinity(0)),
+    "jax": jax.__version__,
+    "devices": [str(d) for d in jax.devices()],
+  }
+
+
+def alternate(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
+  """Seconds of each call, `repeats` per function, in rounds of alternating order.
+
+  Every function must block until its work is done (`jax.block_until_ready`).
+  One that returns a Python float has timed itself (leaving out a set-up it
+  does first); any other is timed whole.
+  """
+  seconds = {name: [] for name in fns}
+  for name in abba(list(fns), repeats):
+    start = time.perf_counter()
+    timed = fns[name]()
+    elapsed = time.perf_counter() - start
+    seconds[name].append(timed if type(timed) is float else elapsed)
+  return seconds
+
+
+def abba(names: list[str], repeats: int) -> list[str]:
+  """`repeats` rounds of `names`, every other round reversed: slow drift falls on all alike."""
+  return [n for i in range(repeats) for n in (names if i % 2 == 0 else names[::-1])]
+
+
+def median(seconds: list[float]) -> float:
+  return statistics.median(seconds)
+
+
+class MatmulPeak:
+  """float32 FLOP/s of a jitted n x n matmul: the CPU's practical peak for this process.
+
+  Call it (it blocks) inside `alternate` beside the thing measured, then read
+  `flops_per_s` of its seconds.
+  """
+
+  def __init__(self, n: int = MATMUL_N):
+    keys = jax.random.split(jax.random.key(0), 2)
+    self.a, self.b = (jax.random.normal(k, (n, n), jnp.float32) for k in keys)
+    self.n = n
+    self.flops = 2.0 * n**3
+    self._fn = jax.jit(jnp.matmul)
+    self()  # Compiles.
+
+  def __call__(self) -> None:
+    jax.block_until_ready(self._fn(self.a, self.b))
+
+  def flops_per_s(self, seconds: list[float]) -> float:
+    return self.flops / median(seconds)
+
+
+def ratio(
+  name: str,
+  value: float,
+  numerator: tuple[str, float],
+  denominator: tuple[str, float],
+  limit: str,
+) -> dict[str, Any]:
+  """One row of the table: value = numerator / denominator (or as `name` says), both raw."""
+  return {
+    "name": name,
+    "ratio": round(float(value), 4),
+    "numerator": {"what": numerator[0], "value": float(numerator[1])},
+    "denominator": {"what": denominator[0], "value": float(denominator[1])},
+    "limit": limit,
+  }
+
+
+# --------------------------------------------------------------- the train step
+
+
+def synthetic_batch(config: ml_collections.ConfigDict, frames: int, rows: int, seed: int = 0):
+  """A numpy batch as `train.device_batch` returns it: `rows` utterances of `frames` frames.
+
+  Compute does not depend on the values; CTC targets are as long as real
+  speech gives (`CHARS_PER_SECOND`), so the CTC loss stays finite and the
+  optimizer does the work it does in training.
+  """
+  rng = np.random.default_rng(seed)
+  labels = features.ctc_frames(frames, config.model)
+  seconds = frames * config.features.hop_ms / 1000
+  vocab = text_lib.vocab_size(config.features.ctc_targets)
+  return {
+    "features": rng.standard_normal((rows, frames, config.features.num_mels), np.float32),
+    "num_frames": np.full(rows, frames, np.int32),
+    "ctc_labels": rng.integers(1, vocab, (rows, labels), np.int32),
+    "num_labels": np.full(rows, min(int(seconds * CHARS_PER_SECOND), labels // 2), np.int32),
+    "teacher": rng.standard_normal((rows, TEACHER_DIM), np.float32),
+    "weight": np.ones(rows, np.float32),
+  }
+
+
+class TrainStep:
+  """`train.train_step` jitted as the training loop jits it, for one config.
+
+  Same mesh (`config.mesh` over this process's devices), state and batch
+  shardings, and state donation as `train.train_and_evaluate`, so compile
+  time, memory and speed are what a run sees. The target mean is zeros: it is
+  a constant of the program and does not change its cost.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, teacher_dim: int = TEACHER_DIM):
+    self.config = config
+    self.teacher_dim = teacher_dim
+    self.mesh = sharding.make_mesh(config.mesh)
+    self.rules = config.sharding_rules
+    self.tx = train.make_optimizer(config, train.make_schedule(config))
+    self.graphdef, params = nnx.split(nnx.eval_shape(lambda: student.build(config, teacher_dim)))
+    self.num_params = sum(x.size for x in jax.tree.leaves(params))
+    self._init = functools.partial(train.init_state, config, self.tx, teacher_dim)
+    abstract = jax.eval_shape(self._init)
+    self.state_sharding = sharding.state_shardings(abstract, self.mesh, self.rules)
+    self.abstract_state = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+      abstract,
+      self.state_sharding,
+    )
+    self.data_sharding = sharding.batch_sharding(self.mesh)
+    with sharding.rules_context(self.mesh, self.rules):
+      self.jitted = jax.jit(
+        functools.partial(
+          train.train_step,
+          graphdef=self.graphdef,
+          tx=self.tx,
+          config=config,
+          target_mean=np.zeros(teacher_dim, np.float32),
+        ),
+        in_shardings=(self.state_sharding, self.data_sharding),
+        out_shardings=(self.state_sharding, None),
+        donate_argnums=0,
+      )
+
+  def init(self) -> dict:
+    with sharding.rules_context(self.mesh, self.rules):
+      return jax.jit(self._init, out_shardings=self.state_sharding)()
+
+  def abstract_batch(self, frames: int) -> dict:
+    """Global batch of `input.batch_size` rows of `frames` frames, as shapes only."""
+    batch = synthetic_batch(self.config, frames, 1)
+    rows = self.config.input.batch_size
+    return {
+      k: jax.ShapeDtypeStruct((rows,) + v.shape[1:], v.dtype, sharding=self.data_sharding)
+      for k, v in batch.items()
+    }
+
+  def device_batch(self, local: dict) -> dict:
+    """This process's rows (numpy) -> the global batch on the mesh, as the loop builds it."""
+    return sharding.global_batch(local, self.mesh)
+
+  def lower(self, frames: int) -> jax.stages.Lowered:
+    with sharding.rules_context(self.mesh, self.rules):
+      return self.jitted.lower(self.abstract_state, self.abstract_batch(frames))
+
+  def compile(self, frames: int) -> jax.stages.Compiled:
+    return self.lower(frames).compile()
+
+  def __call__(self, state: dict, batch: dict) -> tuple[dict, dict]:
+    with sharding.rules_context(self.mesh, self.rules):
+      return self.jitted(state, batch)
+
+
+def compiled_flops(compiled: jax.stages.Compiled) -> float:
+  """FLOPs of one call of a compiled function, by XLA's cost analysis.
+
+  For the train step these are the model's FLOPs only with its blocks unrolled
+  and not rematerialised: a scanned body is counted once, and recomputation
+  counts again.
+  """
+  cost = compiled.cost_analysis()
+  return float((cost if isinstance(cost, dict) else cost[0])["flops"])
+
+
+def step_memory_bytes(compiled: jax.stages.Compiled) -> dict[str, int]:
+  """What XLA plans to hold for one step: arguments (state, batch) and temporaries."""
+  stats = compiled.memory_analysis()
+  return {
+    "argument_bytes": int(stats.argument_size_in_bytes),
+    "temp_bytes": int(stats.temp_size_in_bytes),
+    "output_bytes": int(stats.output_size_in_bytes),
+    "alias_bytes": int(stats.alias_size_in_bytes),
+    "peak_bytes": int(stats.argument_size_in_bytes + stats.temp_size_in_bytes),
+  }
+
+
+def median_bucket(config: ml_collections.ConfigDict) -> int:
+  """The (upper) middle one of the config's padded lengths: the shape of a typical batch."""
+  lengths = features.bucket_lengths(config)
+  return lengths[len(lengths) // 2]
