@@ -41,9 +41,10 @@ steps: the study compares regimes at a budget this machine affords, not at conve
 ASR pretraining is short (P = T / 3); `--config.study.pretrain_steps` moves the split. Each
 further 100 steps of T cost 3 x 8 x 100 x 0.45 s = 18 min.
 
-`quick` runs every stage of the same grid at tiny size (2 seeds, 8 steps) in minutes; the test
-suite runs it. Every key below is declared once, with a comment; `stalign.study.validate` checks
-the study keys and builds (and `stalign.config.validate`s) every run's config before any work.
+`quick` runs every stage of the same grid at tiny size (2 seeds, 8 steps, one padded length) in
+minutes; the test suite runs it. Every key below is declared once, with a comment;
+`stalign.study.validate` checks the study keys and `stalign.study.plan` builds (and
+`stalign.config.validate`s) every run's config before any work.
 """
 
 import importlib
@@ -76,7 +77,9 @@ def changes(config: ml_collections.ConfigDict, base: ml_collections.ConfigDict) 
   return out
 
 
-def _changes_of(name: str, arg: str | None, recipe: ml_collections.ConfigDict):
+def _changes_of(
+  name: str, arg: str | None, recipe: ml_collections.ConfigDict
+) -> ml_collections.ConfigDict:
   module = importlib.import_module(f"configs.{name}")
   return ml_collections.ConfigDict(changes(module.get_config(arg), recipe))
 

@@ -260,7 +260,7 @@ def execute(run: Run) -> tuple[str, bool]:
   steps = run.config.train.steps
   done = trained_steps(run)
   if done >= steps:
-    status = f"trained before ({steps} steps)"
+    status = f"trained before ({steps} steps)" if run.evaluated else f"done before ({steps} steps)"
   else:
     if jax.process_index() == 0:
       fs.makedirs(run.workdir)
@@ -358,17 +358,20 @@ def paired(baseline: Mapping[int, float | None], other: Mapping[int, float | Non
 
   Pairing by seed removes what a seed does to both runs (the shared data
   order; for (b) and (d), the pretraining run). p is two-sided; it and the
-  interval need two seeds, and p is undefined (None) when every difference is equal.
+  interval need two seeds, and p is undefined (None) when the differences do
+  not vary (std under 1e-9: equal up to rounding, as the teacher's text probes are).
   """
   common = sorted(k for k in baseline.keys() & other.keys() if None not in (baseline[k], other[k]))
   diffs = [other[k] - baseline[k] for k in common]
   out = {"n": len(diffs), "mean_diff": float(np.mean(diffs)) if diffs else None}
   out["ci95"] = out["p_value"] = None
-  if len(diffs) >= 2:
+  n = len(diffs)
+  if n >= 2:
     sd = float(np.std(diffs, ddof=1))
-    out["ci95"] = _interval(out["mean_diff"], sd, len(diffs))
-    if sd > 0:
-      out["p_value"] = float(stats.ttest_1samp(diffs, 0.0).pvalue)
+    out["ci95"] = _interval(out["mean_diff"], sd, n)
+    if sd > 1e-9:
+      t = out["mean_diff"] / (sd / math.sqrt(n))
+      out["p_value"] = float(2 * stats.t.sf(abs(t), n - 1))
   return out
 
 

@@ -137,4 +137,7 @@ def test_every_added_key_is_declared_in_the_configs_with_its_default():
     value = c
     for part in path.split("."):
       value = value[part]
+    if path == "train.channel_augment":  # Off for runs saved before it existed; on in the recipe.
+      assert set(value) == set(default), path
+      continue
     assert value == default or (path.startswith("data.fsdd_speakers") and not value), path

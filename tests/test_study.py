@@ -143,7 +143,7 @@ def test_paired_comparison_by_seed():
   assert p["n"] == 3 and p["mean_diff"] == pytest.approx(0.1)
   assert p["ci95"] == pytest.approx([0.1 - half, 0.1 + half])
   assert p["p_value"] == pytest.approx(1 - (3 / 5) ** 0.5)
-  same = study.paired({0: 0.5, 1: 0.5}, {0: 0.7, 1: 0.7})  # No spread: no p.
+  same = study.paired({0: 0.5, 1: 0.1}, {0: 0.7, 1: 0.3})  # Equal up to rounding: no p.
   assert same["mean_diff"] == pytest.approx(0.2) and same["p_value"] is None
   assert study.paired({0: 0.5}, {0: None})["n"] == 0
 
@@ -268,7 +268,7 @@ def test_quick_study_writes_every_cell_and_seed_and_a_rerun_trains_nothing(quick
   runs = study.plan(config, str(workdir))
   lines = [line for line in out.stdout.splitlines() if line.startswith("[")]
   assert len(lines) == len(runs) == 2 * (1 + 8), out.stdout  # One line per run.
-  assert "study.md" in out.stdout and not out.stderr.strip(), out.stderr[-2000:]
+  assert "study.md" in out.stdout and "Traceback" not in out.stderr, out.stderr[-2000:]
 
   result = json.load(open(workdir / "study.json"))
   assert set(result["cells"]) == {
@@ -302,7 +302,7 @@ def test_quick_study_writes_every_cell_and_seed_and_a_rerun_trains_nothing(quick
   assert again.returncode == 0, again.stderr[-4000:]
   skipped = [line for line in again.stdout.splitlines() if line.startswith("[")]
   assert len(skipped) == len(runs)
-  assert all("skipped" in line or "trained before" in line for line in skipped), again.stdout
+  assert all("skipped" in line or "done before" in line for line in skipped), again.stdout
   after = _mtimes(workdir)
   changed = {os.path.relpath(p, workdir) for p in after if before.get(p) != after[p]}
   assert all(p.startswith("study") for p in changed), changed  # Only the aggregates rewritten.

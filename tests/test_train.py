@@ -159,6 +159,8 @@ def test_two_accumulated_micro_batches_make_the_update_of_their_union(step_parts
     train__warmup_steps=0,  # The first update has a non-zero learning rate.
     input__batch_size=16,
   )
+  # Per-row random augmentation draws depend on the batch's size: off, like dropout.
+  c.train.channel_augment.update(dict(warp=0.0, eq_db=0.0, lowpass_prob=0.0))
   dim, mean = layout.read_teacher_stats(c.data_dir)
   batch = train.device_batch(next(input_pipeline.train_iterator(c, "train", dim)))
   halves = [{k: v[:8] for k, v in batch.items()}, {k: v[8:] for k, v in batch.items()}]
