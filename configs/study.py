@@ -26,20 +26,21 @@ utterances in total. (a) and (c) train T steps from scratch; the pretraining run
 `study.pretrain_steps` = P of them, and (b) and (d) train the remaining T - P. Per seed that is
 one pretraining run of P steps, four runs of T ((a), (c), two families) and four of T - P.
 
-Why T = 360 and P = 120 (2-core CPU, no accelerator; per-step and compile figures from the
-README's `make demo`, evaluation from its rerun):
-  steps:       3 seeds x (4 x 360 + 4 x 240 + 120) = 7,560 steps x 0.45 s            = 57 min
-  compiling:   9 distinct train steps (pretraining; (a), (c) and (b), (d) per family:
-               the schedule's length is compiled in, the seed is not) x 7 bucket shapes
-               x ~12 s, plus validation shapes                                        = 13 min
-               and 18 runs loading theirs from the persistent cache, ~15 s each      =  5 min
-  evaluation:  24 runs x ~30 s (test split, zero-shot, FSDD, probes)                  = 12 min
-  curves:      valid retrieval every 60 steps, 3 x (4 x 6 + 4 x 4) = 120 x ~2.5 s     =  5 min
-  total                                                                               ~ 92 min
-plus about a minute to build data/demo if it is missing. T is under a third of the demo's 1,150
-steps: the study compares regimes at a budget this machine affords, not at convergence, and the
-ASR pretraining is short (P = T / 3); `--config.study.pretrain_steps` moves the split. Each
-further 100 steps of T cost 3 x 8 x 100 x 0.45 s = 18 min.
+Why T = 300 and P = 100 (2-core CPU, no accelerator; the recipe's 0.42 s per step, ~12 s per
+bucket shape to compile, ~1 minute to evaluate: README "Time", bench/results/compile_time.json):
+  steps:       3 seeds x (4 x 300 + 4 x 200 + 100) = 6,300 steps x 0.42 s             = 44 min
+  compiling:   the first seed's 9 runs each compile their train step (the loss and the
+               schedule's length are compiled in) for 7 bucket shapes, ~90 s a run;
+               seeds 1 and 2 load those from the persistent cache (the seed is not
+               compiled in: the quick grid's seed-1 runs start in 1-2 s, seed 0's in 7-13)
+               9 x 90 s + 18 x 15 s                                                   = 18 min
+  evaluation:  24 runs x ~60 s (test split, zero-shot, FSDD, probes, figures)         = 24 min
+  curves:      valid retrieval every 50 steps, 3 x (4 x 6 + 4 x 4) = 120 x ~2.5 s     =  5 min
+  total                                                                               ~ 91 min
+plus a few minutes to build data/demo if it is missing. T is a fifth of the demo's 1,500 steps:
+the study compares regimes at a budget this machine affords, not at convergence, and the ASR
+pretraining is short (P = T / 3); `--config.study.pretrain_steps` moves the split. Each further
+100 steps of T cost 3 x 8 x 100 x 0.42 s = 17 min.
 
 `quick` runs every stage of the same grid at tiny size (2 seeds, 8 steps, one padded length) in
 minutes; the test suite runs it. Every key below is declared once, with a comment;
@@ -92,9 +93,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   recipe = demo.get_config(run_arg)
   c = demo.get_config(run_arg)  # The recipe; the overrides below are the study's own.
   # Total optimizer updates of every cell, pretraining included (T in the docstring).
-  c.train.steps = 8 if quick else 360
+  c.train.steps = 8 if quick else 300
   # Checkpoint (+ valid loss and CER) this often: a killed run resumes from the last one.
-  c.train.checkpoint_every = 4 if quick else 120
+  c.train.checkpoint_every = 4 if quick else 100
   if quick:
     c.train.warmup_steps = 2  # The tiny recipe's 5 would outlast a 4-step fine-tuning run.
     # One padded length (the longest): one compiled step per loss and schedule, so the quick
@@ -102,12 +103,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.input.bucket_boundaries = ()
   # Valid-split retrieval this often, for the R@1-against-step curves; it divides
   # study.pretrain_steps and train.steps so that every regime is measured at the same steps.
-  c.eval.every_steps = 4 if quick else 60
+  c.eval.every_steps = 4 if quick else 50
   c.eval.during_training = ("retrieval",)  # The curves need retrieval only.
 
   c.study = ml_collections.ConfigDict()
   c.study.seeds = 2 if quick else 3  # Runs per cell, with seeds `seed`, `seed` + 1, ...
-  c.study.pretrain_steps = 4 if quick else 120  # P: ASR pretraining steps of (b) and (d).
+  c.study.pretrain_steps = 4 if quick else 100  # P: ASR pretraining steps of (b) and (d).
   c.study.baseline = "a_distill"  # The regime the others are compared with, seed by seed.
   # What each regime's config file (REGIME_CONFIGS) and configs/asr_pretrain.py change in the
   # recipe: loss weights and warm start; the warm start's source is replaced by the study's own.

@@ -153,12 +153,12 @@ def prepare(config: ml_collections.ConfigDict) -> dict:
   multihost_utils.sync_global_devices("data splits written")  # No host reads one half-written.
   precompute.precompute(config, splits(config))
   if jax.process_index() == 0:
-    write_index(config, "train")  # After precompute, which rewrites the shards.
+    ensure_index(config, "train")  # After precompute, which rewrites the shards.
   multihost_utils.sync_global_devices("record index written")
   return {split: layout.read_summary(config.data_dir, split) for split in splits(config)}
 
 
-def write_index(config: ml_collections.ConfigDict, split: str) -> None:
+def ensure_index(config: ml_collections.ConfigDict, split: str) -> None:
   """Writes the split's record index unless an up-to-date one exists (a rerun reuses it)."""
   try:
     tfrecords.read_index(config.data_dir, split)

@@ -81,8 +81,8 @@ def test_quick_config_is_the_tiny_recipe_and_every_config_validates():
 @pytest.mark.parametrize(
   "key, value, message",
   [
-    ("study.pretrain_steps", 360, "study.pretrain_steps=360 must be in 1..train.steps-1"),
-    ("train.warmup_steps", 240, "outlasts the fine-tuning"),
+    ("study.pretrain_steps", 300, "study.pretrain_steps=300 must be in 1..train.steps-1"),
+    ("train.warmup_steps", 200, "outlasts the fine-tuning"),
     ("study.baseline", "z", "study.baseline='z' is not a regime"),
     ("eval.every_steps", 0, "curves need"),
   ],
