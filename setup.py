@@ -45,6 +45,7 @@ setuptools.setup(
     "tqdm",
     "matplotlib",
     "numpy",
+    "scipy>=1.17",  # stalign.study's t intervals and paired t-tests.
   ],
   extras_require={
     # `make bench`'s peers (bench/README.md). In dev too, so the test suite's smoke run checks

@@ -143,10 +143,12 @@ def synthetic_batch(config: ml_collections.ConfigDict, frames: int, rows: int, s
 class TrainStep:
   """`train.train_step` jitted as the training loop jits it, for one config.
 
-  Same mesh (`config.mesh` over this process's devices), state and batch
-  shardings, and state donation as `train.train_and_evaluate`, so compile
-  time, memory and speed are what a run sees. The target mean is zeros: it is
-  a constant of the program and does not change its cost.
+  Same mesh (`config.mesh` over this process's devices) as
+  `train.train_and_evaluate`, and the state layout and jitted step from the
+  functions it builds its own with (`train.sharded_state_shapes`,
+  `train.jit_train_step`), so compile time, memory and speed are what a run
+  sees. The target mean is zeros: it is a constant of the program and does not
+  change its cost.
   """
 
   def __init__(self, config: ml_collections.ConfigDict, teacher_dim: int = TEACHER_DIM):
@@ -158,27 +160,18 @@ class TrainStep:
     self.graphdef, params = nnx.split(nnx.eval_shape(lambda: student.build(config, teacher_dim)))
     self.num_params = sum(x.size for x in jax.tree.leaves(params))
     self._init = functools.partial(train.init_state, config, self.tx, teacher_dim)
-    abstract = jax.eval_shape(self._init)
-    self.state_sharding = sharding.state_shardings(abstract, self.mesh, self.rules)
-    self.abstract_state = jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-      abstract,
-      self.state_sharding,
+    self.abstract_state, self.state_sharding = train.sharded_state_shapes(
+      config, self.tx, teacher_dim, self.mesh
     )
     self.data_sharding = sharding.batch_sharding(self.mesh)
-    with sharding.rules_context(self.mesh, self.rules):
-      self.jitted = jax.jit(
-        functools.partial(
-          train.train_step,
-          graphdef=self.graphdef,
-          tx=self.tx,
-          config=config,
-          target_mean=np.zeros(teacher_dim, np.float32),
-        ),
-        in_shardings=(self.state_sharding, self.data_sharding),
-        out_shardings=(self.state_sharding, None),
-        donate_argnums=0,
-      )
+    self.jitted = train.jit_train_step(
+      config,
+      self.graphdef,
+      self.tx,
+      np.zeros(teacher_dim, np.float32),
+      self.state_sharding,
+      self.data_sharding,
+    )
 
   def init(self) -> dict:
     with sharding.rules_context(self.mesh, self.rules):

@@ -6,20 +6,17 @@ r"""Regime (b), first half, at paper scale: CTC-only ASR pretraining on LibriSpe
       --workdir=/tmp/tpu_asr_runlocal --config.data.tfds_dir=PATH
 
 Data, model, mesh and schedule are configs/tpu_multitask.py's (its docstring
-says how they were sized), so the two runs share one data_dir. The retrieval
-report of this run is at chance by construction (no embedding loss); its
-encoder initialises `configs/tpu_distill.py:from_asr`.
+says how they were sized), so the two runs share one data_dir; the losses are
+configs/asr_pretrain.py's (`ctc_only`). The retrieval report of this run is at
+chance by construction (no embedding loss); its encoder initialises
+`configs/tpu_distill.py:from_asr`.
 """
 
 import ml_collections
 
+from configs import asr_pretrain
 from configs import tpu_multitask
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  c = tpu_multitask.get_config(arg)
-  c.loss.distill = "none"
-  c.loss.contrastive_weight = 0.0
-  c.loss.bank_weight = 0.0
-  c.loss.ctc_weight = 1.0
-  return c
+  return asr_pretrain.ctc_only(tpu_multitask.get_config(arg))

@@ -1,4 +1,4 @@
-"""Training losses: distillation to the teacher, in-batch contrastive, and CTC.
+"""Training losses: distillation to the teacher, contrastive (in-batch and against a bank), CTC.
 
 Distillation alone collapses to the mean teacher embedding on small data (the
 mean has cosine 0.36 to every MiniLM target; calibration.md). Centring the
@@ -14,20 +14,44 @@ from stalign.data import text as text_lib
 from stalign.utils import unit
 
 
+def _weighted_mean(per_row: jax.Array, weights: jax.Array) -> jax.Array:
+  """Mean over the rows by weight; padding rows (weight 0) count for nothing."""
+  return jnp.sum(per_row * weights) / jnp.maximum(weights.sum(), 1)
+
+
 def cosine_distillation(student: jax.Array, target: jax.Array, weights: jax.Array) -> jax.Array:
   cos = jnp.sum(unit(student) * unit(target), axis=-1)
-  return jnp.sum((1.0 - cos) * weights) / jnp.maximum(weights.sum(), 1)
+  return _weighted_mean(1.0 - cos, weights)
 
 
 def mse_distillation(student: jax.Array, target: jax.Array, weights: jax.Array) -> jax.Array:
-  err = jnp.mean((student - target) ** 2, axis=-1)
-  return jnp.sum(err * weights) / jnp.maximum(weights.sum(), 1)
+  return _weighted_mean(jnp.mean((student - target) ** 2, axis=-1), weights)
+
+
+# ------------------------------------------------------------- contrastive
+# Both contrastive losses score each utterance against a gallery of text targets (the batch's
+# own, or a bank of every training transcript's) and take as positives the gallery entries
+# equal to the utterance's target: one transcript may stand there several times.
+
+
+def _against_gallery(
+  student: jax.Array, target: jax.Array, gallery: jax.Array, log_temperature: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+  """(scaled cosine logits [utterance, entry], positives: entries in the target's direction)."""
+  s, g = unit(student), unit(gallery)
+  logits = s @ g.T / jnp.exp(log_temperature)
+  return logits, (unit(target) @ g.T) > 0.9999
+
+
+def _soft_targets(positive: jax.Array) -> jax.Array:
+  """Each row's probability spread evenly over its positives (all 0 for a row with none)."""
+  return positive / jnp.maximum(positive.sum(axis=1, keepdims=True), 1)
 
 
 def info_nce(
   student: jax.Array, target: jax.Array, log_temperature: jax.Array, weights: jax.Array
 ) -> jax.Array:
-  """Symmetric in-batch contrastive loss (CLIP/CLAP style).
+  """Symmetric in-batch contrastive loss (CLIP/CLAP style): the batch's targets are the gallery.
 
   Utterances of the same transcript have identical targets, so their logits
   tie and the loss cannot separate them whatever the targets say. Soft targets
@@ -35,14 +59,13 @@ def info_nce(
   equal row weights the batch loss equals the one-hot one, and with unequal
   weights it does not favour one copy of a repeated transcript.
   """
-  s, t = unit(student), unit(target)
-  logits = s @ t.T / jnp.exp(log_temperature)
-  same = (t @ t.T > 0.9999) & (weights[:, None] > 0) & (weights[None, :] > 0)
-  targets = same / jnp.maximum(same.sum(axis=1, keepdims=True), 1)
-  valid = jnp.where(weights[None, :] > 0, 0.0, -1e9)
+  logits, same = _against_gallery(student, target, target, log_temperature)
+  real = weights > 0
+  targets = _soft_targets(same & real[:, None] & real[None, :])
+  valid = jnp.where(real[None, :], 0.0, -1e9)  # Padding columns drop out of every softmax.
   s2t = optax.softmax_cross_entropy(logits + valid, targets)
   t2s = optax.softmax_cross_entropy(logits.T + valid, targets.T)
-  return jnp.sum((s2t + t2s) * 0.5 * weights) / jnp.maximum(weights.sum(), 1)
+  return _weighted_mean((s2t + t2s) * 0.5, weights)
 
 
 def bank_nce(
@@ -61,13 +84,9 @@ def bank_nce(
   positive is the bank row equal to the utterance's target; rows whose target
   is not in the bank (never the case in training) are left out.
   """
-  s, b = unit(student), unit(bank)
-  logits = s @ b.T / jnp.exp(log_temperature)
-  positive = (unit(target) @ b.T) > 0.9999
-  weights = weights * positive.any(axis=1)
-  soft = positive / jnp.maximum(positive.sum(axis=1, keepdims=True), 1)
-  per_utt = optax.softmax_cross_entropy(logits, soft)
-  return jnp.sum(per_utt * weights) / jnp.maximum(weights.sum(), 1)
+  logits, positive = _against_gallery(student, target, bank, log_temperature)
+  per_utt = optax.softmax_cross_entropy(logits, _soft_targets(positive))
+  return _weighted_mean(per_utt, weights * positive.any(axis=1))
 
 
 def ctc(

@@ -2,10 +2,11 @@
 
 `loss_fn`, `train_step` and `eval_step` are module-level pure functions of
 plain state pytrees (the student is rebuilt inside with `nnx.merge`), bound to
-their fixed arguments with `functools.partial` before `jax.jit`, so each can be
-tested alone. `train_and_evaluate` keeps the phases apart with banner comments:
-logging, mesh, input, model and sharding, update step, checkpoint restore, loop
-(metrics, validation, evaluators, checkpoints, preemption), final save.
+their fixed arguments with `functools.partial` before `jax.jit` (the train step
+in `jit_train_step`, which the benchmarks share), so each can be tested alone.
+`train_and_evaluate` keeps the phases apart with banner comments: logging, mesh,
+input, model and sharding, update step, checkpoint restore, loop (metrics,
+validation, evaluators, checkpoints, preemption), final save.
 """
 
 import functools
@@ -267,6 +268,58 @@ def init_state(
   }
 
 
+def sharded_state_shapes(
+  config: ml_collections.ConfigDict,
+  tx: optax.GradientTransformation,
+  teacher_dim: int,
+  mesh: jax.sharding.Mesh,
+) -> tuple[dict, dict]:
+  """(`init_state`'s shapes, each with its sharding; the shardings alone), allocating nothing.
+
+  Shapes come from `jax.eval_shape`, shardings from the parameters' logical names under
+  `config.sharding_rules`: the restore, the initialisation and `jit_train_step` all take the
+  state's layout from here.
+  """
+  shapes = jax.eval_shape(functools.partial(init_state, config, tx, teacher_dim))
+  shardings = sharding.state_shardings(shapes, mesh, config.sharding_rules)
+  sharded = jax.tree.map(
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes, shardings
+  )
+  return sharded, shardings
+
+
+def jit_train_step(
+  config: ml_collections.ConfigDict,
+  graphdef: nnx.GraphDef,
+  tx: optax.GradientTransformation,
+  target_mean: jax.Array,
+  state_sharding: dict,
+  data_sharding: jax.sharding.NamedSharding,
+  text_bank: jax.Array | None = None,
+) -> jax.stages.Wrapped:
+  """`train_step` bound to its fixed arguments and jitted as training runs it.
+
+  State and batch go in with their shardings and the state comes out with the same; the
+  state is donated, so the update reuses its buffers and a step holds one copy of the
+  parameters and optimizer state. The training loop and the benchmarks
+  (`bench._common.TrainStep`) both build their step here, so what is measured is what a
+  run executes. Call (and lower) it inside `sharding.rules_context`.
+  """
+  return jax.jit(
+    functools.partial(
+      train_step,
+      graphdef=graphdef,
+      tx=tx,
+      config=config,
+      target_mean=target_mean,
+      text_bank=text_bank,
+    ),
+    in_shardings=(state_sharding, data_sharding),
+    out_shardings=(state_sharding, None),
+    donate_argnums=0,
+  )
+
+
 def device_batch(local: dict) -> dict:
   """The numeric arrays a step reads; `weight` is 0 for padding rows of eval batches."""
   keys = ("features", "num_frames", "ctc_labels", "num_labels", "teacher")
@@ -396,27 +449,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   graphdef, abstract_params = nnx.split(
     nnx.eval_shape(lambda: student_lib.build(config, teacher_dim))
   )
-  abstract_state = jax.eval_shape(functools.partial(init_state, config, tx, teacher_dim))
-  state_sharding = sharding.state_shardings(abstract_state, mesh, rules)
-  abstract_state = jax.tree.map(
-    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, state_sharding
-  )
+  abstract_state, state_sharding = sharded_state_shapes(config, tx, teacher_dim, mesh)
   num_params = sum(x.size for x in jax.tree.leaves(abstract_params))
   logging.info("student: %.2fM parameters", num_params / 1e6)
 
   # ------------------------------------------------------------ update step
   data_sharding = sharding.batch_sharding(mesh)
-  bound = dict(graphdef=graphdef, config=config, target_mean=target_mean)
   with sharding.rules_context(mesh, rules):
     text_bank = layout.read_text_bank(config.data_dir) if config.loss.bank_weight else None
-    jit_train = jax.jit(
-      functools.partial(train_step, tx=tx, text_bank=text_bank, **bound),
-      in_shardings=(state_sharding, data_sharding),
-      out_shardings=(state_sharding, None),
-      donate_argnums=0,
+    jit_train = jit_train_step(
+      config, graphdef, tx, target_mean, state_sharding, data_sharding, text_bank
     )
     jit_eval = jax.jit(
-      functools.partial(eval_step, **bound), in_shardings=(state_sharding["params"], data_sharding)
+      functools.partial(eval_step, graphdef=graphdef, config=config, target_mean=target_mean),
+      in_shardings=(state_sharding["params"], data_sharding),
     )
 
   # ------------------------------------------------------------- checkpoint

@@ -25,23 +25,6 @@ from testdata import fsdd_files
 
 BUCKET = "stalign-test"
 
-_CONFIG = """
-import sys
-sys.path.insert(0, {tests!r})
-import testdata
-
-def get_config():
-  c = testdata.tiny_config({data!r})
-  for split in ("train", "valid", "test"):
-    c.data.manifests[split] = {manifests!r} + "/" + split + ".jsonl"
-  # Same global batch whatever the process count (see test_main's two-process test): no record
-  # shuffle, no dropout.
-  c.input.shuffle_buffer, c.model.dropout = 1, 0.0
-  c.train.steps, c.train.log_every, c.train.checkpoint_every = 6, 1, 3
-  c.eval.zero_shot = ()  # FSDD zero-shot embeds 2,000 clips: not what this test is about.
-  return c
-"""
-
 
 @pytest.fixture(scope="module")
 def gcs(tmp_path_factory):
@@ -119,9 +102,17 @@ def _upload_manifests(bucket, prefix: str) -> str:
 
 
 def _config_file(tmp_path, data: str, manifests: str) -> str:
-  path = tmp_path / "gcs_config.py"
-  path.write_text(_CONFIG.format(tests=os.path.join(REPO, "tests"), data=data, manifests=manifests))
-  return str(path)
+  """The config of both tests: the manifests at the URL `manifests`, the data at `data`."""
+  return testdata.write_config(
+    tmp_path / "gcs_config.py",
+    data,
+    {split: f"{manifests}/{split}.jsonl" for split in ("train", "valid", "test")},
+    **testdata.SAME_BATCH_ANY_PROCESS_COUNT,  # They compare process counts.
+    train__steps=6,
+    train__log_every=1,
+    train__checkpoint_every=3,
+    eval__zero_shot=(),  # FSDD zero-shot embeds 2,000 clips: not what this test is about.
+  )
 
 
 def _main(env, *args, timeout=400):

@@ -123,23 +123,6 @@ def test_end_to_end_tiny_demo_offline_learns_reports_and_reruns_without_rework(t
   assert "zero_shot.fsdd skipped" in missing.stdout
 
 
-_TWO_PROCESS_CONFIG = """
-import sys
-sys.path.insert(0, {tests!r})
-import testdata
-
-def get_config():
-  c = testdata.tiny_config({data!r})
-  for split, path in {manifests!r}.items():
-    c.data.manifests[split] = path
-  # Same global batch whatever the process count: no record shuffle (each process reads whole
-  # shards, interleaved in one process), no dropout (its masks follow the row order).
-  c.input.shuffle_buffer, c.model.dropout = 1, 0.0
-  c.train.steps, c.train.log_every, c.train.checkpoint_every = 6, 1, 3
-  return c
-"""
-
-
 @pytest.mark.slow
 def test_two_processes_match_one_process_with_two_devices(prepared_config, tmp_path):
   """`stalign.main` as users launch it on two hosts (jax.distributed on localhost, one device
@@ -148,13 +131,14 @@ def test_two_processes_match_one_process_with_two_devices(prepared_config, tmp_p
 
   import stalign
 
-  config_file = tmp_path / "two_process_config.py"
-  config_file.write_text(
-    _TWO_PROCESS_CONFIG.format(
-      tests=os.path.join(REPO, "tests"),
-      data=prepared_config.data_dir,
-      manifests=dict(prepared_config.data.manifests),
-    )
+  config_file = testdata.write_config(
+    tmp_path / "two_process_config.py",
+    prepared_config.data_dir,
+    prepared_config.data.manifests,
+    **testdata.SAME_BATCH_ANY_PROCESS_COUNT,
+    train__steps=6,
+    train__log_every=1,
+    train__checkpoint_every=3,
   )
   args = [f"--config={config_file}", "--stages=train"]
 

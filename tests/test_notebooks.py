@@ -10,23 +10,10 @@ import re
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NOTEBOOKS = sorted(glob.glob(os.path.join(REPO, "notebooks", "*.ipynb")))
-
-# The quickstart's training, on the tiny data the session fixture built (FSDD clips through the
-# manifest source) rather than the synthetic corpus, whose build would cost minutes here.
-_CONFIG = """
-import sys
-sys.path.insert(0, {tests!r})
 import testdata
 
-def get_config():
-  c = testdata.tiny_config({data!r})
-  for split, path in {manifests!r}.items():
-    c.data.manifests[split] = path
-  c.eval.zero_shot = ()  # All 2,000 FSDD clips would dominate the test's time.
-  return c
-"""
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NOTEBOOKS = sorted(glob.glob(os.path.join(REPO, "notebooks", "*.ipynb")))
 
 
 def _first_code_cell(path: str) -> str:
@@ -69,16 +56,16 @@ def test_quickstart_trains_embeds_and_searches(prepared_config, tmp_path, monkey
   import nbclient
   import nbformat
 
-  config_file = tmp_path / "quickstart_config.py"
-  config_file.write_text(
-    _CONFIG.format(
-      tests=os.path.join(REPO, "tests"),
-      data=prepared_config.data_dir,
-      manifests=dict(prepared_config.data.manifests),
-    )
+  # The quickstart's training, on the tiny data the session fixture built (FSDD clips through
+  # the manifest source) rather than the synthetic corpus, whose build would cost minutes here.
+  config_file = testdata.write_config(
+    tmp_path / "quickstart_config.py",
+    prepared_config.data_dir,
+    prepared_config.data.manifests,
+    eval__zero_shot=(),  # All 2,000 FSDD clips would dominate the test's time.
   )
   run = tmp_path / "run"
-  monkeypatch.setenv("STALIGN_CONFIG", str(config_file))  # Inherited by the kernel.
+  monkeypatch.setenv("STALIGN_CONFIG", config_file)  # Inherited by the kernel.
   monkeypatch.setenv("STALIGN_RUN", str(run))
   nb = nbformat.read(os.path.join(REPO, "notebooks", "quickstart.ipynb"), as_version=4)
   nbclient.NotebookClient(

@@ -1,7 +1,9 @@
 """Small data builders shared by the tests (real FSDD clips, manifests, tiny configs)."""
 
+from collections.abc import Mapping
 import json
 import os
+from typing import Any
 
 import pytest
 
@@ -66,6 +68,52 @@ def with_buckets(config, boundaries=SEVERAL_BUCKETS):
   c = config.copy_and_resolve_references()
   c.input.bucket_boundaries = boundaries
   return c
+
+
+def run_config(data_dir: str, manifests: Mapping[str, str], **overrides: Any):
+  """`tiny_config` reading `manifests` ({split: path}), with `section__name=value` overrides."""
+  c = tiny_config(data_dir)
+  for split, path in manifests.items():
+    c.data.manifests[split] = path
+  for key, value in overrides.items():
+    section, name = key.split("__")
+    c[section][name] = value
+  return c
+
+
+# Global batches that do not depend on the process count, for runs compared across process
+# counts: no record shuffle (each process reads whole shards, interleaved in one process), no
+# dropout (its masks follow the row order).
+SAME_BATCH_ANY_PROCESS_COUNT = dict(input__shuffle_buffer=1, model__dropout=0.0)
+
+_CONFIG_FILE = """
+import sys
+sys.path.insert(0, {tests!r})
+import testdata
+
+def get_config():
+  return testdata.run_config({data!r}, {manifests!r}, **{overrides!r})
+"""
+
+
+def write_config(
+  path: str | os.PathLike, data_dir: str, manifests: Mapping[str, str], **overrides: Any
+) -> str:
+  """Writes a config file (`--config=PATH`) of `run_config(data_dir, manifests, **overrides)`.
+
+  For the tests that start a run as users do, in a process of its own (`stalign.main`, a
+  notebook's kernel): the config reaches it as a file, and builds itself from this module.
+  """
+  with open(path, "w") as f:
+    f.write(
+      _CONFIG_FILE.format(
+        tests=os.path.join(REPO, "tests"),
+        data=data_dir,
+        manifests=dict(manifests),
+        overrides=overrides,
+      )
+    )
+  return str(path)
 
 
 # Loaded into every Python process of a test run through sitecustomize: any attempt to reach a
