@@ -47,7 +47,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Where examples come from (stalign/data/sources.py): synthetic | manifest | fsdd | tfds.
   c.data = ml_collections.ConfigDict()
   c.data.source = "synthetic"  # The registry name of the source of every split.
-  c.data.num_shards = 2 if tiny else 8  # TFRecord shards per split (>= processes that read).
+  # TFRecord shards per split. Any number suits any process count: each process reads its rows
+  # of every global batch at their offsets; the epoch plan takes the shards in a new order.
+  c.data.num_shards = 2 if tiny else 8
   # split -> JSONL manifest path, for source=manifest (--config.data.manifests.train=PATH).
   c.data.manifests = ml_collections.ConfigDict(dict(train="", valid="", test=""))
   c.data.fsdd_dir = "../shared/data/fsdd"  # Free Spoken Digit recordings/ (training and zero-shot).
@@ -78,7 +80,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Chosen on the demo corpus's lengths (104 holds the FSDD digits): 87.7% real frames
   # (`python -m bench.run padding_efficiency`).
   c.input.bucket_boundaries = (240, 400) if tiny else (104, 168, 208, 248, 296, 352, 520)
-  c.input.shuffle_buffer = 2_000  # Records shuffled per process and epoch.
+  c.input.shuffle_buffer = 2_000  # The epoch plan shuffles records within windows this long.
   c.input.prefetch = 2  # Batches prepared ahead of the step.
 
   # Frozen teacher (stalign/models/teacher.py); "" = packaged all-MiniLM-L6-v2.

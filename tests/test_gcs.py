@@ -3,9 +3,9 @@
 Every stage reads and writes `gs://` URLs: the file layer (`stalign.fs`: etils.epath on gcsfs)
 through `STORAGE_EMULATOR_HOST`, orbax's tensorstore through `TENSORSTORE_GCS_HTTP_URL`. The
 network beyond localhost is refused (`testdata.NETWORK_GUARD`), so a path that reached real GCS,
-or assumed a POSIX folder, fails the test. Then the whole `stalign.main` runs in two
-`jax.distributed` processes with nothing shared but the bucket, and matches one process with
-two devices.
+or assumed a POSIX folder, fails the test. The run trained on the bucket is then exported to
+the bucket and used from there, and the whole `stalign.main` runs in two `jax.distributed`
+processes with nothing shared but the bucket, and matches one process with two devices.
 """
 
 import json
@@ -13,10 +13,14 @@ import os
 import subprocess
 import sys
 import time
+import types
 import urllib.request
 
 import numpy as np
 import pytest
+
+from stalign import api
+from stalign import export
 
 import testdata
 from testdata import NETWORK_GUARD
@@ -132,18 +136,29 @@ def _json(bucket, url: str) -> dict:
   return json.loads(bucket.cat_file(url.removeprefix("gs://")))
 
 
-@pytest.mark.slow
-def test_tiny_pipeline_on_gcs_trains_resumes_and_evaluates(gcs, tmp_path):
+@pytest.fixture(scope="module")
+def trained(gcs, tmp_path_factory):
+  """The tiny pipeline on the bucket: 3 steps, then the same run resumed to 6 and evaluated.
+
+  One run for the tests of training and of exporting it: (workdir and manifests URLs, the two
+  `stalign.main` outputs).
+  """
   bucket, env = gcs
   data, workdir = f"gs://{BUCKET}/one/data", f"gs://{BUCKET}/one/run"
-  config = _config_file(tmp_path, data, _upload_manifests(bucket, "one"))
-
+  manifests = _upload_manifests(bucket, "one")
+  config = _config_file(tmp_path_factory.mktemp("one"), data, manifests)
   first = _main(env, f"--config={config}", f"--workdir={workdir}", "--config.train.steps=3")
-  assert "train: step 3 of 3" in first.stdout, first.stdout
-  assert bucket.exists(f"{BUCKET}/one/run/checkpoints/3/commit_success.txt")
-
   # The same run with more steps resumes from the bucket's checkpoint, then evaluates.
   second = _main(env, f"--config={config}", f"--workdir={workdir}", "--verbosity=0")
+  return types.SimpleNamespace(workdir=workdir, manifests=manifests, first=first, second=second)
+
+
+@pytest.mark.slow
+def test_tiny_pipeline_on_gcs_trains_resumes_and_evaluates(gcs, trained):
+  bucket, _ = gcs
+  workdir, first, second = trained.workdir, trained.first, trained.second
+  assert "train: step 3 of 3" in first.stdout, first.stdout
+  assert bucket.exists(f"{BUCKET}/one/run/checkpoints/3/commit_success.txt")
   assert "resuming from this workdir's step 3" in second.stderr, second.stderr[-3000:]
   assert "train: step 6 of 6" in second.stdout and "speech to text R@1" in second.stdout
 
@@ -215,8 +230,122 @@ np.savez({out!r}, **out)
 """
 
 
-def _python(env, code: str) -> None:
+def _python(env, code: str) -> str:
+  """Runs `code` in a process with the emulator's env; its stdout."""
   out = subprocess.run(
     [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
   )
   assert out.returncode == 0, out.stderr[-4000:]
+  return out.stdout
+
+
+@pytest.mark.slow
+def test_a_run_on_the_bucket_exports_to_the_bucket_and_is_used_from_there(gcs, trained):
+  """`stalign.export` from a gs:// workdir to a gs:// folder; that folder loads and embeds the
+  same as the run, audio and manifests on the bucket are embedded into a file there, and a
+  re-export replaces the folder, also one whose upload was cut short."""
+  bucket, env = gcs
+  output = f"gs://{BUCKET}/one/export"
+  cli = subprocess.run(
+    [sys.executable, "-m", "stalign.export", f"--workdir={trained.workdir}", f"--output={output}"],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert cli.returncode == 0, cli.stderr[-4000:]
+  assert cli.stdout.startswith(f"{output}: step 6, float32,") and "MiB" in cli.stdout
+  listing = {os.path.basename(p) for p in bucket.ls(f"{BUCKET}/one/export")}
+  assert listing == set(export.FILES)
+  manifest = _json(bucket, f"{output}/{api.EXPORT_MANIFEST}")
+  assert manifest["source"] == {"run": trained.workdir, "data_dir": f"gs://{BUCKET}/one/data"}
+  card = bucket.cat_file(f"{BUCKET}/one/export/README.md").decode()
+  assert "| train | 60 |" in card and "test split, 20 utterances" in card  # From the bucket.
+
+  _python(
+    env,
+    _USE_EXPORT.format(
+      run=trained.workdir,
+      export=output,
+      manifest=f"{trained.manifests}/test.jsonl",
+      audio=f"{trained.manifests}/audio",
+      embeddings=f"gs://{BUCKET}/one/embedded/test.npy",
+    ),
+  )
+  assert not bucket.exists(f"{BUCKET}/one/embedded/test.npy.parts")
+  assert _json(bucket, f"{output}/{api.EXPORT_MANIFEST}")["dtype"] == "bfloat16"
+
+
+_USE_EXPORT = """
+import numpy as np, stalign
+from stalign import api, embed, export, fs
+
+run, exported = stalign.load({run!r}), stalign.load({export!r})
+assert exported.step == run.step == 6
+out = {embeddings!r}
+files, rows, skipped = embed.run(exported, {export!r}, {manifest!r}, out, chunk_size=8)
+assert files == [out, out[: -len(".npy")] + ".json"] and (rows, skipped) == (20, 0), files
+vectors, rows, info = embed.read_embeddings(out)
+assert info["model"] == {export!r} and rows[0]["path"].startswith("gs://")
+np.testing.assert_allclose(vectors, run.embed_speech([r["path"] for r in rows]), atol=1e-6)
+clips, _ = embed.list_inputs({audio!r}, "speech")
+assert len(clips) == 90 and clips[0]["path"].startswith({audio!r}), clips[:2]
+
+# A cut-short upload (no manifest yet) is replaced, not refused, and never loads meanwhile.
+fs.remove({export!r} + "/" + api.EXPORT_MANIFEST)
+assert not api.is_export({export!r})
+export.export({run!r}, {export!r}, dtype="bfloat16")
+assert stalign.load({export!r}).step == 6
+"""
+
+
+_RANGED_READS = """
+import json
+import gcsfs.core
+import numpy as np
+from stalign import fs
+from stalign.data import layout, tfrecords
+
+data = {data!r}
+rng = np.random.default_rng(0)
+records = [
+  tfrecords.serialize(
+    {{"id": str(i), "text": "x", "features": rng.random((20 + i, 80)), "ctc_labels": [1],
+      "duration": 0.5, "labels": {{}}}}
+  )
+  for i in range(40)
+]
+for shard in range(2):
+  tfrecords.write_shard(layout.shard_path(data, "train", shard, 2), records[shard::2])
+with fs.atomic_write(layout.summary_path(data, "train")) as f:
+  f.write("{{}}")
+tfrecords.write_index(data, "train")
+index = tfrecords.read_index(data, "train")
+stored = [raw for path in index.files for raw in tfrecords.read_raw(path)]  # Numbered as the index.
+
+requests = []
+request = gcsfs.core.GCSFileSystem._request
+async def counted(self, method, path, *args, **kwargs):
+  out = await request(self, method, path, *args, **kwargs)
+  requests.append([method, path, len(out[3])])
+  return out
+gcsfs.core.GCSFileSystem._request = counted
+rows = np.array({rows!r})
+same = index.read(rows) == [stored[r] for r in rows]
+framed = int(sum(index.length[rows] + 16))  # Each record's 12-byte header, data and 4-byte CRC.
+print(json.dumps({{"same": same, "requests": requests, "framed": framed}}))
+"""
+
+
+def test_records_are_read_from_the_bucket_one_ranged_get_of_their_bytes_each(gcs):
+  """`RecordIndex.read` (the training input) fetches each record's framed bytes and nothing more:
+  no metadata requests, no read-ahead, also for neighbouring records."""
+  _, env = gcs
+  rows = [7, 0, 39, 8, 9, 10, 23]  # Both shards, out of order, some side by side.
+  out = _python(env, _RANGED_READS.format(data=f"gs://{BUCKET}/ranged/data", rows=rows))
+  result = json.loads(out.strip().splitlines()[-1])
+  assert result["same"]
+  assert [method for method, _, _ in result["requests"]] == ["GET"] * len(rows)
+  assert all("alt=media" in url for _, url, _ in result["requests"]), result["requests"]
+  assert sum(size for _, _, size in result["requests"]) == result["framed"]

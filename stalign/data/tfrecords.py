@@ -18,12 +18,12 @@ A split's `RecordIndex` (written by the data stage, `write_index`) holds where
 every record starts and its number of frames. The training input plans an
 epoch from the index alone and reads each record at its offset (`RecordIndex.read`),
 so resuming at batch k reads nothing before it: TFRecord has no seek of its
-own, but its framing (12-byte header, data, 4-byte CRC) is all a reader needs.
+own, but its framing (12-byte header, data, 4-byte CRC) is all a reader needs,
+and with the index's lengths a record is one ranged read of exactly its bytes.
 """
 
 from collections.abc import Iterable
 from collections.abc import Iterator
-import contextlib
 import dataclasses
 import io
 import json
@@ -40,6 +40,9 @@ from stalign.data import layout
 
 # Bumped whenever the index file changes meaning; an index of another version is rebuilt.
 INDEX_VERSION = 1
+# A record's framing: length and its CRC before the data, the data's CRC after.
+_HEADER = 12
+_FRAMING = _HEADER + 4
 
 
 def _bytes(v: bytes) -> tf.train.Feature:
@@ -103,12 +106,12 @@ def _masked_crc(data: bytes) -> int:
 
 def _read_framed(f: IO[bytes], path: str) -> bytes | None:
   """The record at `f`'s position, checked against its CRCs; None at the end of the file."""
-  header = f.read(12)
+  header = f.read(_HEADER)
   if not header:
     return None
   error = ValueError(f"{path}: truncated or corrupt TFRecord; rebuild it with the data stage")
   # The length is trusted only once its CRC matches: a corrupt one could ask for any size.
-  if len(header) < 12 or _masked_crc(header[:8]) != struct.unpack("<I", header[8:])[0]:
+  if len(header) < _HEADER or _masked_crc(header[:8]) != struct.unpack("<I", header[8:])[0]:
     raise error
   data = f.read(struct.unpack("<Q", header[:8])[0])
   footer = f.read(4)
@@ -143,36 +146,36 @@ class RecordIndex:
   num_frames: np.ndarray  # [records] int32: its feature frames, which choose its length bucket.
 
   def read(self, rows: np.ndarray) -> list[bytes]:
-    """The serialized records numbered `rows`, in that order; each shard is opened once."""
-    out = [b""] * len(rows)
-    with contextlib.ExitStack() as stack:
-      opened = {}
-      for i in np.lexsort((self.offset[rows], self.shard[rows])):  # Front to back per shard.
-        row, shard = rows[i], int(self.shard[rows[i]])
-        if shard not in opened:
-          opened[shard] = stack.enter_context(fs.open(self.files[shard], "rb"))
-        opened[shard].seek(int(self.offset[row]))
-        try:
-          data = _read_framed(opened[shard], self.files[shard])
-        except ValueError:
-          data = None
-        if data is None or len(data) != self.length[row]:
-          raise ValueError(
-            f"{self.files[shard]} has no record of {self.length[row]} bytes at offset "
-            f"{self.offset[row]}: the shards changed after {self.path} was written; rebuild "
-            f"it with `{layout.PREPARE_COMMAND}`"
-          )
-        out[i] = data
+    """The serialized records numbered `rows`, in that order, each checked against its CRCs.
+
+    One ranged read per record of exactly its framed bytes (`fs.read_ranges`),
+    so reading a batch from a bucket fetches that batch and no more.
+    """
+    shards = [self.files[s] for s in self.shard[rows]]
+    framed = fs.read_ranges(
+      [
+        (path, int(offset), int(length) + _FRAMING)
+        for path, offset, length in zip(shards, self.offset[rows], self.length[rows])
+      ]
+    )
+    out = []
+    for path, raw, row in zip(shards, framed, rows):
+      try:
+        data = _read_framed(io.BytesIO(raw), path)
+      except ValueError:
+        data = None
+      if data is None or len(data) != self.length[row]:
+        raise ValueError(
+          f"{path} has no record of {self.length[row]} bytes at offset {self.offset[row]}: the "
+          f"shards changed after {self.path} was written; rebuild it with "
+          f"`{layout.PREPARE_COMMAND}`"
+        )
+      out.append(data)
     return out
 
 
 def _num_frames(raw: bytes) -> int:
   return tf.train.Example.FromString(raw).features.feature["num_frames"].int64_list.value[0]
-
-
-def _size(path: str) -> int:
-  with fs.open(path, "rb") as f:
-    return f.seek(0, os.SEEK_END)
 
 
 def write_index(data_dir: str, split: str) -> RecordIndex:
@@ -220,7 +223,7 @@ def read_index(data_dir: str, split: str) -> RecordIndex:
   files = layout.list_shards(data_dir, split)
   if list(stored["shards"]) != [os.path.basename(p) for p in files] or list(
     stored["shard_bytes"]
-  ) != [_size(p) for p in files]:
+  ) != [fs.size(p) for p in files]:
     raise MissingIndexError(f"{path} was written for other shards than those now beside it")
   columns = ("shard", "offset", "length", "num_frames")
   return RecordIndex(path, tuple(files), **{name: stored[name] for name in columns})
