@@ -119,17 +119,17 @@ def _config_file(tmp_path, data: str, manifests: str) -> str:
   )
 
 
-def _main(env, *args, timeout=400):
+def _python(env, *args, timeout=400) -> subprocess.CompletedProcess:
+  """`python ARGS` with the emulator's env, from the repository; checked to succeed."""
   out = subprocess.run(
-    [sys.executable, "-m", "stalign.main", *args],
-    cwd=REPO,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=timeout,
+    [sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
   )
   assert out.returncode == 0, out.stderr[-4000:]
   return out
+
+
+def _main(env, *args, timeout=400):
+  return _python(env, "-m", "stalign.main", *args, timeout=timeout)
 
 
 def _json(bucket, url: str) -> dict:
@@ -213,7 +213,7 @@ def test_all_stages_in_two_processes_on_gcs_match_one_process_with_two_devices(g
 
   # Final parameters, read back from the bucket by stalign.load (in a process with the env).
   saved = tmp_path / "params.npz"
-  _python(env, _SAVE_PARAMS.format(runs=[one, two], out=str(saved)))
+  _python(env, "-c", _SAVE_PARAMS.format(runs=[one, two], out=str(saved)), timeout=300)
   params = np.load(saved)
   testdata.assert_same_params(
     *({k.split(":", 1)[1]: params[k] for k in params if k.startswith(f"{i}:")} for i in (0, 1))
@@ -230,15 +230,6 @@ np.savez({out!r}, **out)
 """
 
 
-def _python(env, code: str) -> str:
-  """Runs `code` in a process with the emulator's env; its stdout."""
-  out = subprocess.run(
-    [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
-  )
-  assert out.returncode == 0, out.stderr[-4000:]
-  return out.stdout
-
-
 @pytest.mark.slow
 def test_a_run_on_the_bucket_exports_to_the_bucket_and_is_used_from_there(gcs, trained):
   """`stalign.export` from a gs:// workdir to a gs:// folder; that folder loads and embeds the
@@ -246,15 +237,9 @@ def test_a_run_on_the_bucket_exports_to_the_bucket_and_is_used_from_there(gcs, t
   re-export replaces the folder, also one whose upload was cut short."""
   bucket, env = gcs
   output = f"gs://{BUCKET}/one/export"
-  cli = subprocess.run(
-    [sys.executable, "-m", "stalign.export", f"--workdir={trained.workdir}", f"--output={output}"],
-    cwd=REPO,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=300,
+  cli = _python(
+    env, "-m", "stalign.export", f"--workdir={trained.workdir}", f"--output={output}", timeout=300
   )
-  assert cli.returncode == 0, cli.stderr[-4000:]
   assert cli.stdout.startswith(f"{output}: step 6, float32,") and "MiB" in cli.stdout
   listing = {os.path.basename(p) for p in bucket.ls(f"{BUCKET}/one/export")}
   assert listing == set(export.FILES)
@@ -265,6 +250,7 @@ def test_a_run_on_the_bucket_exports_to_the_bucket_and_is_used_from_there(gcs, t
 
   _python(
     env,
+    "-c",
     _USE_EXPORT.format(
       run=trained.workdir,
       export=output,
@@ -272,6 +258,7 @@ def test_a_run_on_the_bucket_exports_to_the_bucket_and_is_used_from_there(gcs, t
       audio=f"{trained.manifests}/audio",
       embeddings=f"gs://{BUCKET}/one/embedded/test.npy",
     ),
+    timeout=300,
   )
   assert not bucket.exists(f"{BUCKET}/one/embedded/test.npy.parts")
   assert _json(bucket, f"{output}/{api.EXPORT_MANIFEST}")["dtype"] == "bfloat16"
@@ -343,7 +330,8 @@ def test_records_are_read_from_the_bucket_one_ranged_get_of_their_bytes_each(gcs
   no metadata requests, no read-ahead, also for neighbouring records."""
   _, env = gcs
   rows = [7, 0, 39, 8, 9, 10, 23]  # Both shards, out of order, some side by side.
-  out = _python(env, _RANGED_READS.format(data=f"gs://{BUCKET}/ranged/data", rows=rows))
+  code = _RANGED_READS.format(data=f"gs://{BUCKET}/ranged/data", rows=rows)
+  out = _python(env, "-c", code, timeout=300).stdout
   result = json.loads(out.strip().splitlines()[-1])
   assert result["same"]
   assert [method for method, _, _ in result["requests"]] == ["GET"] * len(rows)

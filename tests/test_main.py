@@ -66,14 +66,6 @@ def _offline_main(tmp_path, *args, timeout=600):
   return out
 
 
-def _mtimes(folder):
-  return {
-    os.path.join(root, f): os.stat(os.path.join(root, f)).st_mtime_ns
-    for root, _, files in os.walk(folder)
-    for f in files
-  }
-
-
 @pytest.mark.slow
 def test_end_to_end_tiny_demo_offline_learns_reports_and_reruns_without_rework(tmp_path):
   """The real entry point on the synthetic corpus at the tiny size, with the network refused."""
@@ -107,10 +99,12 @@ def test_end_to_end_tiny_demo_offline_learns_reports_and_reruns_without_rework(t
   assert report["zero_shot"]["fsdd"]["utterances"] == 2000
 
   # Rerunning reuses everything: no data file rewritten, training already complete.
-  data_files, checkpoints = _mtimes(data), _mtimes(workdir / "checkpoints")
+  data_files, checkpoints = testdata.mtimes(data), testdata.mtimes(workdir / "checkpoints")
   again = _offline_main(tmp_path, *args)
   assert again.returncode == 0, again.stderr[-3000:]
-  assert _mtimes(data) == data_files and _mtimes(workdir / "checkpoints") == checkpoints
+  assert (
+    testdata.mtimes(data) == data_files and testdata.mtimes(workdir / "checkpoints") == checkpoints
+  )
   assert "train: step 200 of 200" in again.stdout
 
   # A missing FSDD folder is a reported skip, not a silently dropped section.

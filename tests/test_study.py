@@ -14,6 +14,7 @@ from configs import study as study_config
 from stalign import config as config_lib
 from stalign import study
 
+import testdata
 from testdata import FSDD_DIR
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -253,14 +254,6 @@ def quick_study(tmp_path_factory):
   return root / "study", args, out
 
 
-def _mtimes(folder) -> dict:
-  return {
-    os.path.join(r, f): os.stat(os.path.join(r, f)).st_mtime_ns
-    for r, _, files in os.walk(folder)
-    for f in files
-  }
-
-
 @pytest.mark.slow
 def test_quick_study_writes_every_cell_and_seed_and_a_rerun_trains_nothing(quick_study):
   workdir, args, out = quick_study
@@ -297,13 +290,13 @@ def test_quick_study_writes_every_cell_and_seed_and_a_rerun_trains_nothing(quick
     assert f"| {cell} |" in md
   assert "Loss family `paper`" in md and "p=" in md
 
-  before = _mtimes(workdir)
+  before = testdata.mtimes(workdir)
   again = _study(*args)
   assert again.returncode == 0, again.stderr[-4000:]
   skipped = [line for line in again.stdout.splitlines() if line.startswith("[")]
   assert len(skipped) == len(runs)
   assert all("skipped" in line or "done before" in line for line in skipped), again.stdout
-  after = _mtimes(workdir)
+  after = testdata.mtimes(workdir)
   changed = {os.path.relpath(p, workdir) for p in after if before.get(p) != after[p]}
   assert all(p.startswith("study") for p in changed), changed  # Only the aggregates rewritten.
 

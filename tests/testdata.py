@@ -215,3 +215,12 @@ def flat_params(params) -> dict:
     jax.tree_util.keystr(path, simple=True, separator="/"): value
     for path, value in jax.tree_util.tree_flatten_with_path(params)[0]
   }
+
+
+def mtimes(folder) -> dict[str, int]:
+  """{path: mtime in ns} of every file under `folder`: equal after a rerun that rewrites nothing."""
+  return {
+    os.path.join(root, f): os.stat(os.path.join(root, f)).st_mtime_ns
+    for root, _, files in os.walk(folder)
+    for f in files
+  }
