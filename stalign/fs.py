@@ -220,18 +220,17 @@ def staged_folder(path: str, marker: str) -> Iterator[str]:
     if exists(os.path.join(path, marker)):
       remove(os.path.join(path, marker))
     rmtree(path)
-    names = [os.path.relpath(f, local) for f in walk_files(local)]
-    for name in sorted(names, key=lambda name: name == marker):  # The marker last.
-      _upload(os.path.join(local, name), os.path.join(path, name))
+    sync_folder(local, path, last=marker)
 
 
-def sync_folder(local: str, path: str) -> None:
+def sync_folder(local: str, path: str, last: str | None = None) -> None:
   """Uploads every file of the local folder `local` to the folder `path`, each as one object.
 
   For files written by appending (TensorBoard event files), which an object
   store cannot take: they are written locally and copied whole at each sync.
+  `last` (a name relative to `local`) is uploaded after all the others: the
+  marker of a folder staged whole (`staged_folder`).
   """
-  for root, _, files in os.walk(local):
-    for name in files:
-      source = os.path.join(root, name)
-      _upload(source, os.path.join(path, os.path.relpath(source, local)))
+  names = [os.path.relpath(f, local) for f in walk_files(local)]
+  for name in sorted(names, key=lambda name: name == last):
+    _upload(os.path.join(local, name), os.path.join(path, name))
