@@ -25,6 +25,7 @@ ZERO_SHOT_DATASETS = ("synthetic", "fsdd")
 ADDED_KEYS = {
   "model.scan_blocks": False,
   "model.remat": False,
+  "model.ff_mult": 4,
   "loss.bank_weight": 0.0,
   "train.channel_augment": {
     "warp": 0.0,
@@ -144,7 +145,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       "distinct positive frame counts in increasing order"
     )
 
-  for key in ("subsample", "dim", "depth", "heads", "conv_kernel", "ctc_upsample"):
+  for key in ("subsample", "dim", "depth", "heads", "conv_kernel", "ff_mult", "ctc_upsample"):
     _above(f"model.{key}", c.model[key], 0)
   if c.model.dim % c.model.heads:
     raise ConfigError(f"model.dim={c.model.dim} is not divisible by model.heads={c.model.heads}")

@@ -41,10 +41,10 @@ def _norm(dim: int, rngs: nnx.Rngs) -> nnx.LayerNorm:
 
 
 class FeedForward(nnx.Module):
-  def __init__(self, dim: int, dropout: float, rngs: nnx.Rngs):
+  def __init__(self, dim: int, mult: int, dropout: float, rngs: nnx.Rngs):
     self.norm = _norm(dim, rngs)
-    self.up = _dense(dim, 4 * dim, ("embed", "mlp"), rngs)
-    self.down = _dense(4 * dim, dim, ("mlp", "embed"), rngs)
+    self.up = _dense(dim, mult * dim, ("embed", "mlp"), rngs)
+    self.down = _dense(mult * dim, dim, ("mlp", "embed"), rngs)
     self.dropout = nnx.Dropout(dropout)
 
   def __call__(self, x, rngs):
@@ -116,11 +116,13 @@ class ConvModule(nnx.Module):
 
 
 class ConformerBlock(nnx.Module):
-  def __init__(self, dim: int, heads: int, kernel: int, dropout: float, rngs: nnx.Rngs):
-    self.ff1 = FeedForward(dim, dropout, rngs)
+  def __init__(
+    self, dim: int, heads: int, kernel: int, ff_mult: int, dropout: float, rngs: nnx.Rngs
+  ):
+    self.ff1 = FeedForward(dim, ff_mult, dropout, rngs)
     self.attn = SelfAttention(dim, heads, dropout, rngs)
     self.conv = ConvModule(dim, kernel, dropout, rngs)
-    self.ff2 = FeedForward(dim, dropout, rngs)
+    self.ff2 = FeedForward(dim, ff_mult, dropout, rngs)
     self.norm = _norm(dim, rngs)
 
   def __call__(self, x, mask, rngs):
@@ -158,7 +160,7 @@ class Student(nnx.Module):
     self.frontend = _dense(num_mels * config.subsample, dim, (None, "embed"), rngs)
     self.blocks = nnx.List(
       [
-        ConformerBlock(dim, config.heads, config.conv_kernel, config.dropout, rngs)
+        ConformerBlock(dim, config.heads, config.conv_kernel, config.ff_mult, config.dropout, rngs)
         for _ in range(config.depth)
       ]
     )
