@@ -78,16 +78,19 @@ def median(seconds: list[float]) -> float:
 
 
 class MatmulPeak:
-  """float32 FLOP/s of a jitted n x n matmul: the CPU's practical peak for this process.
+  """FLOP/s of a jitted n x n matmul: the practical peak of this process's default device.
 
-  Call it (it blocks) inside `alternate` beside the thing measured, then read
-  `flops_per_s` of its seconds.
+  float32 on CPUs (they have no fast bfloat16 matmul); `bench.accelerator`
+  asks for bfloat16 at n = 8192, the size at which a GPU's matrix units run at
+  their sustained rate. Call it (it blocks) inside `alternate` beside the thing
+  measured, then read `flops_per_s` of its seconds.
   """
 
-  def __init__(self, n: int = MATMUL_N):
+  def __init__(self, n: int = MATMUL_N, dtype: jnp.dtype = jnp.float32):
     keys = jax.random.split(jax.random.key(0), 2)
-    self.a, self.b = (jax.random.normal(k, (n, n), jnp.float32) for k in keys)
+    self.a, self.b = (jax.random.normal(k, (n, n), dtype) for k in keys)
     self.n = n
+    self.dtype = jnp.dtype(dtype).name
     self.flops = 2.0 * n**3
     self._fn = jax.jit(jnp.matmul)
     self()  # Compiles.
@@ -151,10 +154,15 @@ class TrainStep:
   change its cost.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, teacher_dim: int = TEACHER_DIM):
+  def __init__(
+    self,
+    config: ml_collections.ConfigDict,
+    teacher_dim: int = TEACHER_DIM,
+    devices: list[jax.Device] | None = None,
+  ):
     self.config = config
     self.teacher_dim = teacher_dim
-    self.mesh = sharding.make_mesh(config.mesh)
+    self.mesh = sharding.make_mesh(config.mesh, devices)
     self.rules = config.sharding_rules
     self.tx = train.make_optimizer(config, train.make_schedule(config))
     self.graphdef, params = nnx.split(nnx.eval_shape(lambda: student.build(config, teacher_dim)))

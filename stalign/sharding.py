@@ -28,21 +28,23 @@ def logical(init: Callable, *names: str | None) -> Callable:
   return nnx.with_partitioning(init, names, eager_sharding=False)
 
 
-def make_mesh(mesh_config: ml_collections.ConfigDict) -> Mesh:
-  """A (data, fsdp, model) mesh over all devices; one axis may be -1 (= the rest)."""
+def make_mesh(
+  mesh_config: ml_collections.ConfigDict, devices: list[jax.Device] | None = None
+) -> Mesh:
+  """A (data, fsdp, model) mesh over `devices` (default: all); one axis may be -1 (= the rest)."""
   sizes = [mesh_config[a] for a in MESH_AXES]
-  devices = jax.device_count()
+  count = len(devices) if devices is not None else jax.device_count()
   fixed = int(np.prod([s for s in sizes if s != -1]))
-  if sizes.count(-1) > 1 or devices % fixed:
-    raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} does not fit {devices} devices")
-  sizes = [devices // fixed if s == -1 else s for s in sizes]
-  if int(np.prod(sizes)) != devices:
-    raise ValueError(
-      f"mesh {dict(zip(MESH_AXES, sizes))} uses {np.prod(sizes)} of {devices} devices"
-    )
-  mesh = jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3)
+  if sizes.count(-1) > 1 or count % fixed:
+    raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} does not fit {count} devices")
+  sizes = [count // fixed if s == -1 else s for s in sizes]
+  if int(np.prod(sizes)) != count:
+    raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} uses {np.prod(sizes)} of {count} devices")
+  mesh = jax.make_mesh(
+    tuple(sizes), MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3, devices=devices
+  )
   logging.info(
-    "mesh %s over %d devices in %d processes", dict(mesh.shape), devices, jax.process_count()
+    "mesh %s over %d devices in %d processes", dict(mesh.shape), count, jax.process_count()
   )
   return mesh
 

@@ -158,3 +158,29 @@ def test_tpu_estimates_count_the_step_flops_and_state_their_formulas():
   out = tpu_estimates.run()
   assert out["train_step_flops_per_12s_utterance"] > 6 * 100e6 * 150  # 6 x params x frames.
   assert out["v4_32_epoch_compute_seconds_estimate"] > 0 and "MFU" in out["v4_32_formula"]
+
+
+def test_accelerator_benchmark_skips_on_cpus_and_counts_the_unrolled_models_flops():
+  from bench import accelerator
+
+  assert "no accelerator" in accelerator.run()["skipped"]
+  names = [name for name, _, _ in accelerator.default_configs()]
+  assert names == ["runlocal"] + [f"per chip, batch {b}" for b in accelerator.PER_CHIP_BATCHES]
+
+  scanned = _tiny()
+  scanned.model.depth, scanned.model.scan_blocks, scanned.model.remat = 2, True, True
+  scanned.train.compute_dtype = "bfloat16"
+  out = accelerator.run([("tiny", scanned, 64)], repeats=1, matmul_n=64, require_accelerator=False)
+  result = out["configs"]["tiny"]
+  # Every block counts, though the step runs one scanned, rematerialised body: each one more
+  # adds the same FLOPs.
+  flops = {}
+  for depth in (1, 3):
+    other = scanned.copy_and_resolve_references()
+    other.model.depth = depth
+    flops[depth] = accelerator.model_flops(other, 64)
+  per_block = result["model_flops_per_step"] - flops[1]
+  assert per_block > 0
+  assert flops[3] - result["model_flops_per_step"] == pytest.approx(per_block, rel=1e-3)
+  assert result["utterances_per_s"] > 0 and result["mfu_over_matmul_peak"] > 0
+  _assert_ratios(out, 1)
