@@ -40,7 +40,8 @@ bucket shape to compile, ~1 minute to evaluate: README "Time", bench/results/com
 plus a few minutes to build data/demo if it is missing. Measured (2026-11-26, data built): 80 min
 42 s for the 27 runs; seed-0 runs took 3.5-4.5 min, seeds 1 and 2 about 2.5 min. At this budget
 the recipe's own cell reaches test R@1 0.08 (the demo's 1,500 steps: 0.69); README "The paper's
-findings, reproduced" has the table. T is a fifth of the demo's 1,500 steps:
+findings, reproduced" has the table. Those figures are the recipe at `c13255a` (feed-forward 4x,
+lr 2e-3); the grid has not been rerun on the current one. T is a fifth of the demo's 1,500 steps:
 the study compares regimes at a budget this machine affords, not at convergence, and the ASR
 pretraining is short (P = T / 3); `--config.study.pretrain_steps` moves the split. Each further
 100 steps of T cost 3 x 8 x 100 x 0.42 s = 17 min.
