@@ -31,12 +31,12 @@ import jax.numpy as jnp
 import ml_collections
 
 from bench import _common
+from bench import tpu_estimates
 from configs import tpu_multitask
 
 SECONDS = 12.0  # Utterance length of the per-chip rows.
 PER_CHIP_BATCHES = (16, 64, 256)
 MATMUL_N = 8192
-UTTERANCES, MEAN_SECONDS = 281_241, 12.3  # LibriSpeech 960 h (as bench.tpu_estimates).
 # Dense bfloat16 FLOP/s from the vendors' datasheets, by a substring of `device_kind`.
 DATASHEET_BF16 = {
   "H100": 989e12,
@@ -114,7 +114,9 @@ def measure(
     "step_median_s": step_s,
     "utterances_per_s": rows / step_s,
     "audio_seconds_per_s": audio_s / step_s,
-    "librispeech_960h_epoch_s": UTTERANCES * MEAN_SECONDS / (audio_s / step_s),
+    "librispeech_960h_epoch_s": (
+      tpu_estimates.UTTERANCES * tpu_estimates.MEAN_SECONDS / (audio_s / step_s)
+    ),
     "achieved_flops_per_s": flops / step_s,
     "matmul_peak_flops_per_s": peak_flops,
     "mfu_over_matmul_peak": flops / step_s / peak_flops,

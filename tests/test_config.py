@@ -137,7 +137,8 @@ def test_every_added_key_is_declared_in_the_configs_with_its_default():
     value = c
     for part in path.split("."):
       value = value[part]
-    if path == "train.channel_augment":  # Off for runs saved before it existed; on in the recipe.
-      assert set(value) == set(default), path
+    # Added together with a new recipe value: the default rebuilds old runs, the recipe moved on.
+    if path in ("train.channel_augment", "model.ff_mult"):
+      assert set(value) == set(default) if isinstance(default, dict) else type(value) is int, path
       continue
     assert value == default or (path.startswith("data.fsdd_speakers") and not value), path
