@@ -210,14 +210,14 @@ class TrainStep:
       return self.jitted(state, batch)
 
 
-def compiled_flops(compiled: jax.stages.Compiled) -> float:
-  """FLOPs of one call of a compiled function, by XLA's cost analysis.
+def compiled_flops(stage: jax.stages.Compiled | jax.stages.Lowered) -> float:
+  """FLOPs of one call of a compiled (or lowered) function, by XLA's cost analysis.
 
   For the train step these are the model's FLOPs only with its blocks unrolled
   and not rematerialised: a scanned body is counted once, and recomputation
   counts again.
   """
-  cost = compiled.cost_analysis()
+  cost = stage.cost_analysis()
   return float((cost if isinstance(cost, dict) else cost[0])["flops"])
 
 

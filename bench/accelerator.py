@@ -74,8 +74,7 @@ def model_flops(config: ml_collections.ConfigDict, frames: int) -> float:
   unrolled.model.scan_blocks = unrolled.model.remat = False
   unrolled.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=1, model=1))
   lowered = _common.TrainStep(unrolled, devices=jax.devices("cpu")[:1]).lower(frames)
-  cost = lowered.cost_analysis()
-  return float((cost if isinstance(cost, dict) else cost[0])["flops"])
+  return _common.compiled_flops(lowered)
 
 
 def datasheet_peak(device_kind: str) -> float | None:

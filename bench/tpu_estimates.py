@@ -37,8 +37,7 @@ def step_flops_per_utterance(seconds: float = 12.0) -> float:
   config.input.batch_size = 1
   config.model.scan_blocks, config.model.remat = False, False
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
-  cost = _common.TrainStep(config).lower(int(seconds * 100)).cost_analysis()
-  return float((cost if isinstance(cost, dict) else cost[0])["flops"])
+  return _common.compiled_flops(_common.TrainStep(config).lower(int(seconds * 100)))
 
 
 def reader_audio_seconds_per_second() -> float | None:
