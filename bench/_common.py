@@ -221,6 +221,21 @@ def compiled_flops(stage: jax.stages.Compiled | jax.stages.Lowered) -> float:
   return float((cost if isinstance(cost, dict) else cost[0])["flops"])
 
 
+def model_flops(config: ml_collections.ConfigDict, frames: int) -> float:
+  """FLOPs of one train step with every block counted once, none recomputed.
+
+  XLA's cost analysis of the step lowered for the CPU (one CPU device), with
+  the blocks unrolled and not rematerialised. Lowered, not compiled, and not
+  for the accelerator: a GPU's compiled program hands its matmuls to cuBLAS
+  as custom calls, which its cost analysis does not count.
+  """
+  unrolled = config.copy_and_resolve_references()
+  unrolled.model.scan_blocks = unrolled.model.remat = False
+  unrolled.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=1, model=1))
+  lowered = TrainStep(unrolled, devices=jax.devices("cpu")[:1]).lower(frames)
+  return compiled_flops(lowered)
+
+
 def step_memory_bytes(compiled: jax.stages.Compiled) -> dict[str, int]:
   """What XLA plans to hold for one step: arguments (state, batch) and temporaries."""
   stats = compiled.memory_analysis()

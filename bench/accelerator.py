@@ -15,7 +15,7 @@ configured), on one device:
 Model FLOPs are XLA's cost analysis of the same step with the blocks
 unrolled and not rematerialised, lowered for the CPU (a scanned body is
 counted once, recomputation is not model work, and a GPU's compiled program
-hides its matmuls from the count; `model_flops`). MFU divides them by the median step time
+hides its matmuls from the count; `_common.model_flops`). MFU divides them by the median step time
 and by two peaks: a bfloat16 8192^2 matmul measured in the same rounds
 (`_common.MatmulPeak`), and the vendor's dense bfloat16 figure for the chip,
 where known (`DATASHEET_BF16`).
@@ -62,21 +62,6 @@ def default_configs() -> list[tuple[str, ml_collections.ConfigDict, int]]:
   return out
 
 
-def model_flops(config: ml_collections.ConfigDict, frames: int) -> float:
-  """FLOPs of one train step with every block counted once, none recomputed.
-
-  XLA's cost analysis of the step lowered for the CPU (one CPU device), with
-  the blocks unrolled and not rematerialised. Lowered, not compiled, and not
-  for the accelerator: a GPU's compiled program hands its matmuls to cuBLAS
-  as custom calls, which its cost analysis does not count.
-  """
-  unrolled = config.copy_and_resolve_references()
-  unrolled.model.scan_blocks = unrolled.model.remat = False
-  unrolled.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=1, model=1))
-  lowered = _common.TrainStep(unrolled, devices=jax.devices("cpu")[:1]).lower(frames)
-  return _common.compiled_flops(lowered)
-
-
 def datasheet_peak(device_kind: str) -> float | None:
   return next((v for k, v in DATASHEET_BF16.items() if k in device_kind), None)
 
@@ -98,7 +83,7 @@ def measure(
   run_step()
   seconds = _common.alternate({"step": run_step, "matmul": peak}, repeats)
   step_s = _common.median(seconds["step"])
-  flops = model_flops(config, frames)
+  flops = _common.model_flops(config, frames)
   peak_flops = peak.flops_per_s(seconds["matmul"])
   memory = compiled.memory_analysis()
   audio_s = rows * frames * config.features.hop_ms / 1000

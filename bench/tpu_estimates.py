@@ -11,8 +11,6 @@ labelled with its formula in the output.
 import time
 from typing import Any
 
-import ml_collections
-
 from bench import _common
 from configs import demo
 from configs import tpu_multitask
@@ -29,15 +27,11 @@ READER_BATCHES = 60
 def step_flops_per_utterance(seconds: float = 12.0) -> float:
   """Model FLOPs of the TPU config's train step on one utterance of `seconds`.
 
-  From the lowered step (not compiled: compiling 17 unrolled blocks takes
-  minutes here), blocks unrolled and not rematerialised, on this machine's
-  devices (the FLOPs do not depend on the mesh).
+  Counted as the accelerator benchmark counts them (`_common.model_flops`).
   """
   config = tpu_multitask.get_config()
   config.input.batch_size = 1
-  config.model.scan_blocks, config.model.remat = False, False
-  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
-  return _common.compiled_flops(_common.TrainStep(config).lower(int(seconds * 100)))
+  return _common.model_flops(config, int(seconds * 100))
 
 
 def reader_audio_seconds_per_second() -> float | None:

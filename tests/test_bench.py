@@ -178,7 +178,7 @@ def test_accelerator_benchmark_skips_on_cpus_and_counts_the_unrolled_models_flop
   for depth in (1, 3):
     other = scanned.copy_and_resolve_references()
     other.model.depth = depth
-    flops[depth] = accelerator.model_flops(other, 64)
+    flops[depth] = _common.model_flops(other, 64)
   per_block = result["model_flops_per_step"] - flops[1]
   assert per_block > 0
   assert flops[3] - result["model_flops_per_step"] == pytest.approx(per_block, rel=1e-3)
