@@ -26,25 +26,25 @@ utterances in total. (a) and (c) train T steps from scratch; the pretraining run
 `study.pretrain_steps` = P of them, and (b) and (d) train the remaining T - P. Per seed that is
 one pretraining run of P steps, four runs of T ((a), (c), two families) and four of T - P.
 
-Why T = 300 and P = 100 (2-core CPU, no accelerator; the recipe's 0.42 s per step, ~12 s per
-bucket shape to compile, ~1 minute to evaluate: README "Time", bench/results/compile_time.json):
-  steps:       3 seeds x (4 x 300 + 4 x 200 + 100) = 6,300 steps x 0.42 s             = 44 min
+Why T = 300 and P = 100 (2-core CPU, no accelerator; the recipe's 0.2 s per step, ~8 s per
+bucket shape to compile, 15-50 s to evaluate: README "Time", bench/results/compile_time.json):
+  steps:       3 seeds x (4 x 300 + 4 x 200 + 100) = 6,300 steps x 0.2 s              = 21 min
   compiling:   the first seed's 9 runs each compile their train step (the loss and the
-               schedule's length are compiled in) for 7 bucket shapes, ~90 s a run;
+               schedule's length are compiled in) for 7 bucket shapes, ~60 s a run;
                seeds 1 and 2 load those from the persistent cache (the seed is not
-               compiled in: the quick grid's seed-1 runs start in 1-2 s, seed 0's in 7-13)
-               9 x 90 s + 18 x 15 s                                                   = 18 min
-  evaluation:  24 runs x ~60 s (test split, zero-shot, FSDD, probes, figures)         = 24 min
+               compiled in: seed-1 and seed-2 runs take their first step in 2-3 s)
+               9 x 60 s + 18 x 3 s                                                    = 10 min
+  evaluation:  24 runs, ~50 s each for seed 0 (first compiles), 15 s for seeds 1-2   = 11 min
   curves:      valid retrieval every 50 steps, 3 x (4 x 6 + 4 x 4) = 120 x ~2.5 s     =  5 min
-  total                                                                               ~ 91 min
-plus a few minutes to build data/demo if it is missing. Measured (2026-11-26, data built): 80 min
-42 s for the 27 runs; seed-0 runs took 3.5-4.5 min, seeds 1 and 2 about 2.5 min. At this budget
-the recipe's own cell reaches test R@1 0.08 (the demo's 1,500 steps: 0.69); README "The paper's
-findings, reproduced" has the table. Those figures are the recipe at `c13255a` (feed-forward 4x,
-lr 2e-3); the grid has not been rerun on the current one. T is a fifth of the demo's 1,500 steps:
-the study compares regimes at a budget this machine affords, not at convergence, and the ASR
-pretraining is short (P = T / 3); `--config.study.pretrain_steps` moves the split. Each further
-100 steps of T cost 3 x 8 x 100 x 0.42 s = 17 min.
+  total                                                                               ~ 47 min
+plus a few minutes to build data/demo if it is missing. Measured (2026-11-26, data built, recipe
+at `496257b`: 2 blocks x 2,700 steps): 67 min 3 s for the 27 runs, with other training jobs
+beside it for the first 48 minutes; alone, seed-1 and seed-2 runs trained in 0.8-1.4 min and
+evaluated in 15 s. At this budget the recipe's own cell reaches test R@1 0.12 (the demo's 2,700
+steps: 0.82-0.86); README "The paper's findings, reproduced" has the table. T is a ninth of the
+demo's 2,700 steps: the study compares regimes at a budget this machine affords, not at
+convergence, and the ASR pretraining is short (P = T / 3); `--config.study.pretrain_steps` moves
+the split. Each further 100 steps of T cost 3 x 8 x 100 x 0.2 s = 8 min.
 
 `quick` runs every stage of the same grid at tiny size (2 seeds, 8 steps, one padded length) in
 minutes; the test suite runs it. Every key below is declared once, with a comment;
