@@ -94,7 +94,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.subsample = 8  # Stacked log-mel frames per encoder frame (80 ms).
   c.model.dim = 64 if tiny else 144  # Conformer width.
   # Conformer blocks. 2, not 4: in the same ten minutes, 2 blocks x 2,700 steps learn more than
-  # 3 x 2,000 or 4 x 1,700 (README "What made the demo learn").
+  # 3 x 2,100 or 4 x 1,700 (README "What made the demo learn").
   c.model.depth = 1 if tiny else 2
   c.model.heads = 4  # Attention heads (divide dim).
   c.model.conv_kernel = 15  # Depthwise convolution width, in encoder frames.
