@@ -26,17 +26,17 @@ utterances in total. (a) and (c) train T steps from scratch; the pretraining run
 `study.pretrain_steps` = P of them, and (b) and (d) train the remaining T - P. Per seed that is
 one pretraining run of P steps, four runs of T ((a), (c), two families) and four of T - P.
 
-Why T = 300 and P = 100 (2-core CPU, no accelerator; the recipe's 0.2 s per step, ~8 s per
-bucket shape to compile, 15-50 s to evaluate: README "Time", bench/results/compile_time.json):
+Why T = 300 and P = 100 (2-core CPU, no accelerator; the recipe's 0.2 s per step, ~10 s per
+bucket shape to compile (`compile_s` in RUN/train_history.json), 15-50 s to evaluate):
   steps:       3 seeds x (4 x 300 + 4 x 200 + 100) = 6,300 steps x 0.2 s              = 21 min
   compiling:   the first seed's 9 runs each compile their train step (the loss and the
-               schedule's length are compiled in) for 7 bucket shapes, ~60 s a run;
+               schedule's length are compiled in) for 7 bucket shapes, ~70 s a run;
                seeds 1 and 2 load those from the persistent cache (the seed is not
                compiled in: seed-1 and seed-2 runs take their first step in 2-3 s)
-               9 x 60 s + 18 x 3 s                                                    = 10 min
+               9 x 70 s + 18 x 3 s                                                    = 11 min
   evaluation:  24 runs, ~50 s each for seed 0 (first compiles), 15 s for seeds 1-2   = 11 min
   curves:      valid retrieval every 50 steps, 3 x (4 x 6 + 4 x 4) = 120 x ~2.5 s     =  5 min
-  total                                                                               ~ 47 min
+  total                                                                               ~ 48 min
 plus a few minutes to build data/demo if it is missing. Measured (2026-11-26, data built, recipe
 at `496257b`: 2 blocks x 2,700 steps): 67 min 3 s for the 27 runs, with other training jobs
 beside it for the first 48 minutes; alone, seed-1 and seed-2 runs trained in 0.8-1.4 min and
