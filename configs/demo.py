@@ -55,6 +55,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.fsdd_dir = "../shared/data/fsdd"  # Free Spoken Digit recordings/ (training and zero-shot).
   # Real human speech mixed into training; the fourth FSDD voice (nicolas) stays unseen.
   c.data.train_extra = () if tiny else ("fsdd",)  # Sources whose train split joins the main one.
+  # Speed-perturbed copies of every train_extra clip, besides the clip itself (prepare.py).
+  c.data.train_extra_speeds = ()
   # split -> FSDD speakers, for source=fsdd (empty: every speaker).
   c.data.fsdd_speakers = ml_collections.ConfigDict(
     dict(train=("george", "jackson", "lucas"), valid=(), test=())

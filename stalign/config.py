@@ -42,6 +42,7 @@ ADDED_KEYS = {
   "data.tfds_splits.test": "",
   "data.fsdd_speakers.valid": (),
   "data.fsdd_speakers.test": (),
+  "data.train_extra_speeds": (),
 }
 
 
@@ -118,6 +119,12 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c = config
   _one_of("data.source", c.data.source, sources.SOURCES.names())
   _all_of("data.train_extra", c.data.train_extra, sources.SOURCES.names())
+  for speed in c.data.train_extra_speeds:
+    if not isinstance(speed, numbers.Number) or not 0.5 <= speed <= 2.0 or speed == 1.0:
+      raise ConfigError(
+        f"data.train_extra_speeds entries must be speed factors in [0.5, 2] other than 1 "
+        f"(the clip itself is always kept), got {tuple(c.data.train_extra_speeds)}"
+      )
   _above("data.num_shards", c.data.num_shards, 0)
   if c.data.source == "manifest":
     missing = [s for s in ("train", "valid", "test") if not c.data.manifests.get(s)]

@@ -137,9 +137,11 @@ def model_card(model: api.Model, manifest: dict, summaries: dict, results: dict 
         f"| {split} | {s['written']:,} | {s['hours']:.2f} | {sum(s['skipped'].values())} "
         f"| {listed} |"
       )
+    speeds = c.data.train_extra_speeds
+    copies = f" (each also at speeds {', '.join(f'{s:g}' for s in speeds)})" if speeds else ""
     lines.append(
       f"\nSource: `data.source={c.data.source}`, extra training sources "
-      f"{list(c.data.train_extra) or 'none'}.\n"
+      f"{list(c.data.train_extra) or 'none'}{copies}.\n"
     )
   else:
     lines.append("The data folder's split summaries were not found.\n")

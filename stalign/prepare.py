@@ -68,6 +68,8 @@ def _featurize(
         )
       else:
         wave = audio.load_audio(ex["audio_filepath"], fcfg.sample_rate, fcfg.max_seconds)
+      if ex.get("speed", 1.0) != 1.0:
+        wave = audio.change_speed(wave, ex["speed"])
       labels = text_lib.encode_targets(ex["text"], fcfg.ctc_targets)
     except (audio.AudioError, text_lib.TranscriptError) as e:
       reason = type(e).__name__ + ": " + str(e).split(": ", 1)[-1].split(";")[0]
@@ -167,6 +169,20 @@ def ensure_index(config: ml_collections.ConfigDict, split: str) -> None:
     tfrecords.write_index(config.data_dir, split)
 
 
+def with_speed_copies(examples: Iterable[dict], speeds: Iterable[float]) -> Iterator[dict]:
+  """Each example, followed by one copy of it per factor in `speeds` (`audio.change_speed`).
+
+  Why: the real recordings mixed into training come from a few speakers; speed-perturbed
+  copies of them are new-sounding voices saying the same words (Ko et al., 2015). A copy's
+  id says its factor, so every record stays traceable to its file.
+  """
+  speeds = tuple(speeds)
+  for ex in examples:
+    yield ex
+    for speed in speeds:
+      yield {**ex, "id": f"{ex['id']}@speed{speed:g}", "speed": speed}
+
+
 def write_splits(config: ml_collections.ConfigDict) -> dict:
   """Writes every split that has no summary yet; returns each split's summary."""
   source = sources.get(config.data.source)
@@ -186,7 +202,10 @@ def write_splits(config: ml_collections.ConfigDict) -> dict:
       continue
     examples = source(config, split)
     if split == "train" and config.data.train_extra:
-      extra = [sources.get(name)(config, split) for name in config.data.train_extra]
+      extra = [
+        with_speed_copies(sources.get(name)(config, split), config.data.train_extra_speeds)
+        for name in config.data.train_extra
+      ]
       examples = itertools.chain(examples, *extra)  # The reader's shuffle mixes them.
     summaries[split] = write_split(examples, config, split, config.data.num_shards)
   return summaries

@@ -58,6 +58,7 @@ def test_unknown_enum_value_names_the_key_and_the_allowed_values(key, value, all
     ("model.ctc_layer", 4, "model.ctc_layer=4 is outside the 1 blocks"),
     ("input.bucket_boundaries", (400, 240), "must be distinct positive frame counts"),
     ("eval.zero_shot_templates", ("the speaker says",), "each hold '{}'"),
+    ("data.train_extra_speeds", (1.0, 1.1), "speed factors in \\[0.5, 2\\] other than 1"),
   ],
 )
 def test_bad_ranges_and_lists_name_the_key(key, value, message):

@@ -108,3 +108,22 @@ def test_phoneme_targets_are_stored_decoded_and_trained_through_a_phoneme_sized_
   vocab = len(text.PHONEMES) + 1  # + blank.
   assert vocab != text.vocab_size("chars")
   assert student.ctc_head.kernel.shape == (config.model.dim, config.model.ctc_upsample * vocab)
+
+
+def test_speed_copies_of_real_clips_are_written_beside_the_clip(tmp_path):
+  config = tiny_config(str(tmp_path / "data"))
+  clips = sources.read_manifest(
+    write_manifest(str(tmp_path / "m.jsonl"), fsdd_files("lucas", range(0, 1))[:2])
+  )
+  summary = prepare.write_split(
+    prepare.with_speed_copies(clips, (0.9, 1.1)), config, "train", 1
+  )
+  assert summary["written"] == 6 and summary["speakers"] == {"lucas": 6}
+  records = {r["id"]: r for r in tfrecords.iterate_records(layout.list_shards(config.data_dir, "train"))}
+  clip = sorted(records)[0]
+  slow, fast = records[clip + "@speed0.9"], records[clip + "@speed1.1"]
+  assert slow["text"] == fast["text"] == records[clip]["text"]
+  # 0.9x speed is longer than the clip, 1.1x shorter, by about those factors.
+  frames = [r["features"].shape[0] for r in (slow, records[clip], fast)]
+  assert frames[0] > frames[1] > frames[2]
+  assert abs(frames[1] / frames[0] - 0.9) < 0.03 and abs(frames[2] / frames[1] - 1 / 1.1) < 0.03

@@ -86,3 +86,14 @@ def check_waveform(
   if file_rate != sample_rate:
     wave = soxr.resample(wave, file_rate, sample_rate)
   return wave.astype(np.float32)
+
+
+def change_speed(wave: np.ndarray, speed: float) -> np.ndarray:
+  """`wave` played `speed` times faster: tempo, pitch and formants move together, as on tape.
+
+  Why: the standard speed perturbation of speech training data (Ko et al., 2015). Each
+  factor makes a recording sound like a slightly different speaker, which is what a
+  handful of real voices lacks. Resampling to 1/speed of the rate and playing the result
+  at the original rate is exactly that.
+  """
+  return soxr.resample(wave, speed, 1.0).astype(np.float32)

@@ -87,3 +87,13 @@ def test_implausible_sample_rate_is_refused(tmp_path):
   with pytest.raises(audio.AudioError, match="1000 Hz is too low") as err:
     audio.load_audio(path, 16000, 10.0)
   assert path in str(err.value)
+
+
+def test_change_speed_moves_tempo_and_pitch_together():
+  rate = 16_000
+  tone = np.sin(2 * np.pi * 440 * np.arange(rate) / rate).astype(np.float32)
+  for speed in (0.9, 1.1):
+    faster = audio.change_speed(tone, speed)
+    assert faster.dtype == np.float32 and abs(faster.size - rate / speed) <= 2
+    pitch = np.argmax(np.abs(np.fft.rfft(faster))) * rate / faster.size
+    assert abs(pitch - 440 * speed) < 2
