@@ -121,7 +121,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # InfoNCE of each utterance against every distinct training transcript (hard negatives).
   c.loss.bank_weight = 0.0
   c.loss.temperature = 0.07  # Initial value; it is learned.
-  c.loss.ctc_weight = 0.3  # Multitask CTC; 0 turns it off.
+  # Multitask CTC; 0 turns it off. 1.0, not 0.3: in three seeds the valid split's R@1 rose by
+  # 0.03 and text->speech by 0.04 in the same steps (README "What made the demo learn").
+  c.loss.ctc_weight = 1.0
 
   # Optimiser and loop (stalign/train.py).
   c.train = ml_collections.ConfigDict()
