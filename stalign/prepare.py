@@ -135,6 +135,8 @@ def write_split(
     "ctc_targets": config.features.ctc_targets,
     "speakers": dict(sorted(speakers.items())),
   }
+  if split == "train":
+    summary["train_extra_speeds"] = list(config.data.train_extra_speeds)
   with fs.atomic_write(layout.summary_path(config.data_dir, split)) as f:
     json.dump(summary, f, indent=2)
   logging.info(
@@ -195,6 +197,12 @@ def write_splits(config: ml_collections.ConfigDict) -> dict:
         raise ValueError(
           f"{config.data_dir} holds {stored} CTC targets but features.ctc_targets="
           f"{config.features.ctc_targets!r}; point --config.data_dir at a new folder"
+        )
+      speeds = tuple(summaries[split].get("train_extra_speeds", ()))
+      if split == "train" and speeds != tuple(config.data.train_extra_speeds):
+        raise ValueError(
+          f"{config.data_dir} was built with data.train_extra_speeds={speeds} but the config "
+          f"asks for {tuple(config.data.train_extra_speeds)}; point --config.data_dir at a new folder"
         )
       logging.info(
         "split %s: reusing %d examples in %s", split, summaries[split]["written"], config.data_dir

@@ -4,6 +4,7 @@ import os
 
 from flax import nnx
 import numpy as np
+import pytest
 import soundfile as sf
 
 import stalign
@@ -111,19 +112,30 @@ def test_phoneme_targets_are_stored_decoded_and_trained_through_a_phoneme_sized_
 
 
 def test_speed_copies_of_real_clips_are_written_beside_the_clip(tmp_path):
+  """`data.train_extra_speeds`: each train_extra clip, then a copy per factor; a data folder
+  built with other factors is refused, not silently reused."""
+  fsdd_dir = tmp_path / "fsdd"
+  (fsdd_dir / "recordings").mkdir(parents=True)
+  for path in fsdd_files("lucas", range(0, 1))[:2]:
+    os.symlink(path, fsdd_dir / "recordings" / os.path.basename(path))
   config = tiny_config(str(tmp_path / "data"))
-  clips = sources.read_manifest(
-    write_manifest(str(tmp_path / "m.jsonl"), fsdd_files("lucas", range(0, 1))[:2])
-  )
-  summary = prepare.write_split(
-    prepare.with_speed_copies(clips, (0.9, 1.1)), config, "train", 1
-  )
-  assert summary["written"] == 6 and summary["speakers"] == {"lucas": 6}
+  for split in ("train", "valid", "test"):
+    config.data.manifests[split] = write_manifest(
+      str(tmp_path / f"{split}.jsonl"), fsdd_files("jackson", range(0, 1))[:1]
+    )
+  config.data.fsdd_dir = str(fsdd_dir)
+  config.data.train_extra = ("fsdd",)
+  config.data.train_extra_speeds = (0.9, 1.1)
+  summary = prepare.write_splits(config)["train"]
+  assert summary["written"] == 1 + 2 * 3 and summary["speakers"] == {"jackson": 1, "lucas": 6}
   records = {r["id"]: r for r in tfrecords.iterate_records(layout.list_shards(config.data_dir, "train"))}
-  clip = sorted(records)[0]
+  clip = next(i for i in records if i.startswith("fsdd/lucas/") and "@" not in i)
   slow, fast = records[clip + "@speed0.9"], records[clip + "@speed1.1"]
   assert slow["text"] == fast["text"] == records[clip]["text"]
   # 0.9x speed is longer than the clip, 1.1x shorter, by about those factors.
   frames = [r["features"].shape[0] for r in (slow, records[clip], fast)]
-  assert frames[0] > frames[1] > frames[2]
   assert abs(frames[1] / frames[0] - 0.9) < 0.03 and abs(frames[2] / frames[1] - 1 / 1.1) < 0.03
+
+  config.data.train_extra_speeds = ()
+  with pytest.raises(ValueError, match=r"built with data.train_extra_speeds=\(0.9, 1.1\).*new folder"):
+    prepare.write_splits(config)
