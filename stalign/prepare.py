@@ -201,8 +201,8 @@ def write_splits(config: ml_collections.ConfigDict) -> dict:
       speeds = tuple(summaries[split].get("train_extra_speeds", ()))
       if split == "train" and speeds != tuple(config.data.train_extra_speeds):
         raise ValueError(
-          f"{config.data_dir} was built with data.train_extra_speeds={speeds} but the config "
-          f"asks for {tuple(config.data.train_extra_speeds)}; point --config.data_dir at a new folder"
+          f"{config.data_dir} was built with data.train_extra_speeds={speeds} but the config asks "
+          f"for {tuple(config.data.train_extra_speeds)}; point --config.data_dir at a new folder"
         )
       logging.info(
         "split %s: reusing %d examples in %s", split, summaries[split]["written"], config.data_dir
