@@ -44,7 +44,8 @@ seed-1 and seed-2 runs trained in 0.7-1.4 min and evaluated in 15 s. At this bud
 own cell reaches test R@1 0.14 (the demo's 2,700 steps: 0.88); README "The paper's findings,
 reproduced" has the table. T is a ninth of the demo's 2,700 steps: the study compares regimes at
 a budget this machine affords, not at convergence, and the ASR pretraining is short (P = T / 3);
-`--config.study.pretrain_steps` moves the split. Each further 100 steps of T cost 3 x 8 x 100 x 0.2 s = 8 min.
+`--config.study.pretrain_steps` moves the split. Each further 100 steps of T cost
+3 x 8 x 100 x 0.2 s = 8 min.
 
 `quick` runs every stage of the same grid at tiny size (2 seeds, 8 steps, one padded length) in
 minutes; the test suite runs it. Every key below is declared once, with a comment;
