@@ -24,6 +24,7 @@ On a machine without an accelerator `run()` records why it did not run and
 returns at once, so `make bench` stays CPU-only.
 """
 
+import time
 from typing import Any
 
 import jax
@@ -72,7 +73,9 @@ def measure(
   """Step time, throughput and MFU of one config, timed in rounds with the matmul peak."""
   step = _common.TrainStep(config)
   rows = config.input.batch_size
+  start = time.perf_counter()
   compiled = step.compile(frames)
+  compile_s = time.perf_counter() - start
   batch = step.device_batch(_common.synthetic_batch(config, frames, rows))
   holder = {"state": step.init()}
 
@@ -93,6 +96,7 @@ def measure(
     "model": {k: config.model[k] for k in ("dim", "depth", "heads", "scan_blocks", "remat")},
     "compute_dtype": config.train.compute_dtype,
     "num_params": int(step.num_params),
+    "compile_s": compile_s,
     "model_flops_per_step": flops,
     "step_seconds": seconds["step"],
     "step_median_s": step_s,

@@ -160,6 +160,37 @@ def test_tpu_estimates_count_the_step_flops_and_state_their_formulas():
   assert out["v4_32_epoch_compute_seconds_estimate"] > 0 and "MFU" in out["v4_32_formula"]
 
 
+def test_accelerator_variants_flip_scanning_and_remat_against_the_config_as_written(monkeypatch):
+  from bench import accelerator_variants
+
+  assert "no accelerator" in accelerator_variants.run()["skipped"]
+  written = accelerator_variants.variant_config(64, {})
+  assert written.model.scan_blocks and written.model.remat and written.input.batch_size == 64
+  unrolled = accelerator_variants.VARIANTS["unrolled, no remat"]
+  flipped = accelerator_variants.variant_config(256, unrolled)
+  assert not flipped.model.scan_blocks and not flipped.model.remat
+  assert flipped.input.batch_size == 256 and flipped.model.dim == written.model.dim
+
+  # The loop around `accelerator.measure` (tested above): rows in order, each timed against its
+  # batch's configured step.
+  def measure(config, frames, peak, repeats):
+    fast = not config.model.scan_blocks and not config.model.remat
+    return {
+      "step_median_s": 0.5 if fast else 1.0,
+      "temp_bytes": 3 * 2**30 if fast else 2**30,
+      "achieved_flops_per_s": 1.0,
+      "compile_s": 1.0,
+    }
+
+  monkeypatch.setattr(accelerator_variants.accelerator, "measure", measure)
+  rows = ((4, "as configured (scan, remat)"), (4, "unrolled, no remat"))
+  out = accelerator_variants.run(rows, frames=64, matmul_n=64, require_accelerator=False)
+  assert [r["variant"] for r in out["rows"]] == [name for _, name in rows]
+  _assert_ratios(out, 1)
+  assert out["ratios"][0]["ratio"] == 0.5 and "3.0 GiB vs 1.0 GiB" in out["ratios"][0]["limit"]
+  assert "unrolled, no remat / as configured" in out["ratios"][0]["name"]
+
+
 def test_accelerator_benchmark_skips_on_cpus_and_counts_the_unrolled_models_flops():
   from bench import accelerator
 
@@ -183,4 +214,5 @@ def test_accelerator_benchmark_skips_on_cpus_and_counts_the_unrolled_models_flop
   assert per_block > 0
   assert flops[3] - result["model_flops_per_step"] == pytest.approx(per_block, rel=1e-3)
   assert result["utterances_per_s"] > 0 and result["mfu_over_matmul_peak"] > 0
+  assert result["compile_s"] > 0
   _assert_ratios(out, 1)
