@@ -134,7 +134,7 @@ def write_split(
     "shards": num_shards,
     "speakers": dict(sorted(speakers.items())),
   }
-  for key, value in _built_with(config, split).items():
+  for key, value in layout.built_with(config, split).items():
     summary[key.split(".")[-1]] = list(value) if isinstance(value, tuple) else value  # As JSON.
   with fs.atomic_write(layout.summary_path(config.data_dir, split)) as f:
     json.dump(summary, f, indent=2)
@@ -171,22 +171,6 @@ def ensure_index(config: ml_collections.ConfigDict, split: str) -> None:
 
 
 # What summaries written before a setting was recorded in them were built with.
-_BUILT_BEFORE_RECORDED = {"ctc_targets": "chars", "train_extra_speeds": ()}
-
-
-def _built_with(config: ml_collections.ConfigDict, split: str) -> dict:
-  """Config values a split's records depend on beyond its examples, by config key.
-
-  `write_split` records them in the split's summary (under the key's last part), and
-  `write_splits` reuses a written split only while the config asks for the same: a
-  data folder built for other settings is refused, not silently trained on.
-  """
-  built = {"features.ctc_targets": config.features.ctc_targets}
-  if split == "train":
-    built["data.train_extra_speeds"] = tuple(config.data.train_extra_speeds)
-  return built
-
-
 def with_speed_copies(examples: Iterable[dict], speeds: Iterable[float]) -> Iterator[dict]:
   """Each example, followed by one copy of it per factor in `speeds` (`audio.change_speed`).
 
@@ -208,15 +192,7 @@ def write_splits(config: ml_collections.ConfigDict) -> dict:
   for split in splits(config):
     if fs.exists(layout.summary_path(config.data_dir, split)):
       summaries[split] = layout.read_summary(config.data_dir, split)
-      for key, value in _built_with(config, split).items():
-        name = key.split(".")[-1]
-        stored = summaries[split].get(name, _BUILT_BEFORE_RECORDED[name])
-        stored = tuple(stored) if isinstance(stored, list) else stored  # JSON lists tuples.
-        if stored != value:
-          raise ValueError(
-            f"{config.data_dir} was built with {key}={stored!r} but the config asks for "
-            f"{value!r}; point --config.data_dir at a new folder"
-          )
+      layout.check_built_with(config, split, summaries[split])
       logging.info(
         "split %s: reusing %d examples in %s", split, summaries[split]["written"], config.data_dir
       )

@@ -427,13 +427,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # ------------------------------------------------------------------ input
   teacher_dim, target_mean = layout.read_teacher_stats(config.data_dir)
-  stored = layout.read_summary(config.data_dir, "train").get("ctc_targets", "chars")
-  if stored != config.features.ctc_targets:
-    raise ValueError(
-      f"{config.data_dir} holds {stored} CTC targets but features.ctc_targets="
-      f"{config.features.ctc_targets!r}: the CTC head would not match the labels; point "
-      "--config.data_dir at data built for this setting"
-    )
+  # Features and labels as this config would build them (`--stages=train` may run alone).
+  layout.check_built_with(config, "train", layout.read_summary(config.data_dir, "train"))
   local_batch = input_pipeline.local_batch_size(config.input.batch_size)
   logging.info(
     "global batch %d = %d per process x %d processes; %d per device",

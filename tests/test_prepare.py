@@ -141,3 +141,19 @@ def test_speed_copies_of_real_clips_are_written_beside_the_clip(tmp_path):
   built = r"built with data.train_extra_speeds=\(0.9, 1.1\).*new folder"
   with pytest.raises(ValueError, match=built):
     prepare.write_splits(config)
+
+
+def test_every_stage_refuses_a_data_folder_built_with_other_features(prepared_config, tmp_path):
+  """Stored log-mels of another width would fail deep inside the jitted step; the data stage and
+  `--stages=train` alone both name the setting and the fix instead."""
+  config = prepared_config.copy_and_resolve_references()
+  config.features.num_mels = 40
+  refused = r"was built with features.num_mels=80 but the config asks for 40.*new folder"
+  with pytest.raises(ValueError, match=refused):
+    prepare.write_splits(config)
+  with pytest.raises(ValueError, match=refused):
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+  # A summary from before the values were recorded was built with the only values there were.
+  layout.check_built_with(prepared_config, "train", {"split": "train"})
+  with pytest.raises(ValueError, match=refused):
+    layout.check_built_with(config, "train", {"split": "train"})

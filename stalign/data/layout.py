@@ -13,13 +13,15 @@ DATA_DIR may be a local folder or a `gs://` URL: every read goes through
 `stalign.fs`. Inference reads only the teacher statistics, so it imports this module and not
 the TFRecord reader or writer. Each split's summary also lists the speakers it
 holds (`speakers`, from the `speaker` label), which is how evaluation tells the
-voices a run was trained on from unseen ones.
+voices a run was trained on from unseen ones, and the config values its records were
+built with (`built_with`), which every later stage checks against its own config.
 """
 
 import io
 import json
 import os
 
+import ml_collections
 import numpy as np
 
 from stalign import fs
@@ -69,6 +71,45 @@ def list_shards(data_dir: str, split: str) -> list[str]:
 
 def read_summary(data_dir: str, split: str) -> dict:
   return json.loads(fs.read_text(summary_path(data_dir, split)))
+
+
+# Feature settings the stored log-mels and CTC labels are computed with.
+_FEATURE_KEYS = ("sample_rate", "num_mels", "win_ms", "hop_ms", "ctc_targets")
+# What a split whose summary predates recording a value was built with (the only value then).
+_BUILT_BEFORE_RECORDED = {
+  "sample_rate": 16_000,
+  "num_mels": 80,
+  "win_ms": 25.0,
+  "hop_ms": 10.0,
+  "ctc_targets": "chars",
+  "train_extra_speeds": (),
+}
+
+
+def built_with(config: ml_collections.ConfigDict, split: str) -> dict:
+  """Config values a split's records depend on beyond its examples, by config key.
+
+  The split's summary records them (under each key's last part) when it is written, and
+  `check_built_with` compares them with the config of every later stage: a folder built for
+  other settings would otherwise be trained on with the wrong feature width or labels.
+  """
+  built = {f"features.{key}": config.features[key] for key in _FEATURE_KEYS}
+  if split == "train":
+    built["data.train_extra_speeds"] = tuple(config.data.train_extra_speeds)
+  return built
+
+
+def check_built_with(config: ml_collections.ConfigDict, split: str, summary: dict) -> None:
+  """ValueError naming the first setting the written split was built with other than `config`."""
+  for key, value in built_with(config, split).items():
+    name = key.split(".")[-1]
+    stored = summary.get(name, _BUILT_BEFORE_RECORDED[name])
+    stored = tuple(stored) if isinstance(stored, list) else stored  # JSON lists tuples.
+    if stored != value:
+      raise ValueError(
+        f"{config.data_dir} was built with {key}={stored!r} but the config asks for "
+        f"{value!r}; point --config.data_dir at a new folder (or drop the override)"
+      )
 
 
 def read_teacher_stats(data_dir: str) -> tuple[int, np.ndarray]:
