@@ -23,7 +23,7 @@ from bench import _common
 from bench import accelerator
 from configs import tpu_multitask
 
-# Switches of each variant, as config keys; every row is measured at each batch in ROWS.
+# Switches of each variant, as dotted config keys.
 VARIANTS = {
   "as configured (scan, remat)": {},
   "scan, no remat": {"model.remat": False},
@@ -69,8 +69,8 @@ def run(
     return {"skipped": "no accelerator: JAX sees only CPUs (run it where it sees a GPU or TPU)"}
   datasheet = accelerator.datasheet_peak(device.device_kind)
   peak = _common.MatmulPeak(matmul_n, jnp.bfloat16)
-  out = {"device_kind": device.device_kind, "datasheet_bf16_flops_per_s": datasheet, "rows": []}
-  out["ratios"] = []
+  out = {"device_kind": device.device_kind, "datasheet_bf16_flops_per_s": datasheet}
+  out["rows"], out["ratios"] = [], []
   baseline = {}
   for batch, name in rows:
     result = accelerator.measure(variant_config(batch, VARIANTS[name]), frames, peak, repeats)

@@ -170,7 +170,6 @@ def ensure_index(config: ml_collections.ConfigDict, split: str) -> None:
     tfrecords.write_index(config.data_dir, split)
 
 
-# What summaries written before a setting was recorded in them were built with.
 def with_speed_copies(examples: Iterable[dict], speeds: Iterable[float]) -> Iterator[dict]:
   """Each example, followed by one copy of it per factor in `speeds` (`audio.change_speed`).
 
