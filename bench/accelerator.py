@@ -56,11 +56,16 @@ def default_configs() -> list[tuple[str, ml_collections.ConfigDict, int]]:
   local.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
   out.append(("runlocal", local, int(local.features.max_seconds * 100)))
   for batch in PER_CHIP_BATCHES:
-    config = tpu_multitask.get_config()
-    config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
-    config.input.batch_size = batch
-    out.append((f"per chip, batch {batch}", config, int(SECONDS * 100)))
+    out.append((f"per chip, batch {batch}", per_chip_config(batch), int(SECONDS * 100)))
   return out
+
+
+def per_chip_config(batch: int) -> ml_collections.ConfigDict:
+  """The full TPU config on one device at `batch` utterances."""
+  config = tpu_multitask.get_config()
+  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
+  config.input.batch_size = batch
+  return config
 
 
 def datasheet_peak(device_kind: str) -> float | None:
@@ -133,7 +138,8 @@ def run(
     out["configs"][name] = result
     print(  # Progress: the per-chip rows take minutes to compile on a slow host.
       f"accelerator: {name}: {result['step_median_s'] * 1e3:.1f} ms/step, "
-      f"MFU {result['mfu_over_matmul_peak']:.3f} of the matmul peak",
+      f"MFU {result['mfu_over_matmul_peak']:.3f} of the matmul peak, "
+      f"compiled in {result['compile_s']:.0f} s",
       flush=True,
     )
     out["ratios"].append(

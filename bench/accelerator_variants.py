@@ -6,22 +6,20 @@ keeps compiles short and a TPU chip's share of the batch inside its memory.
 On a GPU with memory to spare the same step may run faster unrolled and
 without recomputation. This benchmark times the per-chip step (full model,
 12 s utterances, one device) as configured and with those switches flipped,
-each row exactly as `accelerator.measure` times it (jitted as training jits
-it, in rounds alternating with a bfloat16 matmul), and records compile
-seconds and XLA's temporary memory beside the step time.
+each row as `accelerator.run` times a config (jitted as training jits it, in
+rounds alternating with a bfloat16 matmul; compile seconds and XLA's
+temporary memory beside the step time), and adds each variant's step time
+over the configured step's at the same batch.
 
 On a machine without an accelerator `run()` records why it did not run.
 """
 
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import ml_collections
 
 from bench import _common
 from bench import accelerator
-from configs import tpu_multitask
 
 # Switches of each variant, as dotted config keys.
 VARIANTS = {
@@ -39,10 +37,8 @@ ROWS = (
 
 
 def variant_config(batch: int, changes: dict[str, Any]) -> ml_collections.ConfigDict:
-  """The TPU config on one device at `batch` utterances, with `changes` (dotted keys) applied."""
-  config = tpu_multitask.get_config()
-  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
-  config.input.batch_size = batch
+  """`accelerator.per_chip_config(batch)` with `changes` (dotted keys) applied."""
+  config = accelerator.per_chip_config(batch)
   for key, value in changes.items():
     *parents, leaf = key.split(".")
     node = config
@@ -50,6 +46,10 @@ def variant_config(batch: int, changes: dict[str, Any]) -> ml_collections.Config
       node = node[parent]
     node[leaf] = value
   return config
+
+
+def row_name(batch: int, variant: str) -> str:
+  return f"batch {batch}, {variant}"
 
 
 def _gib(size: int | None) -> str:
@@ -63,36 +63,26 @@ def run(
   matmul_n: int = accelerator.MATMUL_N,
   require_accelerator: bool = True,
 ) -> dict[str, Any]:
-  """Per (batch, variant): step time, compile seconds, temporary memory and MFU."""
-  device = jax.devices()[0]
-  if require_accelerator and device.platform == "cpu":
-    return {"skipped": "no accelerator: JAX sees only CPUs (run it where it sees a GPU or TPU)"}
-  datasheet = accelerator.datasheet_peak(device.device_kind)
-  peak = _common.MatmulPeak(matmul_n, jnp.bfloat16)
-  out = {"device_kind": device.device_kind, "datasheet_bf16_flops_per_s": datasheet}
-  out["rows"], out["ratios"] = [], []
-  baseline = {}
+  """`accelerator.run` over the rows, plus each row's step time over its batch's first row."""
+  configs = [(row_name(b, name), variant_config(b, VARIANTS[name]), frames) for b, name in rows]
+  out = accelerator.run(configs, repeats, matmul_n, require_accelerator)
+  if "skipped" in out:
+    return out
+  first = {}
   for batch, name in rows:
-    result = accelerator.measure(variant_config(batch, VARIANTS[name]), frames, peak, repeats)
-    result["variant"] = name
-    if datasheet:
-      result["mfu_over_datasheet"] = result["achieved_flops_per_s"] / datasheet
-    out["rows"].append(result)
-    print(  # Progress: each row compiles the full model, a minute on a fast host.
-      f"accelerator_variants: batch {batch}, {name}: {result['step_median_s'] * 1e3:.1f} ms/step, "
-      f"compiled in {result['compile_s']:.0f} s",
-      flush=True,
-    )
-    baseline.setdefault(batch, result)
-    if result is not baseline[batch]:
-      out["ratios"].append(
-        _common.ratio(
-          f"step time, {name} / as configured (batch {batch})",
-          result["step_median_s"] / baseline[batch]["step_median_s"],
-          (f"{name} step s", result["step_median_s"]),
-          ("as configured step s", baseline[batch]["step_median_s"]),
-          f"temporary memory {_gib(result['temp_bytes'])} vs "
-          f"{_gib(baseline[batch]['temp_bytes'])} on one {device.device_kind}",
-        )
+    result = out["configs"][row_name(batch, name)]
+    base_name = first.setdefault(batch, name)
+    if name == base_name:
+      continue
+    base = out["configs"][row_name(batch, base_name)]
+    out["ratios"].append(
+      _common.ratio(
+        f"step time, {name} / {base_name} (batch {batch})",
+        result["step_median_s"] / base["step_median_s"],
+        (f"{name} step s", result["step_median_s"]),
+        (f"{base_name} step s", base["step_median_s"]),
+        f"temporary memory {_gib(result['temp_bytes'])} vs {_gib(base['temp_bytes'])} "
+        f"on one {out['device_kind']}",
       )
+    )
   return out

@@ -171,24 +171,28 @@ def test_accelerator_variants_flip_scanning_and_remat_against_the_config_as_writ
   assert not flipped.model.scan_blocks and not flipped.model.remat
   assert flipped.input.batch_size == 256 and flipped.model.dim == written.model.dim
 
-  # The loop around `accelerator.measure` (tested above): rows in order, each timed against its
-  # batch's configured step.
+  # `accelerator.run` over the rows (its `measure` is tested below), each row's step time over
+  # its batch's first row.
   def measure(config, frames, peak, repeats):
     fast = not config.model.scan_blocks and not config.model.remat
+    rate = dict.fromkeys(
+      ("achieved_flops_per_s", "matmul_peak_flops_per_s", "mfu_over_matmul_peak"), 1.0
+    )
+    rate.update(utterances_per_s=1.0, audio_seconds_per_s=1.0, compile_s=1.0)
     return {
       "step_median_s": 0.5 if fast else 1.0,
       "temp_bytes": 3 * 2**30 if fast else 2**30,
-      "achieved_flops_per_s": 1.0,
-      "compile_s": 1.0,
+      **rate,
     }
 
   monkeypatch.setattr(accelerator_variants.accelerator, "measure", measure)
   rows = ((4, "as configured (scan, remat)"), (4, "unrolled, no remat"))
   out = accelerator_variants.run(rows, frames=64, matmul_n=64, require_accelerator=False)
-  assert [r["variant"] for r in out["rows"]] == [name for _, name in rows]
-  _assert_ratios(out, 1)
-  assert out["ratios"][0]["ratio"] == 0.5 and "3.0 GiB vs 1.0 GiB" in out["ratios"][0]["limit"]
-  assert "unrolled, no remat / as configured" in out["ratios"][0]["name"]
+  assert list(out["configs"]) == [accelerator_variants.row_name(b, name) for b, name in rows]
+  _assert_ratios(out, 3)  # Each row's MFU, and the one step-time ratio.
+  step_time = out["ratios"][-1]
+  assert step_time["ratio"] == 0.5 and "3.0 GiB vs 1.0 GiB" in step_time["limit"]
+  assert "unrolled, no remat / as configured" in step_time["name"]
 
 
 def test_accelerator_benchmark_skips_on_cpus_and_counts_the_unrolled_models_flops():
