@@ -133,9 +133,8 @@ def write_split(
     "hours": seconds / 3600,
     "shards": num_shards,
     "speakers": dict(sorted(speakers.items())),
+    **layout.built_with_record(config, split),
   }
-  for key, value in layout.built_with(config, split).items():
-    summary[key.split(".")[-1]] = list(value) if isinstance(value, tuple) else value  # As JSON.
   with fs.atomic_write(layout.summary_path(config.data_dir, split)) as f:
     json.dump(summary, f, indent=2)
   logging.info(

@@ -89,7 +89,7 @@ _BUILT_BEFORE_RECORDED = {
 def built_with(config: ml_collections.ConfigDict, split: str) -> dict:
   """Config values a split's records depend on beyond its examples, by config key.
 
-  The split's summary records them (under each key's last part) when it is written, and
+  The split's summary records them (`built_with_record`) when it is written, and
   `check_built_with` compares them with the config of every later stage: a folder built for
   other settings would otherwise be trained on with the wrong feature width or labels.
   """
@@ -99,10 +99,22 @@ def built_with(config: ml_collections.ConfigDict, split: str) -> dict:
   return built
 
 
+def _summary_field(key: str) -> str:
+  return key.split(".")[-1]
+
+
+def built_with_record(config: ml_collections.ConfigDict, split: str) -> dict:
+  """`built_with` as the split's summary holds it: each key's last part, tuples as JSON lists."""
+  return {
+    _summary_field(key): list(value) if isinstance(value, tuple) else value
+    for key, value in built_with(config, split).items()
+  }
+
+
 def check_built_with(config: ml_collections.ConfigDict, split: str, summary: dict) -> None:
   """ValueError naming the first setting the written split was built with other than `config`."""
   for key, value in built_with(config, split).items():
-    name = key.split(".")[-1]
+    name = _summary_field(key)
     stored = summary.get(name, _BUILT_BEFORE_RECORDED[name])
     stored = tuple(stored) if isinstance(stored, list) else stored  # JSON lists tuples.
     if stored != value:
