@@ -133,7 +133,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.lr = 2e-3 if tiny else 1e-3
   c.train.warmup_steps = 5 if tiny else 100  # Linear warmup from 0.
   c.train.schedule = "cosine"  # "cosine" | "linear" decay to 2% of the peak.
-  c.train.weight_decay = 1e-2  # AdamW decoupled weight decay.
+  # AdamW decoupled weight decay. 0.1, not 0.01: in three seeds the valid split's R@1 rose by
+  # 0.010-0.013 and the held-out intents by 0.02-0.04, nicolas unchanged (README, fifth round).
+  c.train.weight_decay = 0.1
   c.train.grad_clip = 1.0  # Global gradient norm clip.
   c.train.log_every = 10 if tiny else 50  # Steps between metric writes.
   c.train.checkpoint_every = 20 if tiny else 250  # Steps between checkpoints (+ validation).
