@@ -42,11 +42,13 @@ import safetensors.numpy
 from stalign import checkpoints
 from stalign import config as config_lib
 from stalign import fs
+from stalign import losses
 from stalign import sharding
 from stalign import utils
 from stalign.data import audio
 from stalign.data import features as features_lib
 from stalign.data import layout
+from stalign.data import text as text_lib
 from stalign.models import student as student_lib
 from stalign.models import teacher as teacher_lib
 
@@ -172,7 +174,13 @@ class Model:
     model = nnx.merge(self.graphdef, params)
     model.eval()
     out = model(feats, num_frames)
-    return out["embedding"], out["layers"]
+    # The greedy CTC ids are a few argmaxes beside the encoder: one compiled pass serves both
+    # `embed_features` and `transcribe_features`.
+    return (
+      out["embedding"],
+      out["layers"],
+      losses.greedy_ctc_ids(out["ctc_logits"], out["ctc_mask"]),
+    )
 
   @functools.cached_property
   def teacher(self) -> teacher_lib.Teacher:
@@ -250,7 +258,43 @@ class Model:
     return self.to_teacher_space(pooled) if space == "teacher" else pooled
 
   def embed_features(self, feats: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """(embeddings [N, D], pooled layers [depth + 1, N, dim]) of log-mel feature arrays.
+    """(embeddings [N, D], pooled layers [depth + 1, N, dim]) of log-mel feature arrays."""
+    emb, layers, _ = self._forward_batches(feats)
+    return np.stack(emb), np.stack(layers, axis=1)
+
+  def transcribe(self, waveforms_or_paths: Sequence, sample_rate: int = 16_000) -> list[str]:
+    """Greedy transcripts of audio files or waveforms by the student's multitask CTC head.
+
+    Characters, or IPA phonemes for a run trained on `features.ctc_targets=phonemes`.
+    The head is trained alongside the embedding (`loss.ctc_weight`), so its
+    transcripts show what the encoder hears: on a voice whose digits it places
+    wrongly, whether it mishears the words or only places them wrongly.
+    Audio longer than `features.max_seconds` is cut into consecutive windows
+    transcribed on their own and joined by a space (a word across a cut may split).
+    """
+    fcfg = self.config.features
+    size = int(fcfg.max_seconds * fcfg.sample_rate)
+    out = []
+    for item in waveforms_or_paths:
+      wave = self.load_waveform(item, sample_rate)
+      cuts = range(0, max(wave.size, 1), size)
+      out.append(
+        " ".join(self.transcribe_features([self.features(wave[a : a + size]) for a in cuts]))
+      )
+    return out
+
+  def transcribe_features(self, feats: Sequence[np.ndarray]) -> list[str]:
+    """Greedy CTC transcripts of log-mel feature arrays (`transcribe`), best path collapsed."""
+    if not self.config.loss.ctc_weight:
+      raise ValueError(
+        "this run was trained with loss.ctc_weight=0, so its CTC head is untrained and its "
+        "transcripts would be noise; transcribe with a run trained with CTC (e.g. configs/demo.py)"
+      )
+    _, _, ids = self._forward_batches(feats)
+    return [text_lib.decode(row, self.config.features.ctc_targets) for row in ids]
+
+  def _forward_batches(self, feats: Sequence[np.ndarray]) -> tuple[list, list, list]:
+    """Per input: (embedding [D], pooled layers [depth + 1, dim], greedy CTC ids of its frames).
 
     Utterances are sorted by length and padded to the training buckets in
     full batches of `eval.batch_size` (rounded up to a multiple of the local
@@ -266,7 +310,7 @@ class Model:
     lengths = np.array([len(f) for f in feats])
     buckets = features_lib.bucket_lengths(self.config)
     order = np.argsort(lengths, kind="stable")
-    emb, layers = [None] * len(feats), [None] * len(feats)
+    emb, layers, ctc_ids = [None] * len(feats), [None] * len(feats), [None] * len(feats)
     for start in range(0, len(order), batch_size):
       index = order[start : start + batch_size]
       longest = lengths[index[-1]]
@@ -278,10 +322,11 @@ class Model:
       n[: len(index)] = lengths[index]
       if batch_sharding is not None:
         x, n = jax.device_put((x, n), batch_sharding)
-      e, h = jax.device_get(self._forward(self.params, x, n))
+      e, h, ids = jax.device_get(self._forward(self.params, x, n))
       for row, i in enumerate(index):
-        emb[i], layers[i] = e[row], h[:, row]
-    return np.stack(emb), np.stack(layers, axis=1)
+        # Padding frames decode to blank, so a row's ids stand for its input alone.
+        emb[i], layers[i], ctc_ids[i] = e[row], h[:, row], ids[row]
+    return emb, layers, ctc_ids
 
 
 def param_key(path: tuple) -> str:

@@ -15,13 +15,15 @@ Sections of the report (schema: docs/report_schema.md):
   zero_shot.synthetic            held-out intents of the corpus's `zero_shot` split, classified by
                                  their text descriptions (runs when `data.source` is synthetic);
   zero_shot.fsdd                 spoken digits of real people classified by the digit words, per
-                                 speaker; voices absent from the run's training data apart.
+                                 speaker; voices absent from the run's training data apart; with
+                                 a CTC head, what it transcribes per speaker (`ctc`).
 
 The student's embeddings are compared with the teacher's in the space the
 student was trained to match (teacher minus the training mean when
 `loss.centre_targets`), which is the space users query.
 """
 
+import collections
 import os
 
 if __name__ == "__main__":  # As a CLI: quiet TensorFlow's C++ side before it loads (see main.py).
@@ -47,6 +49,7 @@ from stalign import report
 from stalign.data import grammar
 from stalign.data import layout
 from stalign.data import sources
+from stalign.data import text as text_lib
 from stalign.data import tfrecords
 from stalign.evaluators import zero_shot
 
@@ -131,10 +134,52 @@ def held_out_speakers(config: ml_collections.ConfigDict, speakers: list[str]) ->
   return list(config.eval.fsdd_held_out_speakers), "config"
 
 
+def transcript_errors(
+  transcripts: list[str], references: list[str], groups: list[str], most_common: int = 3
+) -> dict:
+  """Greedy CTC transcripts scored against what a perfect head would write, per group.
+
+  Returns error_rate (edit distance over reference length, in characters of the
+  transcript: IPA symbols for phoneme targets) and exact (share transcribed
+  exactly), overall and per group, and per group and reference its
+  `most_common` transcripts with their counts: what each voice is heard as.
+  """
+
+  def scores(rows: list[int]) -> dict:
+    errors = sum(text_lib.edit_distance(transcripts[i], references[i]) for i in rows)
+    length = sum(len(references[i]) for i in rows)
+    exact = sum(transcripts[i] == references[i] for i in rows)
+    return {"error_rate": errors / max(length, 1), "exact": exact / max(len(rows), 1)}
+
+  by_group = collections.defaultdict(list)
+  for i, g in enumerate(groups):
+    by_group[str(g)].append(i)
+  heard = {}
+  for g, rows in sorted(by_group.items()):
+    per_reference = collections.defaultdict(collections.Counter)
+    for i in rows:
+      per_reference[references[i]][transcripts[i]] += 1
+    heard[g] = {
+      ref: [[t, n] for t, n in counts.most_common(most_common)]
+      for ref, counts in sorted(per_reference.items())
+    }
+  return {
+    **scores(list(range(len(transcripts)))),
+    "per_group": {g: scores(rows) for g, rows in sorted(by_group.items())},
+    "most_common": heard,
+  }
+
+
 def zero_shot_fsdd(model: api.Model, fsdd_dir: str) -> dict:
-  """Real spoken digits classified against the ten digit words; per speaker, unseen voices apart."""
+  """Real spoken digits classified against the ten digit words; per speaker, unseen voices apart.
+
+  With a trained CTC head, `ctc` adds what the head transcribes (`transcript_errors`):
+  a voice whose digits land wrongly may be misheard, or heard and misplaced.
+  """
   examples = list(sources.fsdd_examples(fsdd_dir))
-  speech = model.embed_speech([ex["audio_filepath"] for ex in examples])
+  rate = model.config.features.sample_rate
+  waves = [model.load_waveform(ex["audio_filepath"]) for ex in examples]
+  speech = model.embed_speech(waves, sample_rate=rate)
   digits = np.array([ex["labels"]["digit"] for ex in examples])
   speakers = [ex["labels"]["speaker"] for ex in examples]
   templates = model.config.eval.zero_shot_templates
@@ -147,6 +192,16 @@ def zero_shot_fsdd(model: api.Model, fsdd_dir: str) -> dict:
   out["held_out_from"] = decided_by
   out["held_out_accuracy"] = float(correct[held].mean()) if held.any() else None
   out["seen_accuracy"] = float(correct[~held].mean()) if (~held).any() else None
+  if model.config.loss.ctc_weight:
+    kind = model.config.features.ctc_targets
+    out["ctc"] = {
+      "targets": kind,
+      **transcript_errors(
+        model.transcribe(waves, sample_rate=rate),
+        [text_lib.target_text(ex["text"], kind) for ex in examples],
+        speakers,
+      ),
+    }
   return out
 
 
@@ -227,7 +282,9 @@ def main(argv):
     print("\nFSDD zero-shot digit accuracy per speaker:")
     for speaker, g in fsdd["per_group"].items():
       tag = " (held out)" if speaker in fsdd["held_out_speakers"] else ""
-      print(f"  {speaker:10s} {g['accuracy']:.3f}  ({g['utterances']} clips){tag}")
+      ctc = fsdd.get("ctc", {}).get("per_group", {}).get(speaker)
+      heard = "" if ctc is None else f"; CTC error rate {ctc['error_rate']:.3f}"
+      print(f"  {speaker:10s} {g['accuracy']:.3f}  ({g['utterances']} clips{heard}){tag}")
   print(f"\nreport: {os.path.join(f.workdir, name + '.md')}")
 
 

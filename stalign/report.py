@@ -105,6 +105,44 @@ def check_name(name: str) -> str:
   return name
 
 
+def _fsdd_tables(fsdd: dict) -> list[str]:
+  """Per speaker: accuracy and, with a CTC head, its error rate; then what each digit is heard as"""
+  ctc = fsdd.get("ctc")
+  lines = ["## Zero-shot FSDD digits per speaker\n"]
+  if ctc:
+    lines.append(
+      f"CTC: greedy transcripts of the multitask head ({ctc['targets']}) against the digit word.\n"
+    )
+    lines += [
+      "| speaker | accuracy | clips | CTC error rate | transcribed exactly |",
+      "|---|---|---|---|---|",
+    ]
+  else:
+    lines += ["| speaker | accuracy | clips |", "|---|---|---|"]
+  for speaker, g in fsdd["per_group"].items():
+    tag = " (held out)" if speaker in fsdd["held_out_speakers"] else ""
+    row = f"| {speaker}{tag} | {g['accuracy']:.3f} | {g['utterances']} |"
+    if ctc:
+      c = ctc["per_group"][speaker]
+      row += f" {c['error_rate']:.3f} | {c['exact']:.3f} |"
+    lines.append(row)
+  lines.append("")
+  if ctc:
+    speakers = list(ctc["most_common"])
+    words = sorted({w for heard in ctc["most_common"].values() for w in heard})
+    lines.append("## What the CTC head hears (most common transcripts, with counts)\n")
+    lines.append("| said | " + " | ".join(speakers) + " |")
+    lines.append("|---" * (len(speakers) + 1) + "|")
+    for w in words:
+      cells = [
+        ", ".join(f"{t or '(nothing)'} ({n})" for t, n in ctc["most_common"][s].get(w, []))
+        for s in speakers
+      ]
+      lines.append(f"| {w} | " + " | ".join(cells) + " |")
+    lines.append("")
+  return lines
+
+
 def _markdown(workdir: str, results: dict, name: str) -> str:
   title = "" if name == DEFAULT_NAME else f" ({name})"
   parts = [
@@ -125,13 +163,7 @@ def _markdown(workdir: str, results: dict, name: str) -> str:
     parts.append("")
   fsdd = results.get("zero_shot", {}).get("fsdd")
   if fsdd:
-    parts.append("## Zero-shot FSDD digits per speaker\n")
-    parts.append("| speaker | accuracy | clips |")
-    parts.append("|---|---|---|")
-    for speaker, g in fsdd["per_group"].items():
-      tag = " (held out)" if speaker in fsdd["held_out_speakers"] else ""
-      parts.append(f"| {speaker}{tag} | {g['accuracy']:.3f} | {g['utterances']} |")
-    parts.append("")
+    parts += _fsdd_tables(fsdd)
   for name, path in results.get("figures", {}).items():
     parts.append(f"## {name.replace('_', ' ')}\n\n![{name}]({path})\n")
   return "\n".join(parts)

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+from flax import nnx
 import jax
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from stalign import utils
 from stalign.data import audio
 from stalign.data import features
 from stalign.data import layout
+from stalign.data import text
 from stalign.data import tfrecords
 from stalign.models import teacher as teacher_lib
 
@@ -120,6 +122,50 @@ def test_a_40_second_file_embeds_as_the_length_weighted_mean_of_its_windows(mode
   want = weights @ model.embed_features(windows)[0] / weights.sum()
   np.testing.assert_allclose(got, want, atol=1e-5)
   assert np.all(np.isfinite(got))
+
+
+def test_transcripts_are_the_ctc_heads_best_path_whatever_the_input_form(model, prepared_config):
+  path = json.loads(open(prepared_config.data.manifests.test).readline())["audio_filepath"]
+  wave, rate = sf.read(path, dtype="float32")
+  from_file, from_wave = model.transcribe([path, wave], sample_rate=rate)
+  assert from_file == from_wave
+  # Independently: the student's own forward pass on the clip padded to whole encoder frames.
+  feats = model.features(model.load_waveform(path))
+  subsample = model.config.model.subsample
+  x = np.zeros((1, -(-len(feats) // subsample) * subsample, feats.shape[1]), np.float32)
+  x[0, : len(feats)] = feats
+  student = nnx.merge(model.graphdef, model.params)
+  student.eval()
+  out = student(jax.numpy.asarray(x), jax.numpy.asarray([len(feats)], np.int32))
+  best = np.argmax(np.asarray(out["ctc_logits"][0]), axis=-1) * np.asarray(out["ctc_mask"][0])
+  assert from_file == text.decode(best, model.config.features.ctc_targets)
+
+
+def test_a_head_that_always_says_a_transcribes_each_window_of_long_audio_as_a(tiny_run, tmp_path):
+  """A CTC head biased to "a" on every frame: one "a" per clip, one per consecutive window."""
+  model = stalign.load(tiny_run)
+  params = jax.tree.map(np.array, model.params)
+  params["ctc_head"]["bias"].value[:] = 0.0
+  params["ctc_head"]["kernel"].value[:] = 0.0
+  params["ctc_head"]["bias"].value[text.encode("a")[0] :: text.VOCAB_SIZE] = 10.0
+  model.params = params
+  clip = fsdd_files("george", range(0, 1))[0]
+  long = np.concatenate(
+    [sf.read(f, dtype="float32")[0] for f in fsdd_files("george", range(20))] * 3
+  )
+  long = long[: 40 * 8000]
+  path = str(tmp_path / "long.wav")
+  sf.write(path, long, 8000)
+  short, windows = model.transcribe([clip, path])
+  assert short == "a"
+  assert windows == " ".join(["a"] * math.ceil(40 / model.config.features.max_seconds))
+
+
+def test_transcribing_with_a_run_trained_without_ctc_names_the_fix(tiny_run, prepared_config):
+  config = prepared_config.copy_and_resolve_references()
+  config.loss.ctc_weight = 0.0
+  with pytest.raises(ValueError, match="loss.ctc_weight=0.*untrained"):
+    stalign.load(tiny_run, config=config).transcribe([np.zeros(16000, np.float32) + 0.1])
 
 
 @pytest.fixture(scope="module")

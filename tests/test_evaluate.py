@@ -1,5 +1,6 @@
 """Evaluation end to end on a tiny untrained run: every section, the report files, CLI, notebook."""
 
+import glob
 import json
 import os
 import re
@@ -10,8 +11,11 @@ import sys
 import ml_collections
 import pytest
 
+import stalign
 from stalign import evaluate
 from stalign import report
+from stalign.data import sources
+from stalign.data import text
 
 from testdata import FSDD_DIR
 from testdata import make_run
@@ -121,6 +125,7 @@ def test_report_json_has_exactly_the_documented_keys(evaluated):
     "figures.probes",
     "figures.probe_layers",
     "zero_shot.fsdd",
+    "zero_shot.fsdd.ctc",
   }
   for key in absent:
     assert _missing(saved, key.split(".")), f"{key} is in a manifest run's report"
@@ -131,8 +136,8 @@ def test_report_json_has_exactly_the_documented_keys(evaluated):
   assert not undocumented, f"in report.json but not in docs/report_schema.md: {undocumented}"
 
 
-def test_report_json_values_match_this_run_and_lie_in_documented_ranges(evaluated):
-  _, saved = evaluated
+def test_report_json_values_match_this_run_and_lie_in_documented_ranges(evaluated, small_fsdd):
+  workdir, saved = evaluated
   assert saved["schema_version"] == report.SCHEMA_VERSION and saved["step"] == 7
   assert saved["split"] == "test" and saved["utterances"] == 20
   for direction in ("speech_to_text", "text_to_speech"):
@@ -148,12 +153,43 @@ def test_report_json_values_match_this_run_and_lie_in_documented_ranges(evaluate
   assert fsdd["held_out_speakers"] == ["nicolas"] and fsdd["held_out_from"] == "training_data"
   assert fsdd["held_out_accuracy"] == fsdd["per_group"]["nicolas"]["accuracy"]
   assert fsdd["seen_accuracy"] == fsdd["per_group"]["jackson"]["accuracy"]
+  # The tiny config trains its CTC head on characters: every speaker's ten words are listed.
+  ctc = fsdd["ctc"]
+  assert ctc["targets"] == "chars" and set(ctc["per_group"]) == {"jackson", "nicolas"}
+  for speaker in ("jackson", "nicolas"):
+    heard = ctc["most_common"][speaker]
+    assert sorted(heard) == sorted(sources.DIGIT_WORDS)
+    assert all(sum(n for _, n in heard[w]) <= 2 for w in heard)  # Two takes of each digit.
+  # nicolas's figures are his own clips' transcripts, recomputed here through the API.
+  clips = sorted(glob.glob(os.path.join(small_fsdd, "recordings", "*_nicolas_*.wav")))
+  said = [sources.DIGIT_WORDS[int(os.path.basename(c)[0])] for c in clips]
+  heard = stalign.load(workdir).transcribe(clips)
+  errors = sum(text.edit_distance(h, w) for h, w in zip(heard, said))
+  assert ctc["per_group"]["nicolas"]["error_rate"] == errors / sum(map(len, said))
+
+
+def test_transcript_errors_count_edits_per_reference_character_and_per_group():
+  got = evaluate.transcript_errors(
+    ["three", "se", "tree", "two", "", "two"],
+    ["three", "three", "three", "two", "two", "two"],
+    ["a", "b", "b", "a", "b", "b"],
+    most_common=2,
+  )
+  # b: "se" vs "three" 4 edits, "tree" 1, "" vs "two" 3, exact 0 -> 8 over 5 + 5 + 3 + 3.
+  assert got["per_group"]["b"] == {"error_rate": 8 / 16, "exact": 1 / 4}
+  assert got["per_group"]["a"] == {"error_rate": 0.0, "exact": 1.0}
+  assert got["error_rate"] == 8 / 24 and got["exact"] == 3 / 6
+  assert got["most_common"]["b"] == {
+    "three": [["se", 1], ["tree", 1]],
+    "two": [["", 1], ["two", 1]],
+  }
 
 
 def test_report_markdown_and_figures(evaluated):
   workdir, results = evaluated
   md = open(os.path.join(workdir, "report.md")).read()
   assert "speech to text R@1" in md and "zero-shot FSDD digits" in md and "nicolas (held out)" in md
+  assert "CTC error rate" in md and "What the CTC head hears" in md
   assert set(results["figures"]) == {"similarity_matrix", "pca", "probes", "probe_layers"}
   for name in results["figures"].values():
     assert open(os.path.join(workdir, name), "rb").read(8) == b"\x89PNG\r\n\x1a\n"

@@ -167,6 +167,17 @@ def encode_targets(text: str, kind: str) -> np.ndarray:
   raise ValueError(f"unknown CTC target kind {kind!r}; use one of {sorted(_VOCABULARIES)}")
 
 
+def target_text(text: str, kind: str) -> str:
+  """What a perfect CTC head of `kind` transcribes for `text`: its targets' tokens joined."""
+  return "".join(vocabulary(kind)[i - 1] for i in encode_targets(text, kind))
+
+
+def decode(ids: np.ndarray, kind: str) -> str:
+  """Best-path CTC ids per frame -> transcript: `collapse`, then the tokens of `kind` joined."""
+  vocab = vocabulary(kind)
+  return "".join(vocab[i - 1] for i in collapse(ids))
+
+
 def vocabulary(kind: str) -> tuple[str, ...]:
   """The tokens of label ids 1..N for `kind` (id 0 is BLANK)."""
   if kind not in _VOCABULARIES:

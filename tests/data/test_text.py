@@ -8,11 +8,6 @@ from stalign.data import espeak
 from stalign.data import text
 
 
-def _decode(frames, kind="chars"):
-  """Best-path decoding to text, as the training log's error rate reads it."""
-  return "".join(text.vocabulary(kind)[i - 1] for i in text.collapse(frames))
-
-
 def test_normalize_lowercases_and_strips_punctuation_and_accents():
   assert text.normalize("  Turn ON the Café-lights!  ") == "turn on the cafe lights"
 
@@ -22,7 +17,7 @@ def test_encode_decode_round_trip_and_blank_is_never_a_label():
   assert text.BLANK not in ids
   # Greedy decoding of a frame sequence with repeats and blanks recovers the text.
   frames = np.concatenate([[0, i, i, 0] for i in ids])
-  assert _decode(frames) == "it's seven"
+  assert text.decode(frames, "chars") == "it's seven"
 
 
 def test_encode_names_characters_outside_the_alphabet():
@@ -81,15 +76,22 @@ def test_every_token_of_the_inventory_round_trips_through_its_id(kind):
   ids = np.arange(1, text.vocab_size(kind))
   # A blank between ids keeps repeats apart, as CTC needs.
   frames = np.stack([ids, np.zeros_like(ids)], axis=1).ravel()
-  assert _decode(frames, kind) == "".join(tokens)
+  assert text.decode(frames, kind) == "".join(tokens)
 
 
 def test_encoded_phonemes_decode_to_the_phonemized_transcript():
   ids = text.encode_targets("It's seven", "phonemes")
-  assert _decode(ids, "phonemes") == "".join(text.phonemize("It's seven"))
+  assert text.decode(ids, "phonemes") == "".join(text.phonemize("It's seven"))
   np.testing.assert_array_equal(
     text.encode_targets("it's seven", "chars"), text.encode("it's seven")
   )
+
+
+def test_target_text_is_what_a_perfect_head_transcribes():
+  assert text.target_text("Three!", "chars") == "three"
+  ids = text.encode_targets("three", "phonemes")
+  frames = np.stack([ids, np.zeros_like(ids)], axis=1).ravel()
+  assert text.target_text("Three!", "phonemes") == text.decode(frames, "phonemes") == "θɹiː"
 
 
 def test_phonemes_outside_the_inventory_and_unknown_kinds_are_named():
