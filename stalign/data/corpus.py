@@ -21,7 +21,8 @@ Determinism: the whole plan (sentences, voices, augmentation) is drawn in the
 parent from RNGs keyed by (seed, split, index). espeak-ng output also depends
 on what the process synthesised before (see `stalign.data.espeak`), so audio
 is rendered in fixed chunks of consecutive utterances, each in a freshly forked
-process with its own pristine instance of the library. Same config, same bytes,
+process with its own pristine instance of the library, forked from a child
+interpreter that never imports JAX. Same config, same bytes,
 whatever the number of workers or their scheduling.
 
 Resuming: a chunk whose wavs all exist is skipped; any other chunk is rendered
@@ -34,6 +35,10 @@ import dataclasses
 import json
 import multiprocessing
 import os
+import pickle
+import subprocess
+import sys
+import tempfile
 import time
 from typing import Any
 
@@ -167,10 +172,38 @@ def _chunks(plan: dict[str, list[Utterance]], size: int) -> Iterator[list[Uttera
 
 
 def _render_all(chunks: list[list[Utterance]], seed: int, out_dir: str, workers: int) -> float:
-  """Renders `chunks` on `workers` processes; returns seconds of audio."""
-  # One fresh process per chunk (maxtasksperchild=1), so the audio depends on
-  # the chunk alone. Fork, not spawn: children must not re-import the caller's
-  # main module (and JAX) once per chunk.
+  """Renders `chunks` on `workers` processes of a child interpreter; returns seconds of audio.
+
+  The child (`python -m stalign.data.corpus`) imports this module only and forks
+  one fresh process per chunk from there (`_render_pool`). Forking the caller
+  instead would fork its JAX threads (and on a pod the gRPC threads of
+  `jax.distributed`), which JAX warns may deadlock; spawning a process per chunk
+  would re-import the caller's main module, and JAX, for every chunk.
+  """
+  package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  env = dict(os.environ)
+  env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+  with tempfile.TemporaryDirectory(prefix="stalign-corpus-") as tmp:
+    tasks = os.path.join(tmp, "tasks.pkl")
+    with open(tasks, "wb") as f:
+      pickle.dump((chunks, seed, out_dir, workers), f)
+    # The child's progress bar and any error go to this process's stderr.
+    done = subprocess.run([sys.executable, "-m", __name__, tasks], env=env, check=False)
+    if done.returncode:
+      raise RuntimeError(
+        f"rendering the corpus into {out_dir} failed (exit {done.returncode}; the error is printed "
+        "above); rerun the same command to resume: finished chunks are kept"
+      )
+    with open(tasks + ".seconds") as f:
+      return float(f.read())
+
+
+def _render_pool(chunks: list[list[Utterance]], seed: int, out_dir: str, workers: int) -> float:
+  """Renders `chunks` on `workers` processes, one fresh process per chunk; returns seconds.
+
+  A fresh process per chunk (maxtasksperchild=1), forked from a process that
+  never ran JAX, so the audio depends on the chunk alone (module docstring).
+  """
   ctx = multiprocessing.get_context("fork")
   seconds = 0.0
   with (
@@ -377,3 +410,11 @@ def build_corpus(config: ml_collections.ConfigDict, out_dir: str) -> dict[str, A
     summary["real_time_factor"],
   )
   return summary
+
+
+if __name__ == "__main__":
+  # `_render_all`'s child: renders the pickled chunks and writes the seconds of audio beside them.
+  with open(sys.argv[1], "rb") as f:
+    rendered = _render_pool(*pickle.load(f))
+  with open(sys.argv[1] + ".seconds", "w") as f:
+    f.write(repr(rendered))

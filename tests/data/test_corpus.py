@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 
 import ml_collections
 import numpy as np
@@ -89,6 +90,25 @@ def test_resumes_an_interrupted_build(built, tmp_path):
   summary = corpus.build_corpus(_config(), resumed)
   assert summary["rendered_utterances"] == 8 + 8 + 6  # Chunks 0, 2 and 3.
   assert _files(resumed) == _files(out_dir)
+
+
+def test_rendering_never_forks_a_process_that_runs_jax(tmp_path, monkeypatch):
+  """The render pool lives in a child interpreter: JAX's fork warning (deadlock risk) is not hit."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  jax.numpy.ones(2).block_until_ready()  # This process's JAX runtime and its threads are up.
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    corpus.build_corpus(
+      _config(num_train=8, num_valid=1, num_test=1, num_zero_shot=1), str(tmp_path / "a")
+    )
+  assert not [w for w in caught if "fork" in str(w.message)]
+  # A child that fails names the folder and says that a rerun resumes.
+  monkeypatch.setattr(corpus.sys, "executable", shutil.which("false"))
+  with pytest.raises(RuntimeError, match=r"into .*b failed \(exit 1.*rerun the same command"):
+    corpus.build_corpus(
+      _config(num_train=8, num_valid=1, num_test=1, num_zero_shot=1), str(tmp_path / "b")
+    )
 
 
 def test_complete_build_is_reused_and_other_configs_refused(built):
