@@ -324,6 +324,8 @@ def test_analysis_notebook_runs_on_a_tiny_run_and_shows_every_figure(
   assert images("zero-shot {name}") == 1  # FSDD confusion.
   printed = "".join(o.get("text", "") for o in cell("report.probes_figure(probing)").outputs)
   assert printed.startswith("digit "), printed
+  searched = "".join(o.get("text", "") for o in cell("search.top_k(").outputs)
+  assert "CTC head hears: '" in searched and "the nearest of" in searched, searched
 
 
 def test_evaluation_only_reads_and_names_the_command_for_a_missing_split(
