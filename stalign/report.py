@@ -106,7 +106,7 @@ def check_name(name: str) -> str:
 
 
 def _fsdd_tables(fsdd: dict) -> list[str]:
-  """Per speaker: accuracy and, with a CTC head, its error rate; then what each digit is heard as"""
+  """Per-speaker accuracy (and CTC error rate); with a CTC head, what each word is heard as."""
   ctc = fsdd.get("ctc")
   lines = ["## Zero-shot FSDD digits per speaker\n"]
   if ctc:
