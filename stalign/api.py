@@ -272,26 +272,31 @@ class Model:
     Audio longer than `features.max_seconds` is cut into consecutive windows
     transcribed on their own and joined by a space (a word across a cut may split).
     """
+    self._check_ctc_head()
     fcfg = self.config.features
     size = int(fcfg.max_seconds * fcfg.sample_rate)
-    out = []
+    feats, windows = [], []  # Every window of every input, batched together; windows per input.
     for item in waveforms_or_paths:
       wave = self.load_waveform(item, sample_rate)
       cuts = range(0, max(wave.size, 1), size)
-      out.append(
-        " ".join(self.transcribe_features([self.features(wave[a : a + size]) for a in cuts]))
-      )
-    return out
+      feats += [self.features(wave[a : a + size]) for a in cuts]
+      windows.append(len(cuts))
+    texts = self.transcribe_features(feats)
+    bounds = np.cumsum([0, *windows])
+    return [" ".join(texts[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
 
   def transcribe_features(self, feats: Sequence[np.ndarray]) -> list[str]:
     """Greedy CTC transcripts of log-mel feature arrays (`transcribe`), best path collapsed."""
+    self._check_ctc_head()
+    _, _, ids = self._forward_batches(feats)
+    return [text_lib.decode(row, self.config.features.ctc_targets) for row in ids]
+
+  def _check_ctc_head(self) -> None:
     if not self.config.loss.ctc_weight:
       raise ValueError(
         "this run was trained with loss.ctc_weight=0, so its CTC head is untrained and its "
         "transcripts would be noise; transcribe with a run trained with CTC (e.g. configs/demo.py)"
       )
-    _, _, ids = self._forward_batches(feats)
-    return [text_lib.decode(row, self.config.features.ctc_targets) for row in ids]
 
   def _forward_batches(self, feats: Sequence[np.ndarray]) -> tuple[list, list, list]:
     """Per input: (embedding [D], pooled layers [depth + 1, dim], greedy CTC ids of its frames).
