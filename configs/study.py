@@ -37,11 +37,13 @@ bucket shape to compile (`compile_s` in RUN/train_history.json), 15-50 s to eval
   evaluation:  24 runs, ~50 s each for seed 0 (first compiles), 15 s for seeds 1-2   = 11 min
   curves:      valid retrieval every 50 steps, 3 x (4 x 6 + 4 x 4) = 120 x ~2.5 s     =  5 min
   total                                                                               ~ 48 min
-plus a few minutes to build data/demo if it is missing. Measured (2026-11-26, data built, recipe
-at `21a338f`: 2 blocks x 2,700 steps, CTC weight 1.0): 39 min 53 s for the 27 runs, with another
-training job beside it for the first 16 minutes (at `496257b`, 67 min with jobs beside it for 48);
-seed-1 and seed-2 runs trained in 0.7-1.4 min and evaluated in 15 s. At this budget the recipe's
-own cell reaches test R@1 0.14 (the demo's 2,700 steps: 0.88); README "The paper's findings,
+plus a few minutes to build data/demo if it is missing. Measured (2026-11-26, data built): recipe
+at `21a338f` (2 blocks x 2,700 steps, CTC weight 1.0), 39 min 53 s for the 27 runs, with another
+training job beside it for the first 16 minutes; at `12f0f8e` (weight decay 0.1), 50 min 49 s with
+short test runs beside it, while the report's CTC transcripts still took a padded batch per clip
+(about 20 s more per evaluation of (c) and (d); since batched, about 1 s). Seed-1 and seed-2 runs
+trained in 0.5-1.4 min. At this budget the recipe's
+own cell reaches test R@1 0.14 (the demo's 2,700 steps: 0.89); README "The paper's findings,
 reproduced" has the table. T is a ninth of the demo's 2,700 steps: the study compares regimes at
 a budget this machine affords, not at convergence, and the ASR pretraining is short (P = T / 3);
 `--config.study.pretrain_steps` moves the split. Each further 100 steps of T cost
