@@ -73,6 +73,14 @@ def _rows(results: dict) -> list[tuple[str, str]]:
         f"{f['accuracy']:.3f}  (chance {f['chance']:.3f}, {f['utterances']} clips{held})",
       )
     )
+    if "ctc" in f:
+      # Beside the accuracy: whether an unseen voice is misheard, or heard and misplaced.
+      rates = {s: g["error_rate"] for s, g in f["ctc"]["per_group"].items()}
+      parts = [f"{s} {rates[s]:.3f}" for s in f["held_out_speakers"] if s in rates]
+      seen = [r for s, r in rates.items() if s not in f["held_out_speakers"]]
+      if seen:
+        parts.append(f"trained voices {min(seen):.3f}-{max(seen):.3f}")
+      rows.append(("FSDD digits, CTC character error rate", "; ".join(parts)))
   for section, reason in results.get("skipped", {}).items():
     rows.append((f"{section} skipped", reason))
   for task in HEADLINE_PROBES:

@@ -222,7 +222,25 @@ def test_headline_keeps_retrieval_rows_and_adds_sections():
   assert (
     "| probe intent: speech / text / text->speech | 0.900 / 1.000 / 0.800  (chance 0.100) |" in text
   )
-  assert "zero-shot" not in text
+  assert "zero-shot" not in text and "CTC" not in text
+  results["zero_shot"]["fsdd"] = {
+    "accuracy": 0.9,
+    "chance": 0.1,
+    "utterances": 30,
+    "held_out_speakers": ["nicolas"],
+    "held_out_accuracy": 0.7,
+    "ctc": {
+      "per_group": {s: {"error_rate": r} for s, r in [("a", 0.02), ("b", 0.01), ("nicolas", 0.5)]}
+    },
+  }
+  text = report.headline(results)
+  assert (
+    "| zero-shot FSDD digits (real speech) | 0.900  (chance 0.100, 30 clips; held out nicolas "
+    "0.700) |" in text
+  )
+  assert (
+    "| FSDD digits, CTC character error rate | nicolas 0.500; trained voices 0.010-0.020 |" in text
+  )
 
 
 def _evaluate_cli(*args):
