@@ -167,15 +167,20 @@ def encode_targets(text: str, kind: str) -> np.ndarray:
   raise ValueError(f"unknown CTC target kind {kind!r}; use one of {sorted(_VOCABULARIES)}")
 
 
+def _joined(labels: Sequence[int], kind: str) -> str:
+  """Label ids -> their tokens joined: one text form for targets and decodes, so they compare."""
+  vocab = vocabulary(kind)
+  return "".join(vocab[i - 1] for i in labels)
+
+
 def target_text(text: str, kind: str) -> str:
   """What a perfect CTC head of `kind` transcribes for `text`: its targets' tokens joined."""
-  return "".join(vocabulary(kind)[i - 1] for i in encode_targets(text, kind))
+  return _joined(encode_targets(text, kind), kind)
 
 
 def decode(ids: np.ndarray, kind: str) -> str:
   """Best-path CTC ids per frame -> transcript: `collapse`, then the tokens of `kind` joined."""
-  vocab = vocabulary(kind)
-  return "".join(vocab[i - 1] for i in collapse(ids))
+  return _joined(collapse(ids), kind)
 
 
 def vocabulary(kind: str) -> tuple[str, ...]:
