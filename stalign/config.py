@@ -26,6 +26,7 @@ ADDED_KEYS = {
   "model.scan_blocks": False,
   "model.remat": False,
   "model.ff_mult": 4,
+  "features.remove_dc": False,
   "loss.bank_weight": 0.0,
   "train.channel_augment": {
     "warp": 0.0,

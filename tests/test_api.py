@@ -54,6 +54,10 @@ def test_speech_from_files_waveforms_and_tfrecords_agree(model, prepared_config)
   )
   np.testing.assert_array_equal(model.features(model.load_waveform(path)), stored["features"])
   np.testing.assert_allclose(model.embed_features([stored["features"]])[0][0], from_file, atol=1e-5)
+  # The recipe's front end removes a DC offset (features.remove_dc), at inference as in training.
+  assert model.config.features.remove_dc
+  shifted = model.embed_speech([wave + 0.05], sample_rate=rate)
+  np.testing.assert_allclose(shifted[0], from_wave, atol=1e-2)  # Resampling edges, float16.
 
 
 def test_text_is_centred_like_the_training_targets(model):

@@ -74,13 +74,14 @@ def read_summary(data_dir: str, split: str) -> dict:
 
 
 # Feature settings the stored log-mels and CTC labels are computed with.
-_FEATURE_KEYS = ("sample_rate", "num_mels", "win_ms", "hop_ms", "ctc_targets")
+_FEATURE_KEYS = ("sample_rate", "num_mels", "win_ms", "hop_ms", "remove_dc", "ctc_targets")
 # What a split whose summary predates recording a value was built with (the only value then).
 _BUILT_BEFORE_RECORDED = {
   "sample_rate": 16_000,
   "num_mels": 80,
   "win_ms": 25.0,
   "hop_ms": 10.0,
+  "remove_dc": False,
   "ctc_targets": "chars",
   "train_extra_speeds": (),
 }

@@ -9,6 +9,21 @@ from stalign.data import features
 CONFIG = ml_collections.ConfigDict(dict(sample_rate=16000, num_mels=80, win_ms=25.0, hop_ms=10.0))
 
 
+def test_featurize_removes_a_dc_offset_only_when_asked():
+  """FSDD's nicolas records with a DC offset of 15% of his RMS; the front end removes it."""
+  t = np.arange(8000) / 16000
+  speech = (0.1 * np.sin(2 * np.pi * 440 * t) * np.hanning(t.size)).astype(np.float32)
+  offset = speech - 0.03
+  on = ml_collections.ConfigDict({**CONFIG, "remove_dc": True})
+  off = ml_collections.ConfigDict({**CONFIG, "remove_dc": False})
+  clean = features.featurize(speech, on).astype(np.float32)
+  np.testing.assert_allclose(features.featurize(offset, on).astype(np.float32), clean, atol=0.02)
+  # Kept, the offset fills the lowest band with energy the clean clip does not have.
+  kept = features.featurize(offset, off).astype(np.float32)
+  assert (kept[:, 0] - clean[:, 0]).mean() > 5
+  np.testing.assert_allclose(features.featurize(speech - speech.mean(), off), clean)
+
+
 def test_log_mel_matches_librosa_within_1e_4():
   """Stated tolerance: max abs difference of natural-log mel energies < 1e-4."""
   rng = np.random.default_rng(0)
