@@ -121,7 +121,8 @@ def check_built_with(config: ml_collections.ConfigDict, split: str, summary: dic
     if stored != value:
       raise ValueError(
         f"{config.data_dir} was built with {key}={stored!r} but the config asks for "
-        f"{value!r}; point --config.data_dir at a new folder (or drop the override)"
+        f"{value!r}; point --config.data_dir at a new folder, or drop the override (a folder "
+        "built by an older stalign: delete it and rerun to rebuild it with today's settings)"
       )
 
 
