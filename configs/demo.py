@@ -73,7 +73,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.features.win_ms = 25.0  # Analysis window.
   c.features.hop_ms = 10.0  # Frame step: 100 feature frames per second.
   # Subtract each clip's mean before the log-mel (stalign/data/features.py:featurize). Real
-  # recordings can carry a DC offset that synthetic speech never has; fixed per data_dir.
+  # recordings can carry a DC offset that synthetic speech never has (nicolas's FSDD clips do):
+  # on, his digits rose by 0.02-0.05 in each of three seeds (README, sixth round). Per data_dir.
   c.features.remove_dc = True
   c.features.max_seconds = 12.0  # Longer training clips are skipped (and counted).
   c.features.ctc_targets = "chars"  # "chars" | "phonemes" (espeak-ng en-us); fixed per data_dir.
