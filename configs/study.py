@@ -41,7 +41,8 @@ plus a few minutes to build data/demo if it is missing. Measured (2026-11-26, da
 at `21a338f` (2 blocks x 2,700 steps, CTC weight 1.0), 39 min 53 s for the 27 runs, with another
 training job beside it for the first 16 minutes; at `12f0f8e` (weight decay 0.1), 50 min 49 s with
 short test runs beside it, while the report's CTC transcripts still took a padded batch per clip
-(about 20 s more per evaluation of (c) and (d); since batched, about 1 s). Seed-1 and seed-2 runs
+(about 20 s more per evaluation of (c) and (d); since batched, about 1 s); at `2fe4aae`
+(2026-11-27, DC offset removed), 44 min 26 s with nothing else running. Seed-1 and seed-2 runs
 trained in 0.5-1.4 min. At this budget the recipe's
 own cell reaches test R@1 0.14 (the demo's 2,700 steps: 0.89); README "The paper's findings,
 reproduced" has the table. T is a ninth of the demo's 2,700 steps: the study compares regimes at
