@@ -159,7 +159,8 @@ def test_every_stage_refuses_a_data_folder_built_with_other_features(prepared_co
   older = r"built with features.remove_dc=False.*asks for True.*delete it and rerun"
   with pytest.raises(ValueError, match=older):
     layout.check_built_with(prepared_config, "train", before)
-  config.features.remove_dc = prepared_config.features.remove_dc = False
-  layout.check_built_with(prepared_config, "train", before)
+  kept = prepared_config.copy_and_resolve_references()  # The fixture is shared: not changed.
+  config.features.remove_dc = kept.features.remove_dc = False
+  layout.check_built_with(kept, "train", before)
   with pytest.raises(ValueError, match=refused):
     layout.check_built_with(config, "train", before)
