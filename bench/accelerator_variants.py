@@ -39,12 +39,7 @@ ROWS = (
 def variant_config(batch: int, changes: dict[str, Any]) -> ml_collections.ConfigDict:
   """`accelerator.per_chip_config(batch)` with `changes` (dotted keys) applied."""
   config = accelerator.per_chip_config(batch)
-  for key, value in changes.items():
-    *parents, leaf = key.split(".")
-    node = config
-    for parent in parents:
-      node = node[parent]
-    node[leaf] = value
+  config.update_from_flattened_dict(changes)
   return config
 
 

@@ -141,6 +141,19 @@ def test_speed_copies_of_real_clips_are_written_beside_the_clip(tmp_path):
   built = r"built with data.train_extra_speeds=\(0.9, 1.1\).*new folder"
   with pytest.raises(ValueError, match=built):
     prepare.write_splits(config)
+  # Recordings added to training (or taken out) need a new folder too: the written train split
+  # would otherwise be reused without them.
+  config.data.train_extra_speeds = (0.9, 1.1)
+  config.data.train_extra = ("fsdd", "manifest")
+  added = r"built with data.train_extra=\('fsdd',\) but the config asks for \('fsdd', 'manifest'\)"
+  with pytest.raises(ValueError, match=added):
+    prepare.write_splits(config)
+  config.data.train_extra, config.data.source = ("fsdd",), "fsdd"
+  with pytest.raises(ValueError, match=r"built with data.source='manifest' but.*'fsdd'"):
+    prepare.write_splits(config)
+  # A summary written before sources were recorded had no one source: it is trusted on them.
+  summary = {k: v for k, v in summary.items() if k not in ("source", "train_extra")}
+  layout.check_built_with(config, "train", summary)
 
 
 def test_every_stage_refuses_a_data_folder_built_with_other_features(prepared_config, tmp_path):

@@ -75,7 +75,8 @@ def read_summary(data_dir: str, split: str) -> dict:
 
 # Feature settings the stored log-mels and CTC labels are computed with.
 _FEATURE_KEYS = ("sample_rate", "num_mels", "win_ms", "hop_ms", "remove_dc", "ctc_targets")
-# What a split whose summary predates recording a value was built with (the only value then).
+# What a split whose summary predates recording a value was built with (the only value then);
+# None where there was no single value: such a summary is trusted on it.
 _BUILT_BEFORE_RECORDED = {
   "sample_rate": 16_000,
   "num_mels": 80,
@@ -84,18 +85,23 @@ _BUILT_BEFORE_RECORDED = {
   "remove_dc": False,
   "ctc_targets": "chars",
   "train_extra_speeds": (),
+  "source": None,
+  "train_extra": None,
 }
 
 
 def built_with(config: ml_collections.ConfigDict, split: str) -> dict:
-  """Config values a split's records depend on beyond its examples, by config key.
+  """Config values a split's records depend on, by key: its features and where examples came from.
 
   The split's summary records them (`built_with_record`) when it is written, and
   `check_built_with` compares them with the config of every later stage: a folder built for
-  other settings would otherwise be trained on with the wrong feature width or labels.
+  other settings would otherwise be trained on with the wrong feature width or labels, or
+  without the recordings a user has just added to `data.train_extra`.
   """
   built = {f"features.{key}": config.features[key] for key in _FEATURE_KEYS}
+  built["data.source"] = config.data.source
   if split == "train":
+    built["data.train_extra"] = tuple(config.data.train_extra)
     built["data.train_extra_speeds"] = tuple(config.data.train_extra_speeds)
   return built
 
@@ -117,6 +123,8 @@ def check_built_with(config: ml_collections.ConfigDict, split: str, summary: dic
   for key, value in built_with(config, split).items():
     name = _summary_field(key)
     stored = summary.get(name, _BUILT_BEFORE_RECORDED[name])
+    if stored is None:
+      continue
     stored = tuple(stored) if isinstance(stored, list) else stored  # JSON lists tuples.
     if stored != value:
       raise ValueError(
