@@ -154,6 +154,11 @@ def test_speed_copies_of_real_clips_are_written_beside_the_clip(tmp_path):
   # A summary written before sources were recorded had no one source: it is trusted on them.
   summary = {k: v for k, v in summary.items() if k not in ("source", "train_extra")}
   layout.check_built_with(config, "train", summary)
+  # README "Your own voice": a manifest of one's own clips joins FSDD's in a new folder.
+  config.data_dir, config.data.train_extra = str(tmp_path / "own_voice"), ("manifest",)
+  summary = prepare.write_splits(config)["train"]
+  assert summary["speakers"] == {"jackson": 3, "lucas": 2}
+  assert summary["train_extra"] == ["manifest"]
 
 
 def test_every_stage_refuses_a_data_folder_built_with_other_features(prepared_config, tmp_path):
