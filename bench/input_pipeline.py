@@ -39,7 +39,7 @@ def small_data_config() -> ml_collections.ConfigDict:
   config.data_dir = SMALL_DATA_DIR
   config.corpus.num_train = 1024
   config.corpus.num_valid = config.corpus.num_test = config.corpus.num_zero_shot = 16
-  config.data.train_extra = ()
+  config.data.train_extra = config.data.real_sources = ()
   prepare.prepare(config)
   return config
 

@@ -72,6 +72,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   )  # The report evaluates `eval.split`, "test": test_clean.
   c.data.train_extra = ()  # LibriSpeech only: FSDD is not on the slice's workers.
   c.data.train_extra_speeds = ()  # Speed-perturbed copies of every train_extra clip.
+  c.data.real_sources = ()  # Nor are the demo's LibriSpeech/AN4 folders: no real_test split.
   # ~220 MB per train shard. Hosts do not divide the shards: each reads its rows of every global
   # batch at their offsets (input_pipeline.epoch_plan), so this suits any slice.
   c.data.num_shards = 2 if local else 256

@@ -16,7 +16,9 @@ Sections of the report (schema: docs/report_schema.md):
                                  their text descriptions (runs when `data.source` is synthetic);
   zero_shot.fsdd                 spoken digits of real people classified by the digit words, per
                                  speaker; voices absent from the run's training data apart; with
-                                 a CTC head, what it transcribes per speaker (`ctc`).
+                                 a CTC head, what it transcribes per speaker (`ctc`);
+  real_speech                    the `real_{eval.split}` split (`data.real_sources`: speakers
+                                 held out of training), retrieval and CTC per domain.
 
 The student's embeddings are compared with the teacher's in the space the
 student was trained to match (teacher minus the training mean when
@@ -56,7 +58,16 @@ from stalign.evaluators import zero_shot
 
 def embed_split(model: api.Model, split: str) -> evaluators.Embeddings:
   """Every record of `split`, in file order, with its transcript, labels and pooled layers."""
-  records = list(tfrecords.iterate_records(layout.list_shards(model.config.data_dir, split)))
+  return embed_records(model, read_split(model, split))
+
+
+def read_split(model: api.Model, split: str) -> list[dict]:
+  """Every record of `split` of the model's data folder, in file order."""
+  return list(tfrecords.iterate_records(layout.list_shards(model.config.data_dir, split)))
+
+
+def embed_records(model: api.Model, records: list[dict]) -> evaluators.Embeddings:
+  """`embed_split` of records already read (`read_split`)."""
   speech, layers = model.embed_features([r["features"] for r in records])
   texts = [r["text"] for r in records]
   gallery, first, index = np.unique(np.array(texts), return_index=True, return_inverse=True)
@@ -205,6 +216,70 @@ def zero_shot_fsdd(model: api.Model, fsdd_dir: str) -> dict:
   return out
 
 
+def subset(emb: evaluators.Embeddings, rows: np.ndarray) -> evaluators.Embeddings:
+  """The utterances `rows` of `emb`, its gallery cut to their distinct transcripts."""
+  used, index = np.unique(emb.text_index[rows], return_inverse=True)
+  return evaluators.Embeddings(
+    speech=emb.speech[rows],
+    text=emb.text[used],
+    text_index=index,
+    texts=[emb.texts[i] for i in used],
+    raw_text=emb.raw_text[used],
+    labels=[emb.labels[i] for i in rows],
+    ids=[emb.ids[i] for i in rows],
+  )
+
+
+def real_speech(model: api.Model, split: str) -> dict:
+  """Real speech by speakers held out of training (`data.real_split`), per domain and all together.
+
+  Per group: clips, distinct sentences and speakers; the retrieval evaluator over the group's
+  distinct transcripts (`retrieval`, None for a group of one sentence); with a trained CTC head
+  its character (or phoneme) error rate (`ctc`, as `transcript_errors`). `seen_in_training`
+  lists the split's speakers that the train split holds: empty unless the folders disagree.
+  """
+  config = model.config
+  records = read_split(model, split)
+  emb = embed_records(model, records)
+  domains = np.array([str(label.get("domain", "")) for label in emb.labels])
+  speakers = np.array([str(label.get("speaker", "")) for label in emb.labels])
+  ctc = None
+  if config.loss.ctc_weight:
+    kind = config.features.ctc_targets
+    ctc = transcript_errors(
+      model.transcribe_features([r["features"] for r in records]),
+      [text_lib.target_text(r["text"], kind) for r in records],
+      list(domains),
+    )
+
+  def group(rows: np.ndarray, scores: dict | None) -> dict:
+    sub = subset(emb, rows)
+    out = {
+      "clips": len(rows),
+      "sentences": len(sub.texts),
+      "speakers": len(set(speakers[rows])),
+      "retrieval": evaluators.get("retrieval")(sub) if len(sub.texts) > 1 else None,
+    }
+    if scores is not None:
+      out["ctc"] = {"error_rate": scores["error_rate"], "exact": scores["exact"]}
+    return out
+
+  trained = trained_speakers(config)
+  out = {
+    "split": split,
+    "speakers": sorted(set(speakers)),
+    "seen_in_training": None if trained is None else sorted(set(speakers) & set(trained)),
+    "all": group(np.arange(len(records)), ctc),
+    "domains": {
+      d: group(np.flatnonzero(domains == d), ctc["per_group"][d] if ctc else None)
+      for d in sorted(set(domains))
+    },
+  }
+  if ctc is not None:
+    out["ctc_targets"] = config.features.ctc_targets
+  return out
+
+
 def evaluate(
   config: ml_collections.ConfigDict,
   workdir: str,
@@ -242,6 +317,19 @@ def evaluate(
     reason = f"no recordings/ folder under {fs.abspath(fsdd_dir)} (data.fsdd_dir or --fsdd_dir)"
     logging.warning("zero-shot FSDD skipped: %s", reason)
     results["skipped"] = {"zero_shot.fsdd": reason}
+  real = data.real_split(split)
+  built = config.data.real_sources and fs.exists(layout.summary_path(config.data_dir, real))
+  if built and layout.read_summary(config.data_dir, real)["written"]:
+    logging.info("real speech of unseen speakers: %s", real)
+    results["real_speech"] = real_speech(model, real)
+  elif config.data.real_sources:
+    reason = (
+      f"the {real} split in {config.data_dir} holds no clips (data.real_held_out)"
+      if built
+      else f"no {real} split in {config.data_dir}; build it with `{layout.PREPARE_COMMAND}`"
+    )
+    logging.warning("real speech skipped: %s", reason)
+    results.setdefault("skipped", {})["real_speech"] = reason
   if jax.process_index() == 0:
     report.write(workdir, results, emb, report_name)
   return results

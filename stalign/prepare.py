@@ -1,7 +1,7 @@
 """Data preparation: every split the run needs, as TFRecords with teacher embeddings.
 
 The `data` stage of `stalign.main`. A split is written once from any source
-(synthetic corpus, user manifest, FSDD, TFDS): audio is checked and turned into
+(synthetic corpus, user manifest, FSDD, LibriSpeech, AN4, TFDS): audio is checked and turned into
 log-mel features by the same front end inference uses, bad input is skipped
 with a counted reason, and `stalign.precompute` then adds the teacher
 embeddings. Shards appear only when complete (a rename, or one upload to an
@@ -39,11 +39,15 @@ from stalign.data import layout
 from stalign.data import sources
 from stalign.data import text as text_lib
 from stalign.data import tfrecords
+from stalign.models import frontend
 
 
 def splits(config: ml_collections.ConfigDict) -> tuple[str, ...]:
-  """Splits to build; the synthetic corpus adds its zero-shot split (intents unseen in training)."""
+  """Splits to build; the synthetic corpus adds its zero-shot split (intents unseen in training),
+  `data.real_sources` the real speech of their held-out speakers (`data.real_split`)."""
   extra = (data.ZERO_SHOT_SPLIT,) if config.data.source == "synthetic" else ()
+  if config.data.real_sources:
+    extra += (data.real_split(config.eval.split),)
   return tuple(dict.fromkeys(data.SPLITS + (config.eval.split,) + extra))
 
 
@@ -80,7 +84,7 @@ def _featurize(
     yield {
       "id": ex["id"],
       "text": text_lib.normalize(ex["text"]),
-      "features": features.featurize(wave, fcfg),
+      "features": frontend.featurize(wave, fcfg),
       "ctc_labels": labels,
       "duration": wave.size / fcfg.sample_rate,
       "labels": ex.get("labels", {}),
@@ -195,7 +199,13 @@ def write_splits(config: ml_collections.ConfigDict) -> dict:
         "split %s: reusing %d examples in %s", split, summaries[split]["written"], config.data_dir
       )
       continue
-    examples = source(config, split)
+    if config.data.real_sources and split == data.real_split(config.eval.split):
+      # Each real source's speakers held out for eval.split; train_extra trains on the others.
+      examples = itertools.chain(
+        *(sources.get(name)(config, config.eval.split) for name in config.data.real_sources)
+      )
+    else:
+      examples = source(config, split)
     if split == "train" and config.data.train_extra:
       extra = [
         with_speed_copies(sources.get(name)(config, split), config.data.train_extra_speeds)

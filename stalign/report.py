@@ -81,6 +81,17 @@ def _rows(results: dict) -> list[tuple[str, str]]:
       if seen:
         parts.append(f"trained voices {min(seen):.3f}-{max(seen):.3f}")
       rows.append(("FSDD digits, CTC character error rate", "; ".join(parts)))
+  real = results.get("real_speech")
+  if real:
+    a = real["all"]
+    cer = f"; CTC error rate {a['ctc']['error_rate']:.3f}" if "ctc" in a else ""
+    rows.append(
+      (
+        "real speech, unseen speakers: speech->text R@1 / R@10, text->speech R@1",
+        f"{' / '.join(_real_recalls(a))}  ({a['clips']} clips, {a['sentences']} sentences, "
+        f"{a['speakers']} speakers{cer})",
+      )
+    )
   for section, reason in results.get("skipped", {}).items():
     rows.append((f"{section} skipped", reason))
   for task in HEADLINE_PROBES:
@@ -151,6 +162,39 @@ def _fsdd_tables(fsdd: dict) -> list[str]:
   return lines
 
 
+def _real_recalls(group: dict) -> tuple[str, str, str]:
+  """Speech->text R@1 and R@10, text->speech R@1 of a real-speech group ("-": one sentence)."""
+  r = group["retrieval"]
+  if r is None:
+    return ("-", "-", "-")
+  s2t, t2s = r["speech_to_text"], r["text_to_speech"]
+  return tuple(f"{x:.3f}" for x in (s2t["recall_at_1"], s2t["recall_at_10"], t2s["recall_at_1"]))
+
+
+def _real_speech_table(real: dict) -> list[str]:
+  """One row per domain (and all together): clips, sentences, speakers, recalls, CTC."""
+  ctc = "ctc" in real["all"]
+  lines = [
+    "## Real speech, unseen speakers\n",
+    f"Split `{real['split']}`: speakers held out of training (`data.real_held_out`). Speech->text "
+    "ranks each clip's transcript among the group's distinct sentences, text->speech each "
+    "sentence's clips among the group's clips.\n",
+  ]
+  if real["seen_in_training"]:
+    lines.append(f"**Not unseen**: the train split holds {', '.join(real['seen_in_training'])}.\n")
+  header = "| domain | clips | sentences | speakers | speech->text R@1 / R@10 | text->speech R@1 |"
+  lines += [header + (" CTC error rate |" if ctc else ""), "|---" * (6 + ctc) + "|"]
+  for name, g in [*real["domains"].items(), ("all", real["all"])]:
+    s2t_1, s2t_10, t2s_1 = _real_recalls(g)
+    row = (
+      f"| {name} | {g['clips']} | {g['sentences']} | {g['speakers']} | {s2t_1} / {s2t_10} | "
+      f"{t2s_1} |"
+    )
+    lines.append(row + (f" {g['ctc']['error_rate']:.3f} |" if ctc else ""))
+  lines.append("")
+  return lines
+
+
 def _markdown(workdir: str, results: dict, name: str) -> str:
   title = "" if name == DEFAULT_NAME else f" ({name})"
   parts = [
@@ -172,6 +216,9 @@ def _markdown(workdir: str, results: dict, name: str) -> str:
   fsdd = results.get("zero_shot", {}).get("fsdd")
   if fsdd:
     parts += _fsdd_tables(fsdd)
+  real = results.get("real_speech")
+  if real:
+    parts += _real_speech_table(real)
   for name, path in results.get("figures", {}).items():
     parts.append(f"## {name.replace('_', ' ')}\n\n![{name}]({path})\n")
   return "\n".join(parts)

@@ -35,7 +35,7 @@ def test_every_config_validates(name, arg):
     ("features.ctc_targets", "words", "'chars', 'phonemes'"),
     ("train.schedule", "step", "'cosine', 'linear'"),
     ("train.compute_dtype", "float16", "'float32', 'bfloat16'"),
-    ("data.source", "librispeech", "'fsdd', 'manifest', 'synthetic', 'tfds'"),
+    ("data.source", "libri", "'an4', 'fsdd', 'librispeech', 'manifest', 'synthetic', 'tfds'"),
   ],
 )
 def test_unknown_enum_value_names_the_key_and_the_allowed_values(key, value, allowed):
@@ -59,6 +59,7 @@ def test_unknown_enum_value_names_the_key_and_the_allowed_values(key, value, all
     ("input.bucket_boundaries", (400, 240), "must be distinct positive frame counts"),
     ("eval.zero_shot_templates", ("the speaker says",), "each hold '{}'"),
     ("data.train_extra_speeds", (1.0, 1.1), "speed factors in \\[0.5, 2\\] other than 1"),
+    ("data.real_sources", ("librispeech", "fsdd"), "data.real_sources has unknown entries"),
   ],
 )
 def test_bad_ranges_and_lists_name_the_key(key, value, message):
@@ -139,10 +140,38 @@ def test_every_added_key_is_declared_in_the_configs_with_its_default():
     for part in path.split("."):
       value = value[part]
     # Added together with a new recipe value: the default rebuilds old runs, the recipe moved on.
-    if path in ("train.channel_augment", "model.ff_mult", "features.remove_dc"):
+    if path in ("train.channel_augment", "model.ff_mult", "features.remove_dc") or (
+      path.startswith("data.real_")
+    ):
       if isinstance(default, dict):
         assert set(value) == set(default), path
       else:
         assert type(value) is type(default), path
       continue
     assert value == default or (path.startswith("data.fsdd_speakers") and not value), path
+
+
+def test_real_held_out_speakers_are_named_by_source_in_one_split_each():
+  c = demo.get_config()
+  c.data.real_held_out.test = (*c.data.real_held_out.test, "an4/fash")
+  with pytest.raises(config_lib.ConfigError, match=r"\['an4/fash'\] in both valid and test"):
+    config_lib.validate(c)
+  c = demo.get_config()
+  c.data.real_held_out.valid = ("1088",)
+  with pytest.raises(config_lib.ConfigError, match=r"\['1088'\].*SOURCE/SPEAKER"):
+    config_lib.validate(c)
+  c = demo.get_config()
+  c.eval.split = "train"
+  with pytest.raises(config_lib.ConfigError, match="beside the valid or test split"):
+    config_lib.validate(c)
+  c = demo.get_config()
+  c.data.source, c.data.real_held_out.valid = "an4", ("librispeech/1088",)
+  with pytest.raises(config_lib.ConfigError, match="data.real_held_out.valid, which names none"):
+    config_lib.validate(c)
+  # A run saved before real speech existed loads with it off.
+  saved = demo.get_config().to_dict()
+  for key in ("real_sources", "real_held_out", "librispeech_dir", "an4_manifest"):
+    del saved["data"][key]
+  upgraded = config_lib.upgrade(ml_collections.ConfigDict(saved))
+  assert upgraded.data.real_sources == () and upgraded.data.real_held_out.test == ()
+  config_lib.validate(upgraded)

@@ -13,12 +13,15 @@ import pytest
 
 import stalign
 from stalign import evaluate
+from stalign import prepare
 from stalign import report
 from stalign.data import sources
 from stalign.data import text
 
 from testdata import FSDD_DIR
 from testdata import make_run
+from testdata import write_an4
+from testdata import write_librispeech
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -117,7 +120,8 @@ def test_report_json_has_exactly_the_documented_keys(evaluated):
   keys, conditions = _schema()
   assert {k[0] for k in keys} >= {"split", "figures", "retrieval", "geometry", "probing"}
   # This run: every evaluator, FSDD recordings, a manifest source (no synthetic corpus), no skips.
-  absent = {"zero_shot.synthetic", "skipped"}
+  absent = {"zero_shot.synthetic", "skipped", "real_speech", "real_speech.ctc_targets"}
+  absent |= {"real_speech.all.ctc", "real_speech.domains.<domain>.ctc"}
   assert set(conditions) - absent == {
     "retrieval",
     "geometry",
@@ -359,3 +363,98 @@ def test_evaluation_only_reads_and_names_the_command_for_a_missing_split(
   with pytest.raises(FileNotFoundError, match="zero_shot.*--stages=data"):
     evaluate.zero_shot_synthetic(model)
   assert sorted(os.listdir(tfrecords_dir)) == before
+
+
+def test_real_speech_of_unseen_speakers_is_evaluated_per_domain_and_reported(
+  prepared_config, tmp_path
+):
+  """A data folder built before real speech gains the real_test split (the rest reused); the
+  report then has the "real speech, unseen speakers" section, per domain, with documented keys."""
+  config = ml_collections.ConfigDict(prepared_config.to_dict())
+  shutil.copytree(prepared_config.data_dir, tmp_path / "data")
+  config.data_dir = str(tmp_path / "data")
+  config.data.librispeech_dir = write_librispeech(
+    str(tmp_path / "libri"),
+    {"32-1": ["A B"], "1088-3": ["HE SAID SO", "SHE DID NOT"], "1737-4": ["ONE", "TWO"]},
+  )
+  config.data.an4_manifest = write_an4(
+    str(tmp_path / "an4"), {"fash": ["yes"], "mcel": ["stop", "go"], "fejs": ["go", "no"]}
+  )
+  config.data.real_sources = ("librispeech", "an4")
+  config.data.real_held_out.valid = ()
+  config.data.real_held_out.test = ("librispeech/1088", "librispeech/1737", "an4/mcel", "an4/fejs")
+  config.eval.zero_shot = ()
+  workdir = make_run(config, str(tmp_path / "run"))
+  # Before the data stage built it, the section says why it is absent.
+  results = evaluate.evaluate(config, workdir, evaluator_names=("retrieval",))
+  assert "real_speech" not in results
+  assert "no real_test split" in results["skipped"]["real_speech"]
+  assert "--stages=data" in results["skipped"]["real_speech"]
+
+  prepare.prepare(config)
+  results = evaluate.evaluate(config, workdir, evaluator_names=("retrieval",))
+  real = results["real_speech"]
+  assert real["split"] == "real_test" and real["seen_in_training"] == []
+  assert real["speakers"] == sorted(config.data.real_held_out.test)
+  counts = {g: real["domains"][g] for g in ("librispeech", "an4")} | {"all": real["all"]}
+  # "go" is said by both AN4 speakers: one sentence of the gallery, two clips.
+  assert {g: (c["clips"], c["sentences"], c["speakers"]) for g, c in counts.items()} == {
+    "librispeech": (4, 4, 2),
+    "an4": (4, 3, 2),
+    "all": (8, 7, 4),
+  }
+  an4 = real["domains"]["an4"]["retrieval"]
+  assert an4["speech_to_text"]["gallery"] == 3 and an4["text_to_speech"]["gallery"] == 4
+  assert real["ctc_targets"] == "chars" and real["all"]["ctc"]["error_rate"] >= 0
+  # The unit test of transcript_errors holds the arithmetic; here, the groups' weighting.
+  rates = [real["domains"][g]["ctc"]["error_rate"] for g in ("librispeech", "an4")]
+  assert min(rates) <= real["all"]["ctc"]["error_rate"] <= max(rates)
+
+  saved = json.load(open(os.path.join(workdir, "report.json")))
+  keys, _ = _schema()
+  documented = [k for k in keys if k[0] == "real_speech"]
+  assert not [m for k in documented for m in _missing(saved, k)]
+  undocumented = [
+    p for p in _leaves(saved["real_speech"]) if not any(_names(k[1:], p) for k in documented)
+  ]
+  assert not undocumented, f"in report.json but not in docs/report_schema.md: {undocumented}"
+  md = open(os.path.join(workdir, "report.md")).read()
+  assert "## Real speech, unseen speakers" in md and "| an4 | 4 | 3 | 2 |" in md
+  assert "| real speech, unseen speakers: speech->text R@1 / R@10, text->speech R@1 |" in md
+  assert "(8 clips, 7 sentences, 4 speakers; CTC error rate" in md
+
+
+def test_real_speech_table_shows_each_domain_and_a_group_of_one_sentence(tmp_path):
+  group = lambda clips, s2t, t2s: {
+    "clips": clips,
+    "sentences": 1 if s2t is None else clips,
+    "speakers": 2,
+    "retrieval": None
+    if s2t is None
+    else {
+      "speech_to_text": {"recall_at_1": s2t, "recall_at_10": 1.0},
+      "text_to_speech": {"recall_at_1": t2s},
+    },
+  }
+  results = {
+    "split": "test",
+    "utterances": 3,
+    "zero_shot": {},
+    "real_speech": {
+      "split": "real_test",
+      "speakers": ["an4/fejs", "an4/mcel", "librispeech/1737"],
+      "seen_in_training": ["an4/mcel"],
+      "all": group(10, 0.5, 0.25),
+      "domains": {"an4": group(4, None, None), "librispeech": group(6, 0.75, 0.5)},
+    },
+  }
+  assert (
+    "| real speech, unseen speakers: speech->text R@1 / R@10, text->speech R@1 | "
+    "0.500 / 1.000 / 0.250  (10 clips, 10 sentences, 2 speakers) |" in report.headline(results)
+  )
+  report.write(str(tmp_path), results)
+  md = (tmp_path / "report.md").read_text()
+  assert "| an4 | 4 | 1 | 2 | - / - | - |" in md
+  assert "| librispeech | 6 | 6 | 2 | 0.750 / 1.000 | 0.500 |" in md
+  assert "| all | 10 | 10 | 2 | 0.500 / 1.000 | 0.250 |" in md
+  assert "**Not unseen**: the train split holds an4/mcel." in md

@@ -17,6 +17,8 @@ from stalign.data import tfrecords
 
 from testdata import fsdd_files
 from testdata import tiny_config
+from testdata import write_an4
+from testdata import write_librispeech
 from testdata import write_manifest
 
 
@@ -182,3 +184,73 @@ def test_every_stage_refuses_a_data_folder_built_with_other_features(prepared_co
   layout.check_built_with(kept, "train", before)
   with pytest.raises(ValueError, match=refused):
     layout.check_built_with(config, "train", before)
+
+
+def _real_speech_config(tmp_path):
+  """Tiny config of FSDD manifests, with generated LibriSpeech and AN4 folders trained on and
+  their held-out speakers evaluated (`data.real_sources`)."""
+  config = tiny_config(str(tmp_path / "data"))
+  for split in ("train", "valid", "test"):
+    config.data.manifests[split] = write_manifest(
+      str(tmp_path / f"{split}.jsonl"), fsdd_files("jackson", range(0, 1))[:2]
+    )
+  config.data.librispeech_dir = write_librispeech(
+    str(tmp_path / "libri"),
+    {"32-1": ["A B"], "163-2": ["C D"], "1088-3": ["E F", "G"], "1737-4": ["H I"]},
+  )
+  config.data.an4_manifest = write_an4(
+    str(tmp_path / "an4"), {"fash": ["yes"], "mblb": ["no"], "mcel": ["stop", "go"]}
+  )
+  config.data.real_sources = config.data.train_extra = ("librispeech", "an4")
+  config.data.real_held_out.valid = ("librispeech/163", "an4/mblb")
+  config.data.real_held_out.test = ("librispeech/1088", "an4/mcel")
+  return config
+
+
+def test_real_sources_train_on_some_speakers_and_evaluate_the_held_out_ones(tmp_path):
+  """Held-out speakers of the real sources make real_test (and real_valid when eval.split is
+  valid) and never the train split; a folder built with other held-out speakers is refused."""
+  config = _real_speech_config(tmp_path)
+  assert prepare.splits(config) == ("train", "valid", "test", "real_test")
+  summaries = prepare.write_splits(config)
+  assert summaries["train"]["speakers"] == {
+    "an4/fash": 1,
+    "jackson": 2,
+    "librispeech/1737": 1,
+    "librispeech/32": 1,
+  }
+  assert summaries["real_test"]["speakers"] == {"an4/mcel": 2, "librispeech/1088": 2}
+  assert summaries["test"]["speakers"] == {"jackson": 2}  # The main split is the source's own.
+  records = tfrecords.iterate_records(layout.list_shards(config.data_dir, "real_test"))
+  assert sorted(r["id"] for r in records) == [
+    "an4/an200-mcel-b",
+    "an4/an201-mcel-b",
+    "librispeech/1088-3-0000",
+    "librispeech/1088-3-0001",
+  ]
+  assert summaries["real_test"]["real_sources"] == ["librispeech", "an4"]
+  # Evaluating on the valid split adds real_valid to the same folder; the rest is reused.
+  config.eval.split = "valid"
+  assert prepare.splits(config) == ("train", "valid", "test", "real_valid")
+  summaries = prepare.write_splits(config)
+  assert summaries["real_valid"]["speakers"] == {"an4/mblb": 1, "librispeech/163": 1}
+
+  # Other held-out speakers change the train split and the real ones: the folder is refused.
+  config.eval.split = "test"
+  config.data.real_held_out.test = ("librispeech/1088", "an4/fash")
+  with pytest.raises(ValueError, match=r"built with data.real_held_out=\{'valid'.*new folder"):
+    prepare.write_splits(config)
+  # So are other real sources, or another folder of one.
+  config.data.real_held_out.test = ("librispeech/1088", "an4/mcel")
+  config.data.real_sources = ("librispeech",)
+  with pytest.raises(ValueError, match=r"data.real_sources=\('librispeech', 'an4'\) but"):
+    prepare.write_splits(config)
+  config.data.real_sources = ("librispeech", "an4")
+  manifest, config.data.an4_manifest = config.data.an4_manifest, str(tmp_path / "other.jsonl")
+  with pytest.raises(ValueError, match=r"built with data.an4_manifest="):
+    prepare.write_splits(config)
+  # real_test holds the test speakers alone: other valid speakers change the train split, not it.
+  config.data.an4_manifest, config.data.real_held_out.valid = manifest, ("librispeech/163",)
+  layout.check_built_with(config, "real_test", layout.read_summary(config.data_dir, "real_test"))
+  with pytest.raises(ValueError, match=r"data.real_held_out=\{'valid'"):
+    layout.check_built_with(config, "train", layout.read_summary(config.data_dir, "train"))

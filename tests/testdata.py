@@ -1,11 +1,16 @@
-"""Small data builders shared by the tests (real FSDD clips, manifests, tiny configs)."""
+"""Small data builders shared by the tests (real FSDD clips, manifests, generated LibriSpeech
+and AN4 folders, tiny configs, tiny random Whisper weights)."""
 
 from collections.abc import Mapping
 import json
 import os
+import struct
 from typing import Any
 
+import numpy as np
 import pytest
+
+from stalign.models import whisper_weights
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FSDD_DIR = os.path.join(REPO, "..", "shared", "data", "fsdd")
@@ -56,6 +61,48 @@ def tiny_config(data_dir: str):
   c.train.checkpoint_every = 5
   c.train.warmup_steps = 2
   return c
+
+
+def write_tone(path: str, index: int, seconds: float = 0.6, rate: int = 16_000) -> str:
+  """A short FLAC or WAV (by the extension) of two tones pitched by `index`; the writer keeps it."""
+  import numpy as np
+  import soundfile as sf
+
+  t = np.arange(int(seconds * rate)) / rate
+  hz = 150.0 + 23.0 * index
+  wave = 0.2 * np.sin(2 * np.pi * hz * t) + 0.1 * np.sin(2 * np.pi * 2.7 * hz * t)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  sf.write(path, wave.astype(np.float32), rate)
+  return path
+
+
+def write_librispeech(root: str, chapters: Mapping[str, list[str]], subset="train-clean-5") -> str:
+  """A folder in LibriSpeech layout: {"SPEAKER-CHAPTER": [transcript, ...]} as tone clips under
+  root/subset/SPEAKER/CHAPTER/ with their SPEAKER-CHAPTER.trans.txt; returns root."""
+  for n, (name, texts) in enumerate(chapters.items()):
+    speaker, chapter = name.split("-")
+    folder = os.path.join(root, subset, speaker, chapter)
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, f"{name}.trans.txt"), "w") as f:
+      for i, text in enumerate(texts):
+        write_tone(os.path.join(folder, f"{name}-{i:04d}.flac"), 3 * n + i)
+        f.write(f"{name}-{i:04d} {text}\n")
+  return root
+
+
+def write_an4(root: str, speakers: Mapping[str, list[str]]) -> str:
+  """An AN4-like folder: {speaker: [text, ...]} as wav/SPEAKER/*.flac tone clips and a NeMo
+  manifest.jsonl with relative paths and a `speaker` field; returns the manifest's path."""
+  path = os.path.join(root, "manifest.jsonl")
+  os.makedirs(root, exist_ok=True)
+  with open(path, "w") as f:
+    for n, (speaker, texts) in enumerate(speakers.items()):
+      for i, text in enumerate(texts):
+        clip = os.path.join("wav", speaker, f"an{n}{i:02d}-{speaker}-b.flac")
+        write_tone(os.path.join(root, clip), 2 * n + i)
+        row = {"audio_filepath": clip, "duration": 0.6, "text": text, "speaker": speaker}
+        f.write(json.dumps(row) + "\n")
+  return path
 
 
 # Over the prepared FSDD clips (30-115 frames): training batches of 8 fill the 48, 56 and 152
@@ -224,3 +271,97 @@ def mtimes(folder) -> dict[str, int]:
     for root, _, files in os.walk(folder)
     for f in files
   }
+
+
+# ---------------------------------------------------------------- tiny Whisper weights
+
+
+def _ct2_string(text: str) -> bytes:
+  raw = text.encode() + b"\0"  # As CTranslate2's writer: the length counts a trailing NUL.
+  return struct.pack("<H", len(raw)) + raw
+
+
+_CT2_DTYPE_IDS = {np.dtype(np.float32): 0, np.dtype(np.int16): 2, np.dtype(np.float16): 4}
+
+
+def ct2_bytes(
+  variables: dict[str, np.ndarray],
+  aliases: dict[str, str] = (),
+  spec: str = "WhisperSpec",
+  version: int = 6,
+  bfloat16: tuple[str, ...] = (),
+) -> bytes:
+  """A CTranslate2 `model.bin` (format of `ctranslate2.specs.ModelSpec._serialize`).
+
+  Variables named in `bfloat16` are uint16 bit patterns written as bfloat16 (dtype 5).
+  """
+  out = [struct.pack("<I", version), _ct2_string(spec), struct.pack("<II", 3, len(variables))]
+  for name, value in variables.items():
+    dtype_id = 5 if name in bfloat16 else _CT2_DTYPE_IDS[value.dtype]
+    out += [_ct2_string(name), struct.pack("<B", value.ndim)]
+    out += [struct.pack("<I", d) for d in value.shape]
+    out += [struct.pack("<BI", dtype_id, value.nbytes), value.tobytes()]
+  out.append(struct.pack("<I", len(aliases)))
+  for alias, target in dict(aliases).items():
+    out += [_ct2_string(alias), _ct2_string(target)]
+  return b"".join(out)
+
+
+def random_ct2_variables(dims: whisper_weights.Dims, seed: int = 0) -> dict[str, np.ndarray]:
+  """A random Whisper in CTranslate2's names and PyTorch's layout.
+
+  Matrices are float16 (as faster-whisper's conversions), norms float32, scaled so that
+  attention is far from uniform and a mixed-up projection shows.
+  """
+  rng = np.random.default_rng(seed)
+  w, m = dims.width, dims.num_mels
+
+  def matrix(*shape):
+    fan_in = int(np.prod(shape[1:]))
+    return (rng.standard_normal(shape) * 1.5 / np.sqrt(fan_in)).astype(np.float16)
+
+  bias = lambda n: (0.2 * rng.standard_normal(n)).astype(np.float16)
+  gamma = lambda: (1.0 + 0.2 * rng.standard_normal(w)).astype(np.float32)
+  beta = lambda: (0.2 * rng.standard_normal(w)).astype(np.float32)
+  v = {
+    "encoder/num_heads": np.array(dims.heads, np.int16),
+    "encoder/conv1/weight": matrix(w, m, 3),
+    "encoder/conv1/bias": bias(w),
+    "encoder/conv2/weight": matrix(w, w, 3),
+    "encoder/conv2/bias": bias(w),
+    "encoder/position_encodings/encodings": rng.standard_normal((dims.max_frames, w)).astype(
+      np.float16
+    ),
+  }
+  for i in range(dims.layers):
+    p = f"encoder/layer_{i}/"
+    v[p + "self_attention/layer_norm/gamma"] = gamma()
+    v[p + "self_attention/layer_norm/beta"] = beta()
+    v[p + "self_attention/linear_0/weight"] = matrix(3 * w, w)
+    v[p + "self_attention/linear_0/bias"] = bias(3 * w)
+    v[p + "self_attention/linear_1/weight"] = matrix(w, w)
+    v[p + "self_attention/linear_1/bias"] = bias(w)
+    v[p + "ffn/layer_norm/gamma"] = gamma()
+    v[p + "ffn/layer_norm/beta"] = beta()
+    v[p + "ffn/linear_0/weight"] = matrix(4 * w, w)
+    v[p + "ffn/linear_0/bias"] = bias(4 * w)
+    v[p + "ffn/linear_1/weight"] = matrix(w, 4 * w)
+    v[p + "ffn/linear_1/bias"] = bias(w)
+  v["encoder/layer_norm/gamma"] = gamma()
+  v["encoder/layer_norm/beta"] = beta()
+  v["decoder/embeddings/weight"] = matrix(16, w)  # Not the encoder's: read and left alone.
+  return v
+
+
+CT2_ALIASES = {"decoder/projection/weight": "decoder/embeddings/weight"}  # As real Whisper files.
+
+
+# A tiny Whisper with the full position table (30 s), for end-to-end runs of the Whisper front end.
+TINY_WHISPER = whisper_weights.Dims(num_mels=80, width=32, heads=4, layers=2, max_frames=1500)
+
+
+def write_tiny_whisper(path: str, dims: whisper_weights.Dims = TINY_WHISPER, seed: int = 0) -> str:
+  """A random Whisper `model.bin` (CTranslate2 format) at `path`; returns the path."""
+  with open(path, "wb") as f:
+    f.write(ct2_bytes(random_ct2_variables(dims, seed), CT2_ALIASES))
+  return path

@@ -24,6 +24,7 @@ import os
 import ml_collections
 import numpy as np
 
+from stalign import data
 from stalign import fs
 
 # The command that builds (or rebuilds) every split and the teacher statistics.
@@ -74,7 +75,17 @@ def read_summary(data_dir: str, split: str) -> dict:
 
 
 # Feature settings the stored log-mels and CTC labels are computed with.
-_FEATURE_KEYS = ("sample_rate", "num_mels", "win_ms", "hop_ms", "remove_dc", "ctc_targets")
+_FEATURE_KEYS = (
+  "sample_rate",
+  "num_mels",
+  "win_ms",
+  "hop_ms",
+  "remove_dc",
+  "ctc_targets",
+  "frontend",
+  "whisper_weights",
+  "whisper_layers",
+)
 # What a split whose summary predates recording a value was built with (the only value then);
 # None where there was no single value: such a summary is trusted on it.
 _BUILT_BEFORE_RECORDED = {
@@ -84,10 +95,30 @@ _BUILT_BEFORE_RECORDED = {
   "hop_ms": 10.0,
   "remove_dc": False,
   "ctc_targets": "chars",
+  "frontend": "logmel",
+  "whisper_weights": None,  # Meaningless for log-mel folders: trusted.
+  "whisper_layers": None,
   "train_extra_speeds": (),
   "source": None,
   "train_extra": None,
+  "real_sources": (),  # No real_* split was built before it was recorded.
+  "real_held_out": None,
+  "librispeech_dir": None,
+  "an4_manifest": None,
 }
+
+
+# The real-speech splits (`data.real_split`) and the split of held-out speakers each holds.
+_REAL_SPLITS = {data.real_split(split): split for split in ("valid", "test")}
+
+
+def _sources(config: ml_collections.ConfigDict, split: str) -> tuple[str, ...]:
+  """The sources whose examples `split` holds."""
+  if split in _REAL_SPLITS:
+    return tuple(config.data.real_sources)
+  if split == "train":
+    return (config.data.source, *config.data.train_extra)
+  return (config.data.source,)
 
 
 def built_with(config: ml_collections.ConfigDict, split: str) -> dict:
@@ -96,13 +127,25 @@ def built_with(config: ml_collections.ConfigDict, split: str) -> dict:
   The split's summary records them (`built_with_record`) when it is written, and
   `check_built_with` compares them with the config of every later stage: a folder built for
   other settings would otherwise be trained on with the wrong feature width or labels, or
-  without the recordings a user has just added to `data.train_extra`.
+  without the recordings a user has just added to `data.train_extra`. A split holding a real
+  source (`data.REAL_SOURCES`) depends on the held-out speakers too, and on that source's folder.
   """
   built = {f"features.{key}": config.features[key] for key in _FEATURE_KEYS}
   built["data.source"] = config.data.source
   if split == "train":
     built["data.train_extra"] = tuple(config.data.train_extra)
     built["data.train_extra_speeds"] = tuple(config.data.train_extra_speeds)
+  sources = _sources(config, split)
+  if split in _REAL_SPLITS:
+    built["data.real_sources"] = sources
+  if set(sources) & set(data.REAL_SOURCES):
+    # Train holds every speaker not held out; valid and test (real or not) their own held-out ones.
+    held = ("valid", "test") if split == "train" else (_REAL_SPLITS.get(split, split),)
+    built["data.real_held_out"] = {s: tuple(config.data.real_held_out[s]) for s in held}
+  if "librispeech" in sources:
+    built["data.librispeech_dir"] = config.data.librispeech_dir
+  if "an4" in sources:
+    built["data.an4_manifest"] = config.data.an4_manifest
   return built
 
 
@@ -110,12 +153,23 @@ def _summary_field(key: str) -> str:
   return key.split(".")[-1]
 
 
+def _to_json(value):
+  """Tuples as JSON lists, in dicts too."""
+  if isinstance(value, dict):
+    return {k: _to_json(v) for k, v in value.items()}
+  return list(value) if isinstance(value, tuple) else value
+
+
+def _from_json(value):
+  """JSON lists as the tuples they were written from, in dicts too."""
+  if isinstance(value, dict):
+    return {k: _from_json(v) for k, v in value.items()}
+  return tuple(value) if isinstance(value, list) else value
+
+
 def built_with_record(config: ml_collections.ConfigDict, split: str) -> dict:
   """`built_with` as the split's summary holds it: each key's last part, tuples as JSON lists."""
-  return {
-    _summary_field(key): list(value) if isinstance(value, tuple) else value
-    for key, value in built_with(config, split).items()
-  }
+  return {_summary_field(key): _to_json(value) for key, value in built_with(config, split).items()}
 
 
 def check_built_with(config: ml_collections.ConfigDict, split: str, summary: dict) -> None:
@@ -125,7 +179,7 @@ def check_built_with(config: ml_collections.ConfigDict, split: str, summary: dic
     stored = summary.get(name, _BUILT_BEFORE_RECORDED[name])
     if stored is None:
       continue
-    stored = tuple(stored) if isinstance(stored, list) else stored  # JSON lists tuples.
+    stored = _from_json(stored)  # JSON lists tuples.
     if stored != value:
       raise ValueError(
         f"{config.data_dir} was built with {key}={stored!r} but the config asks for "

@@ -32,7 +32,10 @@ DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "e
 
 
 def read_manifest(path: str) -> Iterator[dict]:
-  """NeMo-style JSONL (`audio_filepath`, `duration`, `text`); paths are relative to the file."""
+  """NeMo-style JSONL (`audio_filepath`, `duration`, `text`); paths are relative to the file.
+
+  A row's `speaker` field (NeMo's) becomes its `speaker` label unless `labels` names one.
+  """
   if not fs.exists(path):
     raise FileNotFoundError(f"manifest {path} does not exist; check data.manifests in the config")
   base = os.path.dirname(fs.abspath(path))
@@ -48,11 +51,14 @@ def read_manifest(path: str) -> Iterator[dict]:
           f"{path}:{line_no}: not a manifest row ({e}); each line must be JSON with "
           "'audio_filepath' and 'text'"
         ) from e
+      labels = row.get("labels", {})
+      if "speaker" in row and "speaker" not in labels:
+        labels = {**labels, "speaker": str(row["speaker"])}
       yield {
         "id": row.get("id", f"{os.path.basename(path)}:{line_no}"),
         "audio_filepath": os.path.join(base, audio_path),
         "text": text,
-        "labels": row.get("labels", {}),
+        "labels": labels,
       }
 
 
@@ -121,6 +127,105 @@ def fsdd_examples(fsdd_dir: str, speakers: Sequence[str] = ()) -> Iterator[dict]
       "audio_filepath": path,
       "text": DIGIT_WORDS[int(digit)],
       "labels": {"digit": int(digit), "speaker": speaker, "domain": "digits"},
+    }
+
+
+def in_real_split(config: ml_collections.ConfigDict, split: str, speaker: str) -> bool:
+  """Whether a real source's `speaker` ("librispeech/1088", "an4/fash") belongs to `split`.
+
+  `data.real_held_out.valid` and `.test` name the speakers of those splits; train is every
+  other speaker, so no voice evaluated as unseen is ever trained on.
+  """
+  held = config.data.real_held_out
+  if split == "train":
+    return speaker not in held.valid and speaker not in held.test
+  if split in ("valid", "test"):
+    return speaker in held[split]
+  raise ValueError(
+    f"real speech sources have train, valid and test splits (data.real_held_out), not {split!r}"
+  )
+
+
+def _speakers_of_split(
+  config: ml_collections.ConfigDict, split: str, examples: Iterator[dict]
+) -> Iterator[dict]:
+  return (ex for ex in examples if in_real_split(config, split, ex["labels"]["speaker"]))
+
+
+_LIBRISPEECH_LAYOUT = (
+  "SUBSET/SPEAKER/CHAPTER/SPEAKER-CHAPTER.trans.txt (lines 'ID TRANSCRIPT') beside ID.flac, "
+  "at any depth below it"
+)
+
+
+@register("librispeech")
+def librispeech(config: ml_collections.ConfigDict, split: str) -> Iterator[dict]:
+  """LibriSpeech subsets extracted under `data.librispeech_dir`; speakers by data.real_held_out."""
+  yield from _speakers_of_split(config, split, librispeech_examples(config.data.librispeech_dir))
+
+
+def librispeech_examples(root: str) -> list[dict]:
+  """Every utterance of the LibriSpeech subsets under `root` (any depth), sorted by id."""
+  transcripts = [
+    path
+    for path in fs.walk_files(root)
+    if path.endswith(".trans.txt")
+    and os.path.basename(path)
+    == "-".join(os.path.normpath(path).split(os.sep)[-3:-1]) + ".trans.txt"
+  ]
+  if not transcripts:
+    raise FileNotFoundError(
+      f"no LibriSpeech transcripts in {root}; set --config.data.librispeech_dir to a folder "
+      f"holding {_LIBRISPEECH_LAYOUT}"
+    )
+  examples = []
+  for path in transcripts:
+    folder = os.path.dirname(path)
+    speaker, chapter = os.path.normpath(folder).split(os.sep)[-2:]
+    for line in fs.read_text(path).splitlines():
+      if not line.strip():
+        continue
+      utterance, _, text = line.strip().partition(" ")
+      examples.append(
+        {
+          "id": f"librispeech/{utterance}",
+          "audio_filepath": os.path.join(folder, f"{utterance}.flac"),
+          "text": text,
+          "labels": {
+            "speaker": f"librispeech/{speaker}",
+            "chapter": chapter,
+            "domain": "librispeech",
+          },
+        }
+      )
+  return sorted(examples, key=lambda ex: ex["id"])
+
+
+@register("an4")
+def an4(config: ml_collections.ConfigDict, split: str) -> Iterator[dict]:
+  """CMU AN4 as a NeMo manifest with speakers (`data.an4_manifest`); by `data.real_held_out`."""
+  yield from _speakers_of_split(config, split, an4_examples(config.data.an4_manifest))
+
+
+def an4_examples(path: str) -> Iterator[dict]:
+  """Every row of an AN4 manifest, its speaker and id prefixed `an4/`."""
+  if not fs.isfile(path):
+    raise FileNotFoundError(
+      f"no AN4 manifest at {path}; set --config.data.an4_manifest to a NeMo JSONL file whose "
+      "lines hold 'audio_filepath' (relative to the file), 'text' and 'speaker'"
+    )
+  for ex in read_manifest(path):
+    speaker = ex["labels"].get("speaker")
+    if speaker is None:
+      raise ValueError(
+        f"{path}: row {ex['id']} has no 'speaker'; the an4 source selects speakers per split "
+        "(data.real_held_out), so every line needs one"
+      )
+    stem = os.path.splitext(os.path.basename(ex["audio_filepath"]))[0]
+    yield {
+      **ex,
+      "id": f"an4/{stem}",
+      "labels": {"speaker": f"an4/{speaker}", "domain": "an4"},
     }
 
 

@@ -1,5 +1,7 @@
 import contextlib
+import json
 import logging
+import os
 from unittest import mock
 
 import numpy as np
@@ -13,6 +15,8 @@ from stalign.data import sources
 from stalign.data import tfrecords
 
 from testdata import tiny_config
+from testdata import write_an4
+from testdata import write_librispeech
 
 
 def _tone(seconds: float, rate: int, dtype=np.int16) -> np.ndarray:
@@ -153,3 +157,117 @@ def test_demo_trains_on_three_fsdd_voices_and_never_on_nicolas():
   assert c.data.train_extra == ("fsdd",) and "nicolas" in c.eval.fsdd_held_out_speakers
   speakers = [ex["labels"]["speaker"] for ex in sources.get("fsdd")(c, "train")]
   assert set(speakers) == {"george", "jackson", "lucas"} and len(speakers) == 1500
+
+
+def _real_config(tmp_path, librispeech_dir="", an4_manifest="", valid=(), test=()):
+  config = tiny_config(str(tmp_path / "data"))
+  config.data.librispeech_dir, config.data.an4_manifest = librispeech_dir, an4_manifest
+  config.data.real_held_out.valid, config.data.real_held_out.test = valid, test
+  return config
+
+
+def test_librispeech_source_reads_every_subset_below_the_folder_and_holds_speakers_out(tmp_path):
+  root = str(tmp_path / "libri")
+  write_librispeech(root, {"32-21625": ["A", "B C"], "1088-134315": ["HE SAID SO"]})
+  write_librispeech(root, {"163-122947": ["D"]}, subset="train-clean-5")
+  # A subset one level deeper, as the LibriSpeech archives extract; other .trans.txt files (not
+  # SPEAKER/CHAPTER/SPEAKER-CHAPTER.trans.txt) are not transcripts of this layout.
+  write_librispeech(os.path.join(root, "LibriSpeech"), {"1737-148": ["E F"]}, subset="dev-clean")
+  open(os.path.join(root, "notes.trans.txt"), "w").write("x-y-0000 NOT A CLIP\n")
+  config = _real_config(
+    tmp_path, librispeech_dir=root, valid=("librispeech/1088",), test=("librispeech/1737", "an4/x")
+  )
+  train = list(sources.get("librispeech")(config, "train"))
+  assert [ex["id"] for ex in train] == [
+    "librispeech/163-122947-0000",
+    "librispeech/32-21625-0000",
+    "librispeech/32-21625-0001",
+  ]  # Sorted by id.
+  first = train[1]
+  assert first["text"] == "A" and os.path.isfile(first["audio_filepath"])
+  assert first["audio_filepath"].endswith("train-clean-5/32/21625/32-21625-0000.flac")
+  assert first["labels"] == {
+    "speaker": "librispeech/32",
+    "chapter": "21625",
+    "domain": "librispeech",
+  }
+  [valid] = sources.get("librispeech")(config, "valid")
+  assert valid["id"] == "librispeech/1088-134315-0000" and valid["text"] == "HE SAID SO"
+  [test] = sources.get("librispeech")(config, "test")
+  assert test["labels"]["speaker"] == "librispeech/1737" and "dev-clean" in test["audio_filepath"]
+  with pytest.raises(ValueError, match="not 'zero_shot'"):
+    next(sources.get("librispeech")(config, "zero_shot"))
+
+
+def test_an4_source_prefixes_speakers_and_holds_them_out_per_split(tmp_path):
+  manifest = write_an4(
+    str(tmp_path / "an4"), {"fash": ["yes", "go"], "mblb": ["stop"], "mcel": ["one two"]}
+  )
+  config = _real_config(tmp_path, an4_manifest=manifest, valid=("an4/fash",), test=("an4/mcel",))
+  got = {split: list(sources.get("an4")(config, split)) for split in ("train", "valid", "test")}
+  assert [ex["text"] for ex in got["valid"]] == ["yes", "go"]
+  [train], [test] = got["train"], got["test"]
+  assert train == {
+    "id": "an4/an100-mblb-b",
+    "audio_filepath": str(tmp_path / "an4" / "wav" / "mblb" / "an100-mblb-b.flac"),
+    "text": "stop",
+    "labels": {"speaker": "an4/mblb", "domain": "an4"},
+  }
+  assert test["labels"]["speaker"] == "an4/mcel"
+
+
+def test_a_manifest_row_speaker_becomes_its_label_unless_labels_name_one(tmp_path):
+  path = tmp_path / "m.jsonl"
+  rows = [
+    {"audio_filepath": "a.wav", "text": "one", "speaker": 7},
+    {"audio_filepath": "b.wav", "text": "two", "speaker": "x", "labels": {"speaker": "y"}},
+    {"audio_filepath": "c.wav", "text": "three"},
+  ]
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  labels = [ex["labels"] for ex in sources.read_manifest(str(path))]
+  assert labels == [{"speaker": "7"}, {"speaker": "y"}, {}]
+
+
+def test_missing_real_folders_are_one_line_naming_the_key_and_the_layout(tmp_path):
+  config = _real_config(
+    tmp_path, librispeech_dir=str(tmp_path / "nowhere"), an4_manifest=str(tmp_path / "m.jsonl")
+  )
+  with pytest.raises(FileNotFoundError) as e:
+    next(sources.get("librispeech")(config, "train"))
+  [line] = str(e.value).splitlines()
+  assert str(tmp_path / "nowhere") in line and "--config.data.librispeech_dir" in line
+  assert "SPEAKER/CHAPTER/SPEAKER-CHAPTER.trans.txt" in line
+  with pytest.raises(FileNotFoundError) as e:
+    next(sources.get("an4")(config, "train"))
+  [line] = str(e.value).splitlines()
+  assert str(tmp_path / "m.jsonl") in line and "--config.data.an4_manifest" in line
+  assert "'speaker'" in line
+  (tmp_path / "m.jsonl").write_text(json.dumps({"audio_filepath": "a.flac", "text": "a"}) + "\n")
+  with pytest.raises(ValueError, match=r"m.jsonl: row m.jsonl:1 has no 'speaker'"):
+    next(sources.get("an4")(config, "train"))
+
+
+@pytest.mark.slow
+def test_the_shared_real_speech_folders_hold_the_demo_held_out_speakers():
+  """The demo's LibriSpeech and AN4 folders: every clip and speaker read, and the held-out
+  speakers of configs/demo.py are theirs, so the real_* splits are not silently empty."""
+  from configs import demo
+
+  from testdata import REPO
+
+  c = demo.get_config()
+  c.data.librispeech_dir = os.path.join(REPO, c.data.librispeech_dir)
+  c.data.an4_manifest = os.path.join(REPO, c.data.an4_manifest)
+  held = set(c.data.real_held_out.valid) | set(c.data.real_held_out.test)
+  for name, clips, speakers in (("librispeech", 656, 20), ("an4", 948, 74)):
+    examples = {split: list(sources.get(name)(c, split)) for split in ("train", "valid", "test")}
+    every = [ex for split in examples.values() for ex in split]
+    assert len(every) == clips and len({ex["id"] for ex in every}) == clips
+    found = {ex["labels"]["speaker"] for ex in every}
+    assert len(found) == speakers and {s for s in held if s.startswith(name)} <= found
+    for split in ("valid", "test"):
+      assert {ex["labels"]["speaker"] for ex in examples[split]} == {
+        s for s in c.data.real_held_out[split] if s.startswith(name + "/")
+      }
+    assert not {ex["labels"]["speaker"] for ex in examples["train"]} & held
+    assert all(os.path.isfile(ex["audio_filepath"]) for ex in every)
