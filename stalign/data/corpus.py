@@ -1,8 +1,10 @@
 r"""Embedded synthetic speech-text corpus: the grammar's sentences spoken by espeak-ng.
 
 The sentences and their labels (lexicon, domains, held-out zero-shot intents)
-come from `stalign.data.grammar`; this module plans each utterance's voice and
-augmentation, renders the audio, and writes the manifests and statistics.
+come from `stalign.data.grammar`, and the train split may add open-vocabulary
+WordNet examples (`stalign.data.wordnet`, domain "wordnet", no other text
+labels); this module plans each utterance's voice and augmentation, renders the
+audio, and writes the manifests and statistics.
 
 Audio: each utterance is synthesised in-process (`stalign.data.espeak`, 22.05
 kHz), resampled to 16 kHz with speed perturbation folded into the same resampling
@@ -52,6 +54,7 @@ import tqdm
 from stalign import data
 from stalign.data import espeak
 from stalign.data import grammar
+from stalign.data import wordnet
 
 SAMPLE_RATE = 16_000
 
@@ -104,15 +107,39 @@ def plan_corpus(config: ml_collections.ConfigDict) -> dict[str, list[Utterance]]
 
   Sentences come from `grammar.plan_sentences`, audio settings from another
   stream of the same utterance RNG, so the plan depends only on the config.
+  `corpus.wordnet_sentences` WordNet examples follow the train split's grammar
+  sentences (`_wordnet_sentences`); the other splits stay grammar-only.
   """
   sizes = {split: int(config[f"num_{split}"]) for split in data.SPLITS + (data.ZERO_SHOT_SPLIT,)}
+  sentences = grammar.plan_sentences(config.seed, sizes)
+  sentences["train"] += [(text, {"domain": "wordnet"}) for text in _wordnet_sentences(config)]
   plan = {}
-  for split, sentences in grammar.plan_sentences(config.seed, sizes).items():
+  for split, split_sentences in sentences.items():
     plan[split] = []
-    for index, (text, labels) in enumerate(sentences):
+    for index, (text, labels) in enumerate(split_sentences):
       rng = grammar.utterance_rng(config.seed, split, index, 1)
       plan[split].append(Utterance(split, index, text, {**labels, **_audio_labels(rng, config)}))
   return plan
+
+
+def _wordnet_sentences(config: ml_collections.ConfigDict) -> list[str]:
+  """`corpus.wordnet_sentences` WordNet examples, drawn without replacement by the corpus seed.
+
+  Read English beyond the grammar's lexicon (`stalign.data.wordnet`). A corpus
+  config from before the key existed has none.
+  """
+  count = int(config.get("wordnet_sentences", 0))
+  if not count:
+    return []
+  examples = wordnet.example_sentences(config.wordnet_dir)
+  if count > len(examples):
+    raise ValueError(
+      f"corpus.wordnet_sentences={count} exceeds the {len(examples)} WordNet examples in "
+      f"{config.wordnet_dir}"
+    )
+  # Its own stream (3), keyed by the seed alone: the grammar's are 0 (text) and 1-2 (audio).
+  rng = grammar.utterance_rng(config.seed, "train", 0, 3)
+  return [examples[i] for i in rng.choice(len(examples), count, replace=False)]
 
 
 # --------------------------------------------------------------------------
@@ -320,6 +347,10 @@ def _settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """What the output depends on, as JSON would read it."""
   settings = config.to_dict()
   settings.pop("workers", None)  # Output is identical for any worker count.
+  if not settings.get("wordnet_sentences"):
+    # No WordNet text: the corpus is the one built before these keys existed, which it matches.
+    settings.pop("wordnet_sentences", None)
+    settings.pop("wordnet_dir", None)
   return json.loads(json.dumps(settings))
 
 
