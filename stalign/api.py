@@ -49,6 +49,7 @@ from stalign.data import audio
 from stalign.data import features as features_lib
 from stalign.data import layout
 from stalign.data import text as text_lib
+from stalign.models import frontend
 from stalign.models import student as student_lib
 from stalign.models import teacher as teacher_lib
 
@@ -156,6 +157,7 @@ class Model:
     self.step = step
     self.target_mean = target_mean if config.loss.centre_targets else np.zeros_like(target_mean)
     self._forward = jax.jit(self._apply)
+    self._feature_dim = frontend.feature_dim(config.features)
 
   @property
   def params(self):
@@ -209,8 +211,8 @@ class Model:
     return utils.unit(utils.unit(speech) * math.sqrt(1 - mean_sq) + self.target_mean)
 
   def features(self, waveform: np.ndarray) -> np.ndarray:
-    """Log-mel frames of a model-rate waveform, exactly as the TFRecord writer stores them."""
-    return features_lib.featurize(waveform, self.config.features)
+    """Frames of a model-rate waveform (`models.frontend`), as the TFRecord writer stores them."""
+    return frontend.featurize(waveform, self.config.features)
 
   def load_waveform(self, item, sample_rate: int = 16_000) -> np.ndarray:
     """A path or an in-memory waveform -> checked mono audio at the model's rate, any length."""
@@ -320,7 +322,7 @@ class Model:
       index = order[start : start + batch_size]
       longest = lengths[index[-1]]
       padded = features_lib.padded_length(longest, buckets, self.config.model.subsample)
-      x = np.zeros((batch_size, padded, self.config.features.num_mels), np.float32)
+      x = np.zeros((batch_size, padded, self._feature_dim), np.float32)
       for row, i in enumerate(index):
         x[row, : lengths[i]] = feats[i]
       n = np.zeros(batch_size, np.int32)

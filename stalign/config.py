@@ -12,6 +12,7 @@ import numbers
 
 import ml_collections
 
+from stalign import data
 from stalign import evaluators
 from stalign.data import sources
 from stalign.data import text as text_lib
@@ -44,6 +45,19 @@ ADDED_KEYS = {
   "data.fsdd_speakers.valid": (),
   "data.fsdd_speakers.test": (),
   "data.train_extra_speeds": (),
+  "features.frontend": "logmel",
+  "features.whisper_weights": "base",
+  "features.whisper_layers": 6,
+  "model.whisper_tuned_layers": 0,
+  "train.pretrained_lr_factor": 0.1,
+  # Real speech by unseen speakers: off for runs saved before it (no real_* split was built).
+  "data.librispeech_dir": "../shared/data/librispeech_mini",
+  "data.an4_manifest": "../shared/data/an4/manifest.jsonl",
+  "data.real_sources": (),
+  "data.real_held_out.valid": (),
+  "data.real_held_out.test": (),
+  "corpus.wordnet_sentences": 0,
+  "corpus.wordnet_dir": ".venv/share/wordnet-3.0",
 }
 
 
@@ -115,6 +129,53 @@ def _above(key: str, value, low) -> None:
     raise ConfigError(f"{key}={value!r} must be a number > {low}")
 
 
+def _validate_whisper(c: ml_collections.ConfigDict) -> None:
+  """The Whisper front end's fixed settings, and the layers it and the student take."""
+  from stalign.models import frontend  # Imported here: reading weights needs the models.
+  from stalign.models import whisper
+  from stalign.models import whisper_weights
+
+  _one_of("features.frontend", c.features.frontend, frontend.FRONTENDS)
+  _at_least("model.whisper_tuned_layers", c.model.whisper_tuned_layers, 0)
+  _above("train.pretrained_lr_factor", c.train.pretrained_lr_factor, 0)
+  if c.features.frontend != "whisper":
+    if c.model.whisper_tuned_layers:
+      raise ConfigError("model.whisper_tuned_layers needs --config.features.frontend=whisper")
+    return
+  fixed = {"sample_rate": whisper.SAMPLE_RATE, "win_ms": 25.0, "hop_ms": 10.0}
+  for key, value in fixed.items():
+    if c.features[key] != value:
+      raise ConfigError(f"features.frontend='whisper' needs features.{key}={value} (Whisper's)")
+  if c.features.max_seconds > 30:
+    raise ConfigError("features.frontend='whisper' reads at most 30 s; set features.max_seconds")
+  try:
+    _, dims = whisper_weights.load(c.features.whisper_weights)
+  except whisper_weights.WeightsError as e:
+    raise ConfigError(f"features.whisper_weights: {e}") from e
+  if c.features.num_mels != dims.num_mels:
+    raise ConfigError(
+      f"features.num_mels={c.features.num_mels}, but Whisper {c.features.whisper_weights} reads "
+      f"{dims.num_mels} mel bands"
+    )
+  used = c.features.whisper_layers + c.model.whisper_tuned_layers
+  if c.features.whisper_layers < 0 or used > dims.layers:
+    raise ConfigError(
+      f"features.whisper_layers={c.features.whisper_layers} frozen + model.whisper_tuned_layers="
+      f"{c.model.whisper_tuned_layers} tuned exceed Whisper {c.features.whisper_weights}'s "
+      f"{dims.layers} layers"
+    )
+  t = c.train
+  if t.channel_augment.warp or t.channel_augment.eq_db or t.channel_augment.lowpass_prob:
+    raise ConfigError(
+      "train.channel_augment acts on log-mel bands, not on Whisper encoder frames; set "
+      "train.channel_augment.warp=0, eq_db=0 and lowpass_prob=0 with features.frontend='whisper'"
+    )
+  if t.spec_augment.freq_masks:
+    raise ConfigError(
+      "train.spec_augment.freq_masks would mask Whisper encoder channels, not mel bands: set 0"
+    )
+
+
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Checks every enum and range of `config`; returns it, or raises ConfigError naming the key."""
   c = config
@@ -127,6 +188,31 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         f"(the clip itself is always kept), got {tuple(c.data.train_extra_speeds)}"
       )
   _above("data.num_shards", c.data.num_shards, 0)
+  _all_of("data.real_sources", c.data.real_sources, data.REAL_SOURCES)
+  held = c.data.real_held_out
+  unprefixed = [s for s in (*held.valid, *held.test) if s.split("/")[0] not in data.REAL_SOURCES]
+  if unprefixed:
+    raise ConfigError(
+      f"data.real_held_out names speakers {unprefixed}; name each as its source labels it, "
+      f"SOURCE/SPEAKER with SOURCE one of {list(data.REAL_SOURCES)} (e.g. 'librispeech/1088')"
+    )
+  both = sorted(set(held.valid) & set(held.test))
+  if both:
+    raise ConfigError(
+      f"data.real_held_out lists {both} in both valid and test; a speaker is held out in one"
+    )
+  if c.data.source in data.REAL_SOURCES:
+    for split in ("valid", "test"):
+      if not any(s.startswith(c.data.source + "/") for s in held[split]):
+        raise ConfigError(
+          f"data.source={c.data.source!r} takes its {split} split from "
+          f"data.real_held_out.{split}, which names none of its speakers"
+        )
+  if c.data.real_sources and c.eval.split not in ("valid", "test"):
+    raise ConfigError(
+      f"data.real_sources is set but eval.split={c.eval.split!r}: real speech by unseen "
+      "speakers is evaluated beside the valid or test split"
+    )
   if c.data.source == "manifest":
     missing = [s for s in ("train", "valid", "test") if not c.data.manifests.get(s)]
     if missing:
@@ -134,7 +220,15 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         "data.source='manifest' needs a manifest per split; set "
         + " ".join(f"--config.data.manifests.{s}=PATH" for s in missing)
       )
-  for key in ("num_train", "num_valid", "num_test", "num_zero_shot", "chunk_size", "workers"):
+  for key in (
+    "num_train",
+    "num_valid",
+    "num_test",
+    "num_zero_shot",
+    "chunk_size",
+    "workers",
+    "wordnet_sentences",
+  ):
     _at_least(f"corpus.{key}", c.corpus[key], 1 if key == "chunk_size" else 0)
   if not c.corpus.voices:
     raise ConfigError("corpus.voices is empty; name at least one espeak-ng voice, e.g. 'en-us'")
@@ -143,6 +237,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   text_lib.vocabulary(c.features.ctc_targets)
   for key in ("sample_rate", "num_mels", "win_ms", "hop_ms", "max_seconds"):
     _above(f"features.{key}", c.features[key], 0)
+  _validate_whisper(c)
 
   _above("input.batch_size", c.input.batch_size, 0)
   if list(c.input.bucket_boundaries) != sorted(set(c.input.bucket_boundaries)) or any(

@@ -30,6 +30,9 @@ import tensorflow as tf
 from stalign.data import features
 from stalign.data import layout
 from stalign.data import tfrecords
+from stalign.models import frontend
+
+_READ_AHEAD_BYTES = 2 << 30  # What the training input may hold in read-ahead buffers.
 
 
 def _keep_tf_off_accelerators() -> None:
@@ -55,7 +58,7 @@ def max_label_length(config: ml_collections.ConfigDict) -> int:
 
 
 def _parse_fn(config: ml_collections.ConfigDict, teacher_dim: int):
-  num_mels = config.features.num_mels
+  num_mels = frontend.feature_dim(config.features)
   max_labels = max_label_length(config)
   spec = {
     "text": tf.io.FixedLenFeature([], tf.string),
@@ -245,6 +248,9 @@ def train_iterator(
   ds = ds.map(lambda b: _pad_to_bucket(b, lengths, config.model)).prefetch(config.input.prefetch)
   options = tf.data.Options()
   options.deterministic = True
+  # tf.data's autotuner otherwise buffers read-ahead batches up to half the host's memory: with
+  # Whisper frames (512 channels every 20 ms, ~100 MB a batch) that grew a CPU run past 8 GB.
+  options.autotune.ram_budget = _READ_AHEAD_BYTES
   ds = ds.with_options(options)
   return ds.as_numpy_iterator()
 

@@ -73,15 +73,28 @@ def make_optimizer(
 ) -> optax.GradientTransformation:
   """AdamW with clipping, optional accumulation, and a guard that skips non-finite updates."""
   t = config.train
-  tx = optax.chain(
-    optax.clip_by_global_norm(t.grad_clip), optax.adamw(schedule, weight_decay=t.weight_decay)
-  )
+  parts = [
+    optax.clip_by_global_norm(t.grad_clip),
+    optax.adamw(schedule, weight_decay=t.weight_decay),
+  ]
+  if config.model.whisper_tuned_layers and t.pretrained_lr_factor != 1:
+    # Pretrained blocks move at a fraction of the fresh head's rate (decay included), so a
+    # few thousand noisy steps on little data refine them rather than overwrite them.
+    parts.append(optax.masked(optax.scale(t.pretrained_lr_factor), is_pretrained))
+  tx = optax.chain(*parts)
   if t.grad_accumulation > 1:
     tx = optax.MultiSteps(tx, every_k_schedule=t.grad_accumulation)
   # Skips (and counts) every update whose gradients are not finite, however
   # many in a row, so the parameters can never be poisoned; the loop reads the
   # counters at log and checkpoint steps and stops a run that keeps failing.
   return optax.apply_if_finite(tx, max_consecutive_errors=np.iinfo(np.int32).max)
+
+
+def is_pretrained(params):
+  """True for each parameter of the student's pretrained Whisper blocks (`Student.whisper`)."""
+  return jax.tree_util.tree_map_with_path(
+    lambda path, _: getattr(path[0], "key", None) == "whisper", params
+  )
 
 
 # --------------------------------------------------------------------- losses
@@ -481,6 +494,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       )
     else:
       logging.info("starting from scratch (seed %d)", config.seed)
+    f = config.features
+    if f.frontend == "whisper":
+      tuned = config.model.whisper_tuned_layers
+      logging.info(
+        "Whisper %s: blocks 0-%d frozen (in the data), %d more fine-tuned from it at %g x lr",
+        f.whisper_weights,
+        f.whisper_layers - 1,
+        tuned,
+        config.train.pretrained_lr_factor if tuned else 0,
+      )
   train_iter = input_pipeline.train_iterator(config, "train", teacher_dim, position)
 
   # ------------------------------------------------------------- evaluators

@@ -220,3 +220,21 @@ def test_accelerator_benchmark_skips_on_cpus_and_counts_the_unrolled_models_flop
   assert result["utterances_per_s"] > 0 and result["mfu_over_matmul_peak"] > 0
   assert result["compile_s"] > 0
   _assert_ratios(out, 1)
+
+
+def test_cascade_benchmark_measures_our_row_and_says_how_to_enable_the_cascade(
+  tiny_run, tmp_path, monkeypatch
+):
+  from bench import cascade
+
+  monkeypatch.delenv(cascade.TORCH_PYTHON_ENV, raising=False)
+  assert "make demo" in cascade.run(run_dir=str(tmp_path))["skipped"]  # No run, no interpreter.
+  out = cascade.run(run_dir=tiny_run, max_clips=2)
+  assert "pip install torch==2.13.0" in out["rows"]["cascade"]["skipped"]
+  assert out["clips"] == {"librispeech": 2, "an4": 2} and out["gallery"]["all"] == 4
+  ours = out["rows"]["ours"]
+  assert ours["audio_seconds_per_s"]["all"] > 0 and len(ours["seconds"]["an4"]) == 1
+  for space in ("speech_to_text", "speech_to_text_teacher_space"):
+    assert ours[space]["all"]["queries"] == 4 and 0 <= ours[space]["all"]["recall_at_1"] <= 1
+  assert out["load"]["other_processes_cores_busy"] >= 0 and out["ratios"] == []
+  assert cascade.word_errors("Hello, world!", "hello there world") == (1, 3)

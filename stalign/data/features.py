@@ -81,9 +81,18 @@ def featurize(wave: np.ndarray, config: ml_collections.ConfigDict) -> np.ndarray
   return feats[: num_frames(wave.size, hop)].astype(np.float16)
 
 
+def frame_ms(config: ml_collections.ConfigDict) -> float:
+  """Milliseconds between stored frames: the log-mel hop, or twice it after Whisper's encoder.
+
+  Whisper's second convolution has stride 2 (`stalign.models.frontend`), so its frames come
+  every 20 ms; bucket boundaries and clip lengths in frames count these.
+  """
+  return config.hop_ms * (2 if config.frontend == "whisper" else 1)
+
+
 def bucket_lengths(config: ml_collections.ConfigDict) -> tuple[int, ...]:
-  """Padded lengths in feature frames; the last one fits the longest allowed utterance."""
-  longest = int(config.features.max_seconds * 1000 / config.features.hop_ms) + 1
+  """Padded lengths in stored frames; the last one fits the longest allowed utterance."""
+  longest = int(config.features.max_seconds * 1000 / frame_ms(config.features)) + 1
   lengths = sorted({*config.input.bucket_boundaries, longest})
   # Multiples of the frame stacking, so every bucket stacks into whole encoder frames.
   return tuple(utils.round_up(b, config.model.subsample) for b in lengths if b <= longest)

@@ -1,5 +1,10 @@
 """The student: a Conformer speech encoder with a CTC head and an utterance head.
 
+Its input is what `stalign.models.frontend` stores: log-mel frames (the
+from-scratch Conformer), or the frames of a frozen pretrained Whisper encoder,
+in which case the Conformer is a small head on a large pretrained body, and
+`model.whisper_tuned_layers` more Whisper blocks can be fine-tuned in front of it.
+
 Log-mel frames are stacked `subsample` at a time (8 x 10 ms = 80 ms per encoder
 frame by default) and projected to the model width; calibration on a CPU
 budget showed that fewer, wider frames are what lets a small encoder learn in
@@ -20,6 +25,9 @@ import ml_collections
 
 from stalign import utils
 from stalign.data import text as text_lib
+from stalign.models import frontend
+from stalign.models import whisper
+from stalign.models import whisper_weights
 from stalign.sharding import constrain
 from stalign.sharding import logical
 
@@ -139,6 +147,14 @@ def _sinusoids(length: int, dim: int) -> jax.Array:
   return jnp.concatenate([jnp.sin(pos * freqs), jnp.cos(pos * freqs)], axis=-1)[:, :dim]
 
 
+def _whisper_blocks(pretrained: tuple[str, int], count: int, rngs: nnx.Rngs) -> whisper.Blocks:
+  """`count` Whisper blocks from block `pretrained[1]` of weights `pretrained[0]`, loaded."""
+  flat, dims = whisper_weights.load(pretrained[0])
+  blocks = whisper.Blocks(dims, pretrained[1], count, rngs)
+  whisper.load_pretrained(blocks, flat, first_block=pretrained[1])
+  return blocks
+
+
 class Student(nnx.Module):
   """Speech encoder; `__call__` returns utterance embeddings, CTC logits and their masks."""
 
@@ -150,8 +166,16 @@ class Student(nnx.Module):
     vocab_size: int,
     temperature: float,
     rngs: nnx.Rngs,
+    pretrained: tuple[str, int] | None = None,
   ):
+    """`pretrained` = (Whisper weights, first block): `config.whisper_tuned_layers` Whisper blocks
+    from that one on run first, warm-started from the weights (regime b's ASR pretraining)."""
     dim = config.dim
+    self.whisper = (
+      None
+      if not config.whisper_tuned_layers
+      else _whisper_blocks(pretrained, config.whisper_tuned_layers, rngs)
+    )
     self.subsample = config.subsample
     self.scan_blocks = config.scan_blocks
     self.remat = config.remat
@@ -223,6 +247,8 @@ class Student(nnx.Module):
     batch, length, mels = features.shape
     mask = self.frame_mask(num_frames, length)
     real = jnp.arange(length)[None, :] < num_frames[:, None]
+    if self.whisper is not None:
+      features = self.whisper(features, real)
     x = (features * real[..., None]).reshape(batch, length // self.subsample, mels * self.subsample)
     x = self.frontend(self.input_norm(x)) + _sinusoids(x.shape[1], self.frontend.out_features)
     x = constrain(self.dropout(x, rngs=rngs) * mask[..., None], "batch", "length", None)
@@ -257,9 +283,12 @@ def build(config: ml_collections.ConfigDict, embed_dim: int, seed: int = 0) -> S
   """
   return Student(
     config.model,
-    config.features.num_mels,
+    frontend.feature_dim(config.features),
     embed_dim,
     text_lib.vocab_size(config.features.ctc_targets),
     config.loss.temperature,
     nnx.Rngs(seed),
+    pretrained=(config.features.whisper_weights, config.features.whisper_layers)
+    if config.model.whisper_tuned_layers
+    else None,
   )
