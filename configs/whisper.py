@@ -23,8 +23,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.corpus.num_train = 240 if tiny else 3_000
   c.data.train_extra = () if tiny else ("fsdd", "librispeech", "an4")
   c.features.frontend = "whisper"
-  c.features.whisper_weights = "base"
-  c.features.whisper_layers = 6
+  # Whisper base (20.6M-parameter encoder), all 6 blocks; `:tiny` takes tiny.en's first block.
+  c.features.whisper_weights = "tiny.en" if tiny else "base"
+  c.features.whisper_layers = 1 if tiny else 6
   c.features.max_seconds = 20.0  # LibriSpeech's sentences run to 17 s.
   # Stored frames every 20 ms: FSDD digits, commands, synthetic sentences, read sentences.
   c.input.bucket_boundaries = (50, 100, 150, 200, 300, 450, 650)

@@ -22,6 +22,8 @@ import pytest
 from stalign import config as config_lib
 from stalign.data import features as features_lib
 from stalign.models import student as student_lib
+from stalign.models import whisper
+from stalign.models import whisper_weights
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = ("tpu_multitask", "tpu_asr_pretrain", "tpu_distill")
@@ -114,6 +116,175 @@ def test_full_config_fits_the_slices_it_is_sized_for(slice_name):
   assert buckets[-1] >= 3500 and all(b % c.model.subsample == 0 for b in buckets)
 
 
+# ------------------------------------------------- configs/tpu_whisper.py (Hugging Face Whisper)
+
+# Tiny random Hugging Face Whisper (2 blocks of width 64; a 100-frame position table, 2 s): it can
+# stand in for Whisper small's structure, never for its sizes.
+WHISPER_FIXTURE = os.path.join(REPO, "tests", "fixtures", "whisper_tiny_hf")
+# openai/whisper-small's encoder (its config.json), which the full config is sized for.
+WHISPER_SMALL = whisper_weights.Dims(num_mels=80, width=768, heads=12, layers=12, max_frames=1500)
+
+
+@pytest.mark.parametrize("arg", ["runlocal", "runlocal,seed=3"])
+def test_whisper_runlocal_validates_and_is_tiny(arg):
+  """runlocal needs no download: the packaged tiny.en weights."""
+  c = config_lib.validate(_config("tpu_whisper", arg))
+  assert c.features.whisper_weights == "tiny.en"
+  assert _config("tpu_whisper", "tiny").to_dict() == _config("tpu_whisper", "runlocal").to_dict()
+
+
+def test_full_whisper_config_names_its_missing_weights_and_how_to_fetch_them(tmp_path):
+  """The full config reads a Hugging Face folder fetched by hand; absent, validation (and the
+  command line) stops in one line naming the folder and the command that fetches one."""
+  c = _config("tpu_whisper")
+  assert c.features.whisper_weights == "checkpoints/whisper-small"
+  doc = importlib.import_module("configs.tpu_whisper").__doc__
+  assert "huggingface-cli download openai/whisper-small" in doc
+  assert "--local-dir checkpoints/whisper-small" in doc
+  default = os.path.join(REPO, c.features.whisper_weights)
+  if os.path.isdir(default):  # Fetched here: the full config validates against the real weights.
+    c.features.whisper_weights = default
+    config_lib.validate(c)
+  missing = str(tmp_path / "whisper-small")
+  c.features.whisper_weights = missing
+  with pytest.raises(config_lib.ConfigError) as err:
+    config_lib.validate(c)
+  message = str(err.value)
+  assert "\n" not in message and missing in message, message
+  assert "huggingface-cli download openai/whisper-small" in message, message
+  out = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "stalign.main",
+      "--config=configs/tpu_whisper.py",
+      f"--workdir={tmp_path / 'run'}",
+      f"--config.features.whisper_weights={missing}",
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  lines = out.stderr.strip().splitlines()
+  assert out.returncode == 2 and lines[-1].startswith("error: features.whisper_weights"), lines
+  assert missing in lines[-1] and not (tmp_path / "run").exists()
+
+
+def test_full_whisper_config_builds_its_structure_on_the_tiny_hf_fixture():
+  """The full config with the fixture's 2 blocks in Whisper small's place: 1 frozen, 1 tuned
+  (rematerialised, warm-started, Whisper's final norm after it) under the full head."""
+  c = _config("tpu_whisper")
+  c.features.whisper_weights = WHISPER_FIXTURE
+  c.features.whisper_layers = c.model.whisper_tuned_layers = 1
+  config_lib.validate(c)
+  model = nnx.eval_shape(lambda: student_lib.build(c, TEACHER_DIM))
+  assert model.whisper.remat and model.whisper.first == 1 and len(model.whisper.blocks) == 1
+  assert model.whisper.final_norm is not None
+  assert model.frontend.in_features == 64 * c.model.subsample  # Stacked 20 ms Whisper frames.
+  assert len(model.blocks) == c.model.depth and model.frontend.out_features == c.model.dim
+
+
+def test_full_whisper_student_has_the_parameters_its_docstring_says():
+  """From Whisper small's shape alone (no weights): its tuned blocks and the head on its frames."""
+  c = _config("tpu_whisper")
+  first, tuned = c.features.whisper_layers, c.model.whisper_tuned_layers
+  assert first + tuned == WHISPER_SMALL.layers and 0 < first and 0 < tuned  # Frozen, then tuned.
+  count = lambda module: sum(x.size for x in jax.tree.leaves(nnx.state(module)))
+  blocks = count(nnx.eval_shape(lambda: whisper.Blocks(WHISPER_SMALL, first, tuned, nnx.Rngs(0))))
+  # The head reads 768-wide frames: built as a student of 768 log-mel bands, it is the same head.
+  head_config = _config("tpu_whisper")
+  head_config.features.frontend = "logmel"
+  head_config.features.num_mels = WHISPER_SMALL.width
+  head_config.model.whisper_tuned_layers = 0
+  head = count(nnx.eval_shape(lambda: student_lib.build(head_config, TEACHER_DIM)))
+  doc = importlib.import_module("configs.tpu_whisper").__doc__
+  for figure in (head, blocks, head + blocks):
+    assert f"{figure:,}" in doc, (head, blocks)
+
+
+def test_full_whisper_config_keeps_tpu_multitask_data_mesh_and_batch():
+  full, multitask = _config("tpu_whisper"), _config("tpu_multitask")
+  for key in (
+    "data.source",
+    "data.tfds_name",
+    "data.tfds_splits",
+    "data.num_shards",
+    "mesh",
+    "sharding_rules",
+    "teacher",
+    "loss",
+    "train.steps",
+    "train.lr",
+    "train.warmup_steps",
+    "train.compute_dtype",
+    "eval",
+  ):
+    assert _get(full, key) == _get(multitask, key), key
+  assert full.data_dir != multitask.data_dir  # Other frames: another data folder.
+  assert full.features.frontend == "whisper" and full.features.max_seconds == 30.0
+  # Whisper's front end: time masks only, no channel augmentation (validation refuses the rest).
+  spec, channel = full.train.spec_augment, full.train.channel_augment
+  assert spec.freq_masks == 0 and spec.time_masks > 0
+  assert not (channel.warp or channel.eq_db or channel.lowpass_prob)
+  # Buckets: tpu_multitask's in seconds, counted in 20 ms frames; the last holds 30 s.
+  ms = features_lib.frame_ms(full.features)
+  assert ms == 20.0
+  seconds = lambda c: [b * features_lib.frame_ms(c.features) for b in c.input.bucket_boundaries]
+  assert seconds(full) == seconds(multitask)  # In milliseconds.
+  buckets = features_lib.bucket_lengths(full)
+  assert buckets[-1] * ms >= 30_000 and all(b % full.model.subsample == 0 for b in buckets)
+  # FSDP splits every `embed` axis: Whisper small's width and the head's must divide.
+  fsdp = full.mesh.fsdp
+  assert WHISPER_SMALL.width % fsdp == 0 and full.model.dim % fsdp == 0
+  assert full.model.dim % full.model.heads == 0 and full.model.remat
+
+
+# Chips, GiB of HBM per chip, and the global batch configs/tpu_whisper.py's docstring gives each.
+WHISPER_SLICES = {"v4-32": (16, 32, 128), "v5e-32": (32, 16, 128), "v5e-16": (16, 16, 64)}
+
+
+@pytest.mark.parametrize("slice_name", sorted(WHISPER_SLICES))
+def test_full_whisper_config_fits_the_slices_its_docstring_names(slice_name):
+  """Whole rows per chip within XLA's planned upper bound at the 30 s bucket: 47.1 GB for 16
+  utterances (the docstring), ~2.9 GB each, which must fit the chip's HBM even if remat saved
+  nothing."""
+  chips, hbm_gib, batch_size = WHISPER_SLICES[slice_name]
+  c = _config("tpu_whisper")
+  doc = importlib.import_module("configs.tpu_whisper").__doc__
+  assert "47.1 GB" in doc and slice_name in doc.replace("\n  ", " ")
+  assert batch_size in (c.input.batch_size, c.input.batch_size // 2)
+  assert batch_size % chips == 0 and chips % c.mesh.fsdp == 0
+  assert batch_size // chips * 47.1e9 / 16 < hbm_gib * 2**30
+
+
+def test_whisper_runlocal_shrinks_sizes_but_keeps_the_code_paths():
+  full, local = _config("tpu_whisper"), _config("tpu_whisper", "runlocal")
+  for key in (
+    "data.source",
+    "data.tfds_name",
+    "data.tfds_splits",
+    "features.frontend",
+    "train.compute_dtype",
+    "train.pretrained_lr_factor",
+    "train.spec_augment.freq_masks",
+    "train.spec_augment.time_masks",
+    "train.channel_augment",
+    "loss",
+    "sharding_rules",
+    "eval.evaluators",
+    "eval.split",
+    "model.subsample",
+    "model.ctc_upsample",
+    "model.remat",
+    "model.scan_blocks",
+  ):
+    assert _get(full, key) == _get(local, key), key
+  assert (local.features.whisper_layers, local.model.whisper_tuned_layers) == (1, 1)
+  assert len(features_lib.bucket_lengths(local)) <= 2 and local.train.steps <= 10
+  assert local.mesh.to_dict() == {"data": -1, "fsdp": 1, "model": 1}
+
+
 # ---------------------------------------------------------------- end to end
 
 # TFDS split -> (utterances, first speaker id): LibriSpeech's subsets have disjoint speakers.
@@ -183,7 +354,7 @@ def librispeech(tmp_path_factory):
   return root
 
 
-def _main(config: str, workdir, root, *args: str):
+def _main(config: str, workdir, root, *args: str, data: str = "data"):
   out = subprocess.run(
     [
       sys.executable,
@@ -191,7 +362,7 @@ def _main(config: str, workdir, root, *args: str):
       "stalign.main",
       f"--config={config}",
       f"--workdir={workdir}",
-      f"--config.data_dir={root / 'data'}",
+      f"--config.data_dir={root / data}",
       f"--config.data.tfds_dir={root / 'tfds'}",
       "--compilation_cache=",
       "--verbosity=0",
@@ -249,3 +420,41 @@ def test_every_tpu_config_runs_locally_on_tfds_librispeech(librispeech, tmp_path
   assert "train: step 6 of 6" in out.stdout
   assert f"initialised params from {asr}" in out.stderr
   assert "loss_ctc" not in json.load(open(distill / "train_history.json"))["train"][-1]
+
+
+@pytest.mark.slow
+def test_whisper_runlocal_runs_end_to_end_on_tfds_librispeech(librispeech, tmp_path):
+  """tpu_whisper:runlocal: Whisper tiny.en's block 0 frozen into its own data folder, block 1
+  fine-tuned from the weights under a Conformer head, then evaluated, from the same TFDS data."""
+  root = librispeech
+  run = tmp_path / "whisper"
+  out = _main("configs/tpu_whisper.py:runlocal", run, root, data="data_whisper")
+  for line in ("data: train 15 utterances", "train: step 6 of 6", "speech to text R@1"):
+    assert line in out.stdout, out.stdout
+  assert "Whisper tiny.en: blocks 0-0 frozen (in the data), 1 more fine-tuned from it at 0.05" in (
+    out.stderr
+  )
+
+  train = json.load(open(root / "data_whisper" / "tfrecords" / "train.summary.json"))
+  assert train["read"] == 16 and train["written"] == 15
+  assert train["skipped"] == {"AudioError: 5.0 s is longer than features.max_seconds=4.0": 1}
+  assert (train["frontend"], train["whisper_weights"], train["whisper_layers"]) == (
+    "whisper",
+    "tiny.en",
+    1,
+  )
+  history = json.load(open(run / "train_history.json"))
+  assert [h["step"] for h in history["valid"]] == [3, 6]
+  assert all(np.isfinite(h["loss"]) for h in history["train"])
+  assert all(k in history["train"][-1] for k in ("loss_distill", "loss_ctc"))
+  report = json.load(open(run / "report.json"))
+  assert report["utterances"] == 8 and report["retrieval"]["speech_to_text"]["gallery"] == 8
+
+  # The tuned block started from tiny.en's block 1 and trained: near it, not equal to it.
+  import stalign
+
+  flat, _ = whisper_weights.load("tiny.en")
+  tuned = np.asarray(stalign.load(str(run)).params["whisper"]["blocks"][0]["fc1"]["kernel"][...])
+  pretrained = flat["blocks/1/fc1/kernel"]
+  assert tuned.shape == pretrained.shape and not np.array_equal(tuned, pretrained)
+  assert np.abs(tuned - pretrained).max() < 0.01 * np.abs(pretrained).max()

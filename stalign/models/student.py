@@ -147,10 +147,12 @@ def _sinusoids(length: int, dim: int) -> jax.Array:
   return jnp.concatenate([jnp.sin(pos * freqs), jnp.cos(pos * freqs)], axis=-1)[:, :dim]
 
 
-def _whisper_blocks(pretrained: tuple[str, int], count: int, rngs: nnx.Rngs) -> whisper.Blocks:
+def _whisper_blocks(
+  pretrained: tuple[str, int], count: int, rngs: nnx.Rngs, remat: bool = False
+) -> whisper.Blocks:
   """`count` Whisper blocks from block `pretrained[1]` of weights `pretrained[0]`, loaded."""
   flat, dims = whisper_weights.load(pretrained[0])
-  blocks = whisper.Blocks(dims, pretrained[1], count, rngs)
+  blocks = whisper.Blocks(dims, pretrained[1], count, rngs, remat)
   whisper.load_pretrained(blocks, flat, first_block=pretrained[1])
   return blocks
 
@@ -174,7 +176,7 @@ class Student(nnx.Module):
     self.whisper = (
       None
       if not config.whisper_tuned_layers
-      else _whisper_blocks(pretrained, config.whisper_tuned_layers, rngs)
+      else _whisper_blocks(pretrained, config.whisper_tuned_layers, rngs, config.remat)
     )
     self.subsample = config.subsample
     self.scan_blocks = config.scan_blocks

@@ -175,16 +175,29 @@ class Encoder(nnx.Module):
 
 
 class Blocks(nnx.Module):
-  """Whisper blocks `first`.. `first + count - 1` on an earlier block's output (tuned part)."""
+  """Whisper blocks `first`.. `first + count - 1` on an earlier block's output (tuned part).
 
-  def __init__(self, dims: whisper_weights.Dims, first: int, count: int, rngs: nnx.Rngs):
+  `remat` (`model.remat`) recomputes each block's activations in the backward
+  pass instead of keeping them, as the Conformer's blocks do: a tuned block then
+  holds only its input ([batch, frames, width]) between the passes, not its
+  attention scores ([batch, heads, frames, frames]) and 4x-wide MLP. The blocks
+  are unrolled, not scanned.
+  """
+
+  def __init__(
+    self, dims: whisper_weights.Dims, first: int, count: int, rngs: nnx.Rngs, remat: bool = False
+  ):
     self.first = first
+    self.remat = remat
     self.blocks = nnx.List([Block(dims.width, dims.heads, rngs) for _ in range(count)])
     self.final_norm = _norm(dims.width, rngs) if first + count == dims.layers else None
 
   def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
+    block_fn = lambda block, h, m: block(h, m)
+    if self.remat:
+      block_fn = nnx.remat(block_fn)
     for block in self.blocks:
-      x = block(x, mask)
+      x = block_fn(block, x, mask)
     if self.final_norm is not None:
       x = self.final_norm(x)
     return x * mask[..., None]

@@ -328,7 +328,9 @@ def load(weights: str) -> tuple[dict[str, np.ndarray], Dims]:
   if not os.path.exists(weights):
     raise WeightsError(
       f"Whisper weights {weights!r} not found: use one of {sorted(PACKAGED)}, a CTranslate2 "
-      "model.bin (or its folder), or a Hugging Face folder with config.json and model.safetensors"
+      "model.bin (or its folder), or a Hugging Face folder with config.json and model.safetensors "
+      "(fetch one where there is network, e.g. `huggingface-cli download openai/whisper-small "
+      "--local-dir DIR`, and copy DIR to every machine: nothing downloads at run time)"
     )
   with open(weights, "rb") as f:
     return _ct2_to_flax(read_ct2(f.read(), weights))
