@@ -40,8 +40,10 @@ endif
 
 install: $(STAMP) $(WORDNET_STAMP)
 
+# The real-speech recipe: a frozen pretrained Whisper encoder under a trained head (README).
+# The from-scratch Conformer on synthetic speech: --config=configs/demo.py.
 demo: install
-	$(PY) -m stalign.main --config=configs/demo.py --workdir=runs/demo
+	$(PY) -m stalign.main --config=configs/whisper.py --workdir=runs/demo
 
 test: install lint
 	$(PY) -m pytest -n 2 tests

