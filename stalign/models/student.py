@@ -26,6 +26,7 @@ import ml_collections
 from stalign import utils
 from stalign.data import text as text_lib
 from stalign.models import frontend
+from stalign.models import layers
 from stalign.models import whisper
 from stalign.models import whisper_weights
 from stalign.sharding import constrain
@@ -33,26 +34,13 @@ from stalign.sharding import logical
 
 _init = nnx.initializers.xavier_uniform()
 _zeros = nnx.initializers.zeros_init()
-_ones = nnx.initializers.ones_init()
-
-
-def _dense(din: int, dout: int, names: tuple, rngs: nnx.Rngs) -> nnx.Linear:
-  return nnx.Linear(
-    din, dout, kernel_init=logical(_init, *names), bias_init=logical(_zeros, names[-1]), rngs=rngs
-  )
-
-
-def _norm(dim: int, rngs: nnx.Rngs) -> nnx.LayerNorm:
-  return nnx.LayerNorm(
-    dim, scale_init=logical(_ones, "embed"), bias_init=logical(_zeros, "embed"), rngs=rngs
-  )
 
 
 class FeedForward(nnx.Module):
   def __init__(self, dim: int, mult: int, dropout: float, rngs: nnx.Rngs):
-    self.norm = _norm(dim, rngs)
-    self.up = _dense(dim, mult * dim, ("embed", "mlp"), rngs)
-    self.down = _dense(mult * dim, dim, ("mlp", "embed"), rngs)
+    self.norm = layers.norm(dim, rngs)
+    self.up = layers.dense(dim, mult * dim, ("embed", "mlp"), rngs)
+    self.down = layers.dense(mult * dim, dim, ("mlp", "embed"), rngs)
     self.dropout = nnx.Dropout(dropout)
 
   def __call__(self, x, rngs):
@@ -62,7 +50,7 @@ class FeedForward(nnx.Module):
 
 class SelfAttention(nnx.Module):
   def __init__(self, dim: int, heads: int, dropout: float, rngs: nnx.Rngs):
-    self.norm = _norm(dim, rngs)
+    self.norm = layers.norm(dim, rngs)
     self.attn = nnx.MultiHeadAttention(
       num_heads=heads,
       in_features=dim,
@@ -110,11 +98,11 @@ class ConvModule(nnx.Module):
   """Pointwise GLU, depthwise conv, LayerNorm (not BatchNorm: padding-safe), swish, pointwise."""
 
   def __init__(self, dim: int, kernel: int, dropout: float, rngs: nnx.Rngs):
-    self.norm = _norm(dim, rngs)
-    self.glu = _dense(dim, 2 * dim, ("embed", "mlp"), rngs)
+    self.norm = layers.norm(dim, rngs)
+    self.glu = layers.dense(dim, 2 * dim, ("embed", "mlp"), rngs)
     self.depthwise = DepthwiseConv(dim, kernel, rngs)
-    self.conv_norm = _norm(dim, rngs)
-    self.out = _dense(dim, dim, ("mlp", "embed"), rngs)
+    self.conv_norm = layers.norm(dim, rngs)
+    self.out = layers.dense(dim, dim, ("mlp", "embed"), rngs)
     self.dropout = nnx.Dropout(dropout)
 
   def __call__(self, x, mask, rngs):
@@ -131,7 +119,7 @@ class ConformerBlock(nnx.Module):
     self.attn = SelfAttention(dim, heads, dropout, rngs)
     self.conv = ConvModule(dim, kernel, dropout, rngs)
     self.ff2 = FeedForward(dim, ff_mult, dropout, rngs)
-    self.norm = _norm(dim, rngs)
+    self.norm = layers.norm(dim, rngs)
 
   def __call__(self, x, mask, rngs):
     x = x + 0.5 * self.ff1(x, rngs)
@@ -183,7 +171,7 @@ class Student(nnx.Module):
     self.remat = config.remat
     self.ctc_layer = config.ctc_layer % config.depth
     self.input_norm = nnx.LayerNorm(num_mels * config.subsample, rngs=rngs)
-    self.frontend = _dense(num_mels * config.subsample, dim, (None, "embed"), rngs)
+    self.frontend = layers.dense(num_mels * config.subsample, dim, (None, "embed"), rngs)
     self.blocks = nnx.List(
       [
         ConformerBlock(dim, config.heads, config.conv_kernel, config.ff_mult, config.dropout, rngs)
@@ -193,13 +181,13 @@ class Student(nnx.Module):
     # CTC reads `ctc_upsample` outputs per encoder frame: characters come faster than 80 ms.
     self.ctc_upsample = config.ctc_upsample
     self.vocab_size = vocab_size
-    self.ctc_head = _dense(dim, config.ctc_upsample * vocab_size, ("embed", "vocab"), rngs)
+    self.ctc_head = layers.dense(dim, config.ctc_upsample * vocab_size, ("embed", "vocab"), rngs)
     # Attentive pooling learns which frames matter; mean pooling weighs all real frames alike.
     self.pool_score = (
-      _dense(dim, 1, ("embed", None), rngs) if config.pooling == "attention" else None
+      layers.dense(dim, 1, ("embed", None), rngs) if config.pooling == "attention" else None
     )
-    self.pool_hidden = _dense(dim, dim, ("embed", "mlp"), rngs)
-    self.pool_out = _dense(dim, embed_dim, ("mlp", None), rngs)
+    self.pool_hidden = layers.dense(dim, dim, ("embed", "mlp"), rngs)
+    self.pool_out = layers.dense(dim, embed_dim, ("mlp", None), rngs)
     self.dropout = nnx.Dropout(config.dropout)
     # The contrastive loss's temperature is learned with the model (as CLIP's logit scale).
     self.log_temperature = nnx.Param(jnp.log(jnp.float32(temperature)))

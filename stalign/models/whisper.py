@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import librosa
 import numpy as np
 
+from stalign.models import layers as layers_lib
 from stalign.models import whisper_weights
 from stalign.sharding import constrain
 from stalign.sharding import logical
@@ -66,25 +67,8 @@ def encoder_frames(mel_frames: jax.Array) -> jax.Array:
   return (mel_frames + 1) // 2
 
 
-_zeros = nnx.initializers.zeros_init()
-_ones = nnx.initializers.ones_init()
 _init = nnx.initializers.xavier_uniform()
-
-
-def _dense(din: int, dout: int, names: tuple, rngs: nnx.Rngs) -> nnx.Linear:
-  return nnx.Linear(
-    din, dout, kernel_init=logical(_init, *names), bias_init=logical(_zeros, names[-1]), rngs=rngs
-  )
-
-
-def _norm(dim: int, rngs: nnx.Rngs) -> nnx.LayerNorm:
-  return nnx.LayerNorm(
-    dim,
-    epsilon=LAYER_NORM_EPS,
-    scale_init=logical(_ones, "embed"),
-    bias_init=logical(_zeros, "embed"),
-    rngs=rngs,
-  )
+_zeros = nnx.initializers.zeros_init()
 
 
 class Attention(nnx.Module):
@@ -92,10 +76,10 @@ class Attention(nnx.Module):
 
   def __init__(self, width: int, heads: int, rngs: nnx.Rngs):
     self.heads = heads
-    self.query = _dense(width, width, ("embed", "heads"), rngs)
-    self.key = _dense(width, width, ("embed", "heads"), rngs)
-    self.value = _dense(width, width, ("embed", "heads"), rngs)
-    self.out = _dense(width, width, ("heads", "embed"), rngs)
+    self.query = layers_lib.dense(width, width, ("embed", "heads"), rngs)
+    self.key = layers_lib.dense(width, width, ("embed", "heads"), rngs)
+    self.value = layers_lib.dense(width, width, ("embed", "heads"), rngs)
+    self.out = layers_lib.dense(width, width, ("heads", "embed"), rngs)
 
   def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
     batch, length, width = x.shape
@@ -110,11 +94,11 @@ class Block(nnx.Module):
   """Pre-norm residual attention and a 4x GELU MLP."""
 
   def __init__(self, width: int, heads: int, rngs: nnx.Rngs):
-    self.attn_norm = _norm(width, rngs)
+    self.attn_norm = layers_lib.norm(width, rngs, LAYER_NORM_EPS)
     self.attn = Attention(width, heads, rngs)
-    self.mlp_norm = _norm(width, rngs)
-    self.fc1 = _dense(width, 4 * width, ("embed", "mlp"), rngs)
-    self.fc2 = _dense(4 * width, width, ("mlp", "embed"), rngs)
+    self.mlp_norm = layers_lib.norm(width, rngs, LAYER_NORM_EPS)
+    self.fc1 = layers_lib.dense(width, 4 * width, ("embed", "mlp"), rngs)
+    self.fc2 = layers_lib.dense(4 * width, width, ("mlp", "embed"), rngs)
 
   def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
     x = x + self.attn(self.attn_norm(x), mask)
@@ -163,7 +147,9 @@ class Encoder(nnx.Module):
   def __init__(self, dims: whisper_weights.Dims, layers: int, rngs: nnx.Rngs):
     self.stem = Stem(dims, rngs)
     self.blocks = nnx.List([Block(dims.width, dims.heads, rngs) for _ in range(layers)])
-    self.final_norm = _norm(dims.width, rngs) if layers == dims.layers else None
+    self.final_norm = (
+      layers_lib.norm(dims.width, rngs, LAYER_NORM_EPS) if layers == dims.layers else None
+    )
 
   def __call__(self, mel: jax.Array, mel_frames: jax.Array) -> tuple[jax.Array, jax.Array]:
     x, mask = self.stem(mel, mel_frames)
@@ -190,7 +176,9 @@ class Blocks(nnx.Module):
     self.first = first
     self.remat = remat
     self.blocks = nnx.List([Block(dims.width, dims.heads, rngs) for _ in range(count)])
-    self.final_norm = _norm(dims.width, rngs) if first + count == dims.layers else None
+    self.final_norm = (
+      layers_lib.norm(dims.width, rngs, LAYER_NORM_EPS) if first + count == dims.layers else None
+    )
 
   def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
     block_fn = lambda block, h, m: block(h, m)
