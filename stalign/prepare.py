@@ -2,7 +2,7 @@
 
 The `data` stage of `stalign.main`. A split is written once from any source
 (synthetic corpus, user manifest, FSDD, LibriSpeech, AN4, TFDS): audio is checked and turned into
-log-mel features by the same front end inference uses, bad input is skipped
+features (log-mel, or frozen Whisper frames) by the front end inference uses, bad input is skipped
 with a counted reason, and `stalign.precompute` then adds the teacher
 embeddings. Shards appear only when complete (a rename, or one upload to an
 object store: `stalign.fs`), and a split counts as written only once its `{split}.summary.json`
