@@ -18,6 +18,7 @@ import functools
 import os
 import platform
 import statistics
+import subprocess
 import time
 from typing import Any
 
@@ -252,3 +253,37 @@ def median_bucket(config: ml_collections.ConfigDict) -> int:
   """The (upper) middle one of the config's padded lengths: the shape of a typical batch."""
   lengths = features.bucket_lengths(config)
   return lengths[len(lengths) // 2]
+
+
+class TorchServer:
+  """A peer's server script in the torch interpreter, spoken to one line at a time.
+
+  torch never enters stalign's venv: each reference (sentence-transformers, the cascade) runs
+  as a child process with `threads` threads, answering each line on stdin with one on stdout.
+  """
+
+  def __init__(self, python: str, script: str, args: list[str], threads: int, name: str):
+    self.name = f"{name} ({script})"
+    env = dict(
+      os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads)
+    )
+    self._proc = subprocess.Popen(
+      [python, script, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+    )
+    self.pid = self._proc.pid
+
+  def read(self) -> str:
+    """The server's next line, or a RuntimeError if it exited (its stderr says why)."""
+    line = self._proc.stdout.readline()
+    if not line:
+      raise RuntimeError(f"{self.name} exited with {self._proc.wait()}; see its stderr above")
+    return line.strip()
+
+  def ask(self, line: str) -> str:
+    self._proc.stdin.write(line + "\n")
+    self._proc.stdin.flush()
+    return self.read()
+
+  def close(self) -> None:
+    self._proc.stdin.close()
+    self._proc.wait()

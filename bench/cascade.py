@@ -35,7 +35,6 @@ import collections
 import glob
 import json
 import os
-import subprocess
 import tempfile
 import time
 from typing import Any
@@ -296,39 +295,19 @@ class _Cascade:
 
   def __init__(self, python: str, compute_types: tuple[str, ...], tmp: str):
     self.tmp = tmp
-    env = dict(
-      os.environ,
-      HF_HUB_OFFLINE="1",
-      OMP_NUM_THREADS=str(CPU_THREADS),
-      MKL_NUM_THREADS=str(CPU_THREADS),
-    )
     args = [
-      python,
-      _SERVER,
       whisper_weights.ct2_model_dir(WHISPER),
       hf_loader.default_teacher_path(),
       str(CPU_THREADS),
       ",".join(compute_types),
     ]
-    self._proc = subprocess.Popen(
-      args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
-    )
-    self.pid = self._proc.pid
-    self.versions = self._read()
-
-  def _read(self) -> dict:
-    line = self._proc.stdout.readline()
-    if not line:
-      raise RuntimeError(
-        f"the cascade server ({_SERVER}) exited with {self._proc.wait()}; see its stderr above"
-      )
-    return json.loads(line)
+    self._server = _common.TorchServer(python, _SERVER, args, CPU_THREADS, "the cascade server")
+    self.pid = self._server.pid
+    self.versions = json.loads(self._server.read())
 
   def _ask(self, request: dict) -> tuple[dict, np.ndarray]:
     request["out"] = os.path.join(self.tmp, "cascade.npy")
-    self._proc.stdin.write(json.dumps(request) + "\n")
-    self._proc.stdin.flush()
-    reply = self._read()
+    reply = json.loads(self._server.ask(json.dumps(request)))
     return reply, np.load(request["out"])
 
   def embed(self, texts: list[str]) -> np.ndarray:
@@ -339,8 +318,7 @@ class _Cascade:
     return reply["transcribe_s"] + reply["embed_s"], emb, reply
 
   def close(self) -> None:
-    self._proc.stdin.close()
-    self._proc.wait()
+    self._server.close()
 
 
 def _ours(model):

@@ -21,7 +21,6 @@ Enable the reference with an interpreter that has torch and sentence-transformer
 
 import json
 import os
-import subprocess
 import tempfile
 import time
 from typing import Any
@@ -67,44 +66,20 @@ class _Reference:
     batch_size: int,
     embeddings_path: str,
   ):
-    env = dict(
-      os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads)
+    self._server = _common.TorchServer(
+      python,
+      _SERVER,
+      [model_dir, sentences_path, str(threads), str(max_tokens), str(batch_size), embeddings_path],
+      threads,
+      "the sentence-transformers reference",
     )
-    self._proc = subprocess.Popen(
-      [
-        python,
-        _SERVER,
-        model_dir,
-        sentences_path,
-        str(threads),
-        str(max_tokens),
-        str(batch_size),
-        embeddings_path,
-      ],
-      stdin=subprocess.PIPE,
-      stdout=subprocess.PIPE,
-      text=True,
-      env=env,
-    )
-    self.version = self._read()
-
-  def _read(self) -> str:
-    line = self._proc.stdout.readline()
-    if not line:
-      raise RuntimeError(
-        f"the sentence-transformers reference ({_SERVER}) exited with "
-        f"{self._proc.wait()}; see its stderr above"
-      )
-    return line.strip()
+    self.version = self._server.read()
 
   def time(self) -> float:
-    self._proc.stdin.write("run\n")
-    self._proc.stdin.flush()
-    return float(self._read())
+    return float(self._server.ask("run"))
 
   def close(self) -> None:
-    self._proc.stdin.close()
-    self._proc.wait()
+    self._server.close()
 
 
 def _record_shapes(teacher: teacher_lib.Teacher, texts: list[str], batch_size: int) -> list:
