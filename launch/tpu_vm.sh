@@ -152,7 +152,11 @@ create_slice() {
       fi
       case $qr_state in
         ACTIVE) break ;;
-        FAILED | SUSPENDED) log "queued resource $name is $qr_state"; return 1 ;;
+        FAILED | SUSPENDED)
+          log "queued resource $name is $qr_state (no capacity granted): rerun later, in" \
+            "another zone, or with --on-demand"
+          return 1
+          ;;
         *) log "queued resource $name: $qr_state; next query in ${poll_s}s"; sleep "$poll_s" ;;
       esac
     done
@@ -246,7 +250,8 @@ while true; do
     break
   fi
   if ((restarts >= max_restarts)); then
-    log "gave up after $max_restarts restarts without the final checkpoint"
+    log "gave up after $max_restarts restarts (STALIGN_MAX_RESTARTS) without" \
+      "$final_checkpoint: rerun this command to resume from the latest checkpoint"
     exit 1
   fi
   restarts=$((restarts + 1))

@@ -8,6 +8,7 @@ training silently without a loss term. `stalign.main` and `stalign.load` call
 """
 
 from collections.abc import Iterable
+import math
 import numbers
 
 import ml_collections
@@ -176,6 +177,22 @@ def _validate_whisper(c: ml_collections.ConfigDict) -> None:
     )
 
 
+def validate_mesh(config: ml_collections.ConfigDict, devices: int) -> None:
+  """ConfigError unless `config.mesh` lays out exactly `devices` devices.
+
+  Separate from `validate`: a saved run is loaded on machines with any device
+  count, and only the commands that build the mesh know theirs.
+  """
+  sizes = {axis: config.mesh[axis] for axis in ("data", "fsdp", "model")}
+  fixed = math.prod(size for size in sizes.values() if size != -1)
+  if devices % fixed or (-1 not in sizes.values() and fixed != devices):
+    raise ConfigError(
+      f"mesh {sizes} does not lay out the {devices} devices; set --config.mesh.data, "
+      f"--config.mesh.fsdp and --config.mesh.model to sizes whose product is {devices} "
+      "(one of them may be -1: the remaining devices)"
+    )
+
+
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Checks every enum and range of `config`; returns it, or raises ConfigError naming the key."""
   c = config
@@ -308,6 +325,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   for axis in ("data", "fsdp", "model"):
     if c.mesh[axis] != -1:
       _above(f"mesh.{axis}", c.mesh[axis], 0)
+  if [c.mesh[axis] for axis in ("data", "fsdp", "model")].count(-1) > 1:
+    raise ConfigError(f"mesh {dict(c.mesh)} has more than one axis of -1 (= the remaining devices)")
 
   _all_of("eval.evaluators", c.eval.evaluators, evaluators.EVALUATORS.names())
   _all_of("eval.during_training", c.eval.during_training, evaluators.EVALUATORS.names())

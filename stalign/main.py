@@ -11,6 +11,7 @@ the INFO log (resolved config, mesh, batch arithmetic, checkpoints).
 """
 
 import os
+import sys
 
 # Before TensorFlow loads: its C++ side prints INFO lines (oneDNN notice) at import otherwise.
 # oneDNN only matters to TF float kernels, and TF only parses and pads data here.
@@ -69,14 +70,42 @@ def _save_config(config, workdir: str) -> None:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
 
-def main(argv):
+def _check_config_file(argv: list[str]) -> None:
+  """Refuses a `--config` file that does not exist, in one line.
+
+  Why before flag parsing: ml_collections defers a missing file's error to the
+  first key read, and with a `--config.KEY=VALUE` override that read happens
+  inside absl's flag parsing, as an OSError traceback.
+  """
+  for flag, following in zip(argv, [*argv[1:], ""]):
+    path = flag.removeprefix("--config=") if flag.startswith("--config=") else None
+    path = following if flag == "--config" else path
+    if path is not None and not os.path.isfile(path.split(":", 1)[0]):
+      print(
+        f"error: --config={path}: no such config file; name one of configs/*.py "
+        "(e.g. configs/demo.py)",
+        file=sys.stderr,
+      )
+      sys.exit(2)
+
+
+def _check_flags(argv: list[str]) -> None:
+  """Refuses bad flags before anything runs or `config.json` is written to the workdir."""
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}; settings go in --config.KEY=VALUE")
+  unknown = set(_STAGES.value) - {"data", "train", "evaluate"}
+  if unknown:
+    raise app.UsageError(f"unknown --stages {sorted(unknown)}; use data, train, evaluate")
+
+
+def main(argv):
+  _check_flags(argv)
   if _COMPILATION_CACHE.value and not jax.config.jax_compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir", _COMPILATION_CACHE.value)
   if _COORDINATOR.value:
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   config, workdir = config_lib.validate(_CONFIG.value), _WORKDIR.value
+  config_lib.validate_mesh(config, jax.device_count())
   logging.info(
     "process %d of %d, %d local / %d global devices (%s)",
     jax.process_index(),
@@ -87,9 +116,6 @@ def main(argv):
   )
   logging.info("config:\n%s", config)
   _save_config(config, workdir)
-  unknown = set(_STAGES.value) - {"data", "train", "evaluate"}
-  if unknown:
-    raise app.UsageError(f"unknown stages {sorted(unknown)}; use data, train, evaluate")
   is_main = jax.process_index() == 0
   if "data" in _STAGES.value:
     summaries = prepare.prepare(config)
@@ -121,6 +147,7 @@ def main(argv):
 
 def run():
   flags.mark_flags_as_required(["config", "workdir"])
+  _check_config_file(sys.argv)
   cli.run(main)
 
 

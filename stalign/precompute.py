@@ -26,6 +26,7 @@ if __name__ == "__main__":  # As a CLI: quiet TensorFlow's C++ side before it lo
 import hashlib
 import io
 
+from absl import app
 from absl import flags
 from absl import logging
 import jax
@@ -37,6 +38,7 @@ import tensorflow as tf
 import tqdm
 
 from stalign import cli
+from stalign import config as config_lib
 from stalign import fs
 from stalign.data import layout
 from stalign.data import tfrecords
@@ -137,10 +139,16 @@ def verify(config: ml_collections.ConfigDict, splits: tuple[str, ...]) -> dict:
   return counts
 
 
-def main(argv):
-  del argv
-  config = flags.FLAGS.config
-  print(precompute(config, ("train", "valid", config.eval.split)))
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}; settings go in --config.KEY=VALUE")
+  path = flags.FLAGS["config"].config_filename.split(":", 1)[0]
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"--config={path}: no such config file; name one of configs/*.py")
+  from stalign import prepare  # The data stage owns which splits a config builds.
+
+  config = config_lib.validate(flags.FLAGS.config)
+  print(precompute(config, prepare.splits(config)))
 
 
 if __name__ == "__main__":

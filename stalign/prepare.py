@@ -62,6 +62,8 @@ def _featurize(
   for ex in examples:
     name = ex.get("audio_filepath") or ex["id"]
     try:
+      if "error" in ex:  # A manifest line that is not a row (`sources.read_manifest`).
+        raise ex["error"]
       if "waveform" in ex:
         wave = audio.check_waveform(
           np.asarray(ex["waveform"], np.float32),
@@ -75,7 +77,7 @@ def _featurize(
       if ex.get("speed", 1.0) != 1.0:
         wave = audio.change_speed(wave, ex["speed"])
       labels = text_lib.encode_targets(ex["text"], fcfg.ctc_targets)
-    except (audio.AudioError, text_lib.TranscriptError) as e:
+    except (audio.AudioError, text_lib.TranscriptError, sources.ManifestError) as e:
       reason = type(e).__name__ + ": " + str(e).split(": ", 1)[-1].split(";")[0]
       skipped[reason] += 1
       skip_examples.setdefault(reason, name)
@@ -183,7 +185,7 @@ def with_speed_copies(examples: Iterable[dict], speeds: Iterable[float]) -> Iter
   speeds = tuple(speeds)
   for ex in examples:
     yield ex
-    for speed in speeds:
+    for speed in speeds if "error" not in ex else ():
       yield {**ex, "id": f"{ex['id']}@speed{speed:g}", "speed": speed}
 
 

@@ -34,6 +34,11 @@ def test_every_config_validates(name, arg):
     with pytest.raises(config_lib.ConfigError, match=re.escape(weights)):
       config_lib.validate(config)
     return
+  if config.data.source == "manifest" and not config.data.manifests.train:
+    # configs/manifest.py reads the user's manifests, named on the command line.
+    with pytest.raises(config_lib.ConfigError, match=r"--config\.data\.manifests\.train="):
+      config_lib.validate(config)
+    return
   config_lib.validate(config)
 
 
@@ -185,3 +190,58 @@ def test_real_held_out_speakers_are_named_by_source_in_one_split_each():
   upgraded = config_lib.upgrade(ml_collections.ConfigDict(saved))
   assert upgraded.data.real_sources == () and upgraded.data.real_held_out.test == ()
   config_lib.validate(upgraded)
+
+
+@pytest.mark.parametrize(
+  "overrides, message",
+  [
+    (
+      {"data.source": "manifest", "data.manifests.train": "t.jsonl"},
+      "data.source='manifest' needs a manifest per split; set --config.data.manifests.valid=PATH "
+      "--config.data.manifests.test=PATH",
+    ),
+    ({"corpus.voices": ()}, "corpus.voices is empty; name at least one espeak-ng voice"),
+    ({"model.dim": 30, "model.heads": 4}, "model.dim=30 is not divisible by model.heads=4"),
+    ({"model.dropout": 1.0}, r"model.dropout=1.0 must be in \[0, 1\)"),
+    ({"model.dropout": -0.1}, r"model.dropout=-0.1 must be in \[0, 1\)"),
+    ({"train.channel_augment.warp": 0.5}, r"train.channel_augment.warp must be in \[0, 0.5\)"),
+    ({"train.channel_augment.eq_db": -1.0}, "train.channel_augment.eq_db=-1.0 must be a number"),
+    (
+      {"train.channel_augment.lowpass_prob": 1.5},
+      r"train.channel_augment.lowpass_prob must be in \[0, 1\], got 1.5",
+    ),
+    (
+      {"train.channel_augment.lowpass_hz": (4000.0, 9000.0)},
+      r"lowpass_hz must be 0 < low <= high <= sample_rate / 2, got \(4000.0, 9000.0\)",
+    ),
+    (
+      {"train.channel_augment.lowpass_hz": (4600.0, 3400.0)},
+      "lowpass_hz must be 0 < low <= high",
+    ),
+    ({"init_skip": ("ctc_head",)}, "init_skip is set but init_from is empty"),
+    ({"mesh.data": -1, "mesh.fsdp": -1}, "more than one axis of -1"),
+    ({"mesh.model": 0}, "mesh.model=0 must be a number > 0"),
+  ],
+)
+def test_each_refused_value_names_its_key_and_the_fix(overrides, message):
+  c = demo.get_config("tiny")
+  for key, value in overrides.items():
+    *parents, name = key.split(".")
+    node = c
+    for parent in parents:
+      node = node[parent]
+    node[name] = value
+  with pytest.raises(config_lib.ConfigError, match=message):
+    config_lib.validate(c)
+
+
+def test_a_mesh_that_does_not_lay_out_the_devices_is_refused_naming_the_count():
+  c = demo.get_config("tiny")
+  c.mesh.data, c.mesh.fsdp, c.mesh.model = -1, 3, 1
+  config_lib.validate_mesh(c, 6)
+  with pytest.raises(config_lib.ConfigError, match=r"'fsdp': 3.* the 8 devices.*product is 8"):
+    config_lib.validate_mesh(c, 8)
+  c.mesh.data = 1  # No axis takes the rest: the product must be the count itself.
+  config_lib.validate_mesh(c, 3)
+  with pytest.raises(config_lib.ConfigError, match="does not lay out the 6 devices"):
+    config_lib.validate_mesh(c, 6)

@@ -208,6 +208,26 @@ def test_an_index_of_other_shards_is_rebuilt_not_trusted(prepared_config, tmp_pa
   assert input_pipeline.record_index(c, "train").num_frames.size == before - 1
 
 
+def test_a_record_whose_data_fails_its_crc_is_refused_naming_the_shard_and_the_fix(
+  prepared_config, tmp_path
+):
+  """A flipped byte inside a record's data (its header intact) is caught by every reader."""
+  c = _copy_of_data(prepared_config, tmp_path)
+  index = tfrecords.read_index(c.data_dir, "train")
+  shard = index.files[index.shard[1]]
+  with open(shard, "r+b") as f:
+    f.seek(int(index.offset[1]) + 12 + int(index.length[1]) // 2)
+    byte = f.read(1)
+    f.seek(-1, os.SEEK_CUR)
+    f.write(bytes([byte[0] ^ 0xFF]))
+  fix = f"{shard}: .*data does not match its CRC.*train.summary.json.*--stages=data"
+  with pytest.raises(tfrecords.CorruptRecordError, match=fix):
+    list(tfrecords.read_raw(shard))
+  index.read(np.array([0, 2]))  # Its neighbours still read.
+  with pytest.raises(tfrecords.CorruptRecordError, match=fix):
+    index.read(np.array([0, 1]))
+
+
 def test_eval_batches_cover_each_example_once(prepared_config):
   """Across several buckets, each with a partial last batch."""
   c = with_buckets(prepared_config)

@@ -62,11 +62,13 @@ if group == "queued-resources" and verb == "create":
 elif group == "queued-resources" and verb == "describe":
   polls = int(read("qr_polls", 0))
   write("qr_polls", polls + 1)
-  print("WAITING_FOR_RESOURCES" if polls == 0 else "ACTIVE")  # Capacity comes on the 2nd query.
+  # Capacity comes on the 2nd query, unless the test says what the queue ends in.
+  print("WAITING_FOR_RESOURCES" if polls == 0 else os.environ.get("FAKE_GCLOUD_QR", "ACTIVE"))
 elif group == "queued-resources" and verb == "delete":
   assert "--force" in args and "--quiet" in args, args
   os.remove(path("node"))
 elif group == "tpu-vm" and verb == "create":
+  assert "--spot" not in args and flag("--version") and flag("--accelerator-type"), args
   write("node", "READY")
 elif group == "tpu-vm" and verb == "delete":
   os.remove(path("node"))
@@ -86,7 +88,7 @@ elif group == "tpu-vm" and verb == "ssh":
     runs = int(read("runs", 0)) + 1
     write("runs", runs)
     print(f"train: step {{3 * runs}} of 7")
-    if runs == 1:
+    if runs == 1 or os.environ.get("FAKE_GCLOUD_ALWAYS_PREEMPT"):
       write("node", "PREEMPTED")  # The slice is taken away mid-run; the session drops.
       sys.exit(255)
     write("final", "1")
@@ -302,3 +304,69 @@ def test_dry_run_on_demand_creates_and_deletes_a_tpu_vm(tmp_path):
 def test_usage_errors_print_the_usage(tmp_path, args):
   out, calls, _ = _launch(tmp_path, *args, FAKE_GCLOUD_FORBID="1")
   assert out.returncode == 2 and "tpu_vm.sh" in out.stderr and calls == []
+
+
+def _launch_preempted(tmp_path, *options, **env):
+  """A run of the lifecycle test's shape (final step given, so no config is read)."""
+  args = (*options, "stalign-test", "us-central2-b", "v4-32", CONFIG, WORKDIR)
+  return _launch(tmp_path, *args, STALIGN_STEPS="7", **env)
+
+
+def test_gives_up_after_max_restarts_naming_the_limit_and_deletes_the_slice(tmp_path):
+  out, calls, state = _launch_preempted(
+    tmp_path, STALIGN_MAX_RESTARTS="1", FAKE_GCLOUD_ALWAYS_PREEMPT="1"
+  )
+  assert out.returncode == 1, out.stderr
+  steps = [_step(c) for c in calls]
+  assert steps == ["state?", *ONE_PASS, "state?", "delete", *ONE_PASS, "delete"], steps
+  assert f"gave up after 1 restarts (STALIGN_MAX_RESTARTS) without {FINAL}" in out.stderr
+  assert "rerun this command to resume" in out.stderr and not (state / "node").exists()
+
+
+def test_keep_leaves_the_slice_up_and_says_how_to_delete_it(tmp_path):
+  (tmp_path / "gcloud_state").mkdir()
+  (tmp_path / "gcloud_state" / "runs").write_text("1")  # This job is not preempted.
+  out, calls, state = _launch_preempted(tmp_path, STALIGN_KEEP="1")
+  assert out.returncode == 0, out.stderr
+  assert [_step(c) for c in calls] == ["state?", *ONE_PASS]
+  assert (state / "node").read_text() == "READY"
+  assert (
+    "gcloud compute tpus queued-resources delete stalign-test --zone us-central2-b --force"
+    in out.stderr
+  )
+
+
+@pytest.mark.parametrize("queue", ["FAILED", "SUSPENDED"])
+def test_a_queued_resource_that_fails_stops_the_run_and_says_what_to_try(tmp_path, queue):
+  out, calls, _ = _launch_preempted(tmp_path, FAKE_GCLOUD_QR=queue)
+  assert out.returncode == 1, out.stderr
+  assert [_step(c) for c in calls] == ["state?", "create", "wait", "wait", "delete"]
+  assert f"queued resource stalign-test is {queue}" in out.stderr
+  assert "another zone, or with --on-demand" in out.stderr
+
+
+def test_a_slice_in_an_unexpected_state_is_replaced_before_the_run(tmp_path):
+  (tmp_path / "gcloud_state").mkdir()
+  (tmp_path / "gcloud_state" / "node").write_text("STOPPED")
+  (tmp_path / "gcloud_state" / "runs").write_text("1")
+  out, calls, _ = _launch_preempted(tmp_path)
+  assert out.returncode == 0, out.stderr
+  assert [_step(c) for c in calls] == ["state?", "delete", *ONE_PASS, "delete"]
+
+
+def test_unreadable_train_steps_stops_before_any_gcloud_naming_config_and_fix(tmp_path):
+  out, calls, _ = _launch(
+    tmp_path, "n", "z", "v4-8", "configs/nope.py", WORKDIR, FAKE_GCLOUD_FORBID="1"
+  )
+  assert out.returncode == 2 and calls == []
+  assert "could not read train.steps of configs/nope.py" in out.stderr
+  assert "set STALIGN_STEPS" in out.stderr
+
+
+def test_on_demand_recreates_a_preempted_tpu_vm_without_queued_resources(tmp_path):
+  out, calls, _ = _launch_preempted(tmp_path, "--on-demand")
+  assert out.returncode == 0, out.stderr
+  steps = [_step(c) for c in calls]
+  one_pass = ["create", "copy", "install", "start", "final checkpoint?"]
+  assert steps == ["state?", *one_pass, "state?", "delete", *one_pass, "delete"], steps
+  assert not [c for c in calls if "queued-resources" in c]

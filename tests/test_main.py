@@ -35,9 +35,34 @@ def test_mistyped_value_type_fails(tmp_path):
   assert out.returncode != 0 and "steps" in out.stderr
 
 
+def _one_line_error(out) -> str:
+  """The single line a user error prints; fails on a traceback or more lines."""
+  assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
+  [line] = out.stderr.strip().splitlines()
+  return line
+
+
 def test_missing_config_file_fails_with_its_name(tmp_path):
-  out = _main("--config=configs/nope.py", f"--workdir={tmp_path}")
-  assert out.returncode != 0 and "nope.py" in out.stderr
+  # With an override, ml_collections reads the missing file inside absl's flag parsing.
+  out = _main("--config=configs/nope.py:tiny", "--config.train.steps=3", f"--workdir={tmp_path}")
+  line = _one_line_error(out)
+  assert "configs/nope.py" in line and "configs/demo.py" in line
+
+
+def test_unknown_stage_fails_before_anything_is_written(tmp_path):
+  out = _main("--config=configs/demo.py:tiny", f"--workdir={tmp_path}", "--stages=data,trian")
+  line = _one_line_error(out)
+  assert "['trian']" in line and "--stages" in line and "data, train, evaluate" in line
+  assert not os.path.exists(tmp_path / "config.json")
+
+
+def test_positional_arguments_are_refused_naming_them():
+  from absl import app
+
+  from stalign import main as main_lib
+
+  with pytest.raises(app.UsageError, match=r"\['steps=3'\]; settings go in --config.KEY=VALUE"):
+    main_lib._check_flags(["stalign.main", "steps=3"])
 
 
 def test_help_explains_the_flags():

@@ -26,6 +26,7 @@ from stalign.data import sources
 from stalign.data import tfrecords
 from stalign.models import teacher as teacher_lib
 
+import testdata
 from testdata import REPO
 from testdata import fsdd_files
 from testdata import tiny_config
@@ -275,3 +276,35 @@ print(teacher.mesh.devices.size, teacher.name, teacher.embed(["one", "two", "thr
   )
   assert out.returncode == 0, out.stderr[-2000:]
   assert out.stdout.split("\n")[-2] == "2 sentence-transformers/all-MiniLM-L6-v2 (3, 384)"
+
+
+def _precompute_cli(*args):
+  return subprocess.run(
+    [sys.executable, "-m", "stalign.precompute", *args],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+
+
+def test_command_line_embeds_every_split_and_refuses_a_missing_data_folder(pristine, tmp_path):
+  """`python -m stalign.precompute` as users run it: every split of the config, then verified."""
+  data_dir = str(tmp_path / "data")
+  shutil.copytree(pristine.data_dir, data_dir)
+  config_file = testdata.write_config(
+    tmp_path / "config.py", data_dir, {s: pristine.data.manifests[s] for s in _SPLITS}
+  )
+  out = _precompute_cli(f"--config={config_file}")
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert out.stdout.strip().splitlines()[-1] == "{'train': 20, 'valid': 10, 'test': 10}"
+  config = pristine.copy_and_resolve_references()
+  config.data_dir = data_dir
+  assert precompute.verify(config, _SPLITS) == {"train": 20, "valid": 10, "test": 10}
+
+  # A data folder with no splits yet: one line naming it and the command that builds them.
+  out = _precompute_cli(f"--config={config_file}", f"--config.data_dir={tmp_path / 'empty'}")
+  assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
+  [line] = out.stderr.strip().splitlines()
+  for word in ("'train'", str(tmp_path / "empty"), "--stages=data"):
+    assert word in line, line

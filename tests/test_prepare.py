@@ -48,18 +48,31 @@ def test_bad_inputs_are_skipped_counted_and_named(tmp_path):
     f.write(json.dumps({"audio_filepath": silent, "text": "one"}) + "\n")
     f.write(json.dumps({"audio_filepath": garbage, "text": "two"}) + "\n")
     f.write(json.dumps({"audio_filepath": good[0], "text": "room 101"}) + "\n")
+    f.write("{'audio_filepath': 'single quotes are not JSON'}\n")  # Line 7.
+    f.write(json.dumps({"audio_filepath": good[1]}) + "\n")  # Line 8: no text.
+    f.write(json.dumps({"text": "three"}) + "\n")  # Line 9: no audio.
+    f.write(json.dumps({"audio_filepath": "gone.wav", "text": "four"}) + "\n")
   config = tiny_config(str(tmp_path / "data"))
   config.data.manifests["train"] = manifest
   summary = prepare.write_split(sources.get("manifest")(config, "train"), config, "train", 2)
-  assert summary["read"] == 6 and summary["written"] == 3
+  assert summary["read"] == 10 and summary["written"] == 3
   assert summary["speakers"] == {"jackson": 3}  # Written records with a speaker label.
-  assert sum(summary["skipped"].values()) == 3
-  reasons = " ".join(summary["skipped"])
-  assert (
-    "silent" in reasons and "cannot decode" in reasons and "outside the CTC alphabet" in reasons
-  )
-  assert garbage in summary["skipped_example"].values()
+  # Each reason is counted once, under its own name, with the input that first had it.
+  assert sum(summary["skipped"].values()) == 7 and set(summary["skipped"].values()) == {1}
+  assert summary["skipped_example"] == {
+    "AudioError: audio is silent (peak below 0.0001)": silent,
+    "AudioError: cannot decode audio": garbage,
+    "TranscriptError: characters outside the CTC alphabet ['0', '1'] in 'room 101'": good[0],
+    "ManifestError: not a JSON object": "m.jsonl:7",
+    "ManifestError: no 'text' string": "m.jsonl:8",
+    "ManifestError: no 'audio_filepath' string": "m.jsonl:9",
+    "AudioError: no such audio file": str(tmp_path / "gone.wav"),
+  }
   assert not glob.glob(os.path.join(config.data_dir, "tfrecords", "*.tmp"))
+  # A manifest that is not there stops the split before anything is written, naming the fix.
+  config.data.manifests["train"] = str(tmp_path / "typo.jsonl")
+  with pytest.raises(FileNotFoundError, match=r"typo\.jsonl does not exist.*data\.manifests"):
+    prepare.write_split(sources.get("manifest")(config, "train"), config, "train", 2)
 
 
 def test_killed_write_leaves_no_finished_split(tmp_path):

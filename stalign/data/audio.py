@@ -33,9 +33,14 @@ def load_audio(path: str, sample_rate: int, max_seconds: float) -> np.ndarray:
   try:
     with fs.open(path, "rb") as f:
       wave, file_rate = sf.read(f, dtype="float32", always_2d=True)
+  except FileNotFoundError as e:
+    raise AudioError(
+      f"{path}: no such audio file; fix its path (a manifest's paths are relative to the manifest)"
+    ) from e
   except Exception as e:  # soundfile raises several types for bad headers.
     raise AudioError(
-      f"{path}: cannot decode audio ({e}); re-encode it as WAV/FLAC or drop it"
+      # The decoder's detail last: skips are counted by the text before the first ";".
+      f"{path}: cannot decode audio; re-encode it as WAV/FLAC or drop it ({e})"
     ) from e
   return check_waveform(to_mono(wave, path), file_rate, sample_rate, max_seconds, path)
 
@@ -65,24 +70,28 @@ def check_waveform(
 ) -> np.ndarray:
   """Validates an in-memory mono waveform and resamples it to `sample_rate`."""
   if wave.size == 0:
-    raise AudioError(f"{name}: empty audio (0 samples)")
+    raise AudioError(f"{name}: empty audio (0 samples); drop it or record it again")
   if file_rate < MIN_SAMPLE_RATE:
     raise AudioError(
       f"{name}: sample rate {file_rate} Hz is too low for speech "
       f"(min {MIN_SAMPLE_RATE} Hz); the header is probably wrong"
     )
   if not np.all(np.isfinite(wave)):
-    raise AudioError(f"{name}: audio contains NaN/Inf samples")
+    raise AudioError(f"{name}: audio contains NaN/Inf samples; re-export it or drop it")
   seconds = wave.size / file_rate
   if seconds < MIN_SECONDS:
-    raise AudioError(f"{name}: {seconds:.3f} s is too short to be speech (min {MIN_SECONDS} s)")
+    raise AudioError(
+      f"{name}: {seconds:.3f} s is too short to be speech (min {MIN_SECONDS} s); drop it"
+    )
   if seconds > max_seconds:
     raise AudioError(
       f"{name}: {seconds:.1f} s is longer than features.max_seconds={max_seconds}; "
       "segment it or raise the limit"
     )
   if np.abs(wave).max() < SILENCE_PEAK:
-    raise AudioError(f"{name}: audio is silent (peak below {SILENCE_PEAK})")
+    raise AudioError(
+      f"{name}: audio is silent (peak below {SILENCE_PEAK}); check the recording or drop it"
+    )
   if file_rate != sample_rate:
     wave = soxr.resample(wave, file_rate, sample_rate)
   return wave.astype(np.float32)

@@ -31,10 +31,35 @@ get = SOURCES.get
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
+class ManifestError(ValueError):
+  """A manifest line that is not a row; the message names the file, the line and the fix."""
+
+
+def _parse_row(path: str, line_no: int, line: str) -> dict:
+  """The manifest row of `line`, or a ManifestError. The reason comes first after `path:line:`,
+  so the data stage counts skips by it (`prepare._featurize`)."""
+  try:
+    row = json.loads(line)
+  except json.JSONDecodeError:
+    row = None
+  if not isinstance(row, dict):
+    problem = "not a JSON object"
+  else:
+    missing = [k for k in ("audio_filepath", "text") if not isinstance(row.get(k), str)]
+    if not missing:
+      return row
+    problem = f"no {' or '.join(repr(k) for k in missing)} string"
+  raise ManifestError(
+    f"{path}:{line_no}: {problem}; each line must be a JSON object with 'audio_filepath' and 'text'"
+  )
+
+
 def read_manifest(path: str) -> Iterator[dict]:
   """NeMo-style JSONL (`audio_filepath`, `duration`, `text`); paths are relative to the file.
 
   A row's `speaker` field (NeMo's) becomes its `speaker` label unless `labels` names one.
+  A line that is not a row is yielded as `{"id", "error": ManifestError}`, so one bad line
+  is a counted skip of the data stage rather than the end of the whole split.
   """
   if not fs.exists(path):
     raise FileNotFoundError(f"manifest {path} does not exist; check data.manifests in the config")
@@ -44,13 +69,11 @@ def read_manifest(path: str) -> Iterator[dict]:
       if not line.strip():
         continue
       try:
-        row = json.loads(line)
-        audio_path, text = row["audio_filepath"], row["text"]
-      except (json.JSONDecodeError, KeyError) as e:
-        raise ValueError(
-          f"{path}:{line_no}: not a manifest row ({e}); each line must be JSON with "
-          "'audio_filepath' and 'text'"
-        ) from e
+        row = _parse_row(path, line_no, line)
+      except ManifestError as e:
+        yield {"id": f"{os.path.basename(path)}:{line_no}", "error": e}
+        continue
+      audio_path, text = row["audio_filepath"], row["text"]
       labels = row.get("labels", {})
       if "speaker" in row and "speaker" not in labels:
         labels = {**labels, "speaker": str(row["speaker"])}
@@ -215,6 +238,8 @@ def an4_examples(path: str) -> Iterator[dict]:
       "lines hold 'audio_filepath' (relative to the file), 'text' and 'speaker'"
     )
   for ex in read_manifest(path):
+    if "error" in ex:
+      raise ex["error"]  # Without its speaker a row has no split to be skipped in.
     speaker = ex["labels"].get("speaker")
     if speaker is None:
       raise ValueError(

@@ -104,19 +104,36 @@ def _masked_crc(data: bytes) -> int:
   return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
+class CorruptRecordError(ValueError):
+  """A record whose framing is intact but whose data does not match its CRC."""
+
+
+def _rebuild_hint(path: str) -> str:
+  # The data stage keeps a split whose summary exists, so the summary goes first.
+  split = os.path.basename(path).split("-")[0]
+  return (
+    f"delete {split}.summary.json beside it and rebuild the split with `{layout.PREPARE_COMMAND}`"
+  )
+
+
 def _read_framed(f: IO[bytes], path: str) -> bytes | None:
   """The record at `f`'s position, checked against its CRCs; None at the end of the file."""
   header = f.read(_HEADER)
   if not header:
     return None
-  error = ValueError(f"{path}: truncated or corrupt TFRecord; rebuild it with the data stage")
   # The length is trusted only once its CRC matches: a corrupt one could ask for any size.
   if len(header) < _HEADER or _masked_crc(header[:8]) != struct.unpack("<I", header[8:])[0]:
-    raise error
+    raise ValueError(
+      f"{path}: truncated or corrupt TFRecord (a record header's CRC does not match); "
+      + _rebuild_hint(path)
+    )
   data = f.read(struct.unpack("<Q", header[:8])[0])
   footer = f.read(4)
   if len(footer) < 4 or _masked_crc(data) != struct.unpack("<I", footer)[0]:
-    raise error
+    raise CorruptRecordError(
+      f"{path}: truncated or corrupt TFRecord (a record's data does not match its CRC); "
+      + _rebuild_hint(path)
+    )
   return data
 
 
@@ -162,6 +179,8 @@ class RecordIndex:
     for path, raw, row in zip(shards, framed, rows):
       try:
         data = _read_framed(io.BytesIO(raw), path)
+      except CorruptRecordError:
+        raise  # The record is where the index says, but damaged: the shard needs rebuilding.
       except ValueError:
         data = None
       if data is None or len(data) != self.length[row]:

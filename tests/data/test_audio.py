@@ -12,12 +12,24 @@ def _write(path, wave, rate=16000):
   return str(path)
 
 
-def test_resamples_any_rate_and_downmixes_channels(tmp_path):
-  t = np.arange(8000) / 8000
-  stereo = np.stack([np.sin(2 * np.pi * 440 * t), np.sin(2 * np.pi * 440 * t)], axis=1) * 0.5
-  wave = audio.load_audio(_write(tmp_path / "a.wav", stereo, 8000), 16000, 10.0)
-  assert wave.ndim == 1 and wave.dtype == np.float32
-  assert abs(len(wave) - 16000) <= 1
+def _amplitude_at(wave: np.ndarray, hz: float, rate: int) -> float:
+  """The amplitude of a `hz` tone in `wave` (a whole number of its periods long)."""
+  spectrum = np.abs(np.fft.rfft(wave)) * 2 / wave.size
+  return float(spectrum[round(hz * wave.size / rate)])
+
+
+@pytest.mark.parametrize("rate", [8000, 22050, 44100, 48000])
+def test_any_rate_and_stereo_becomes_the_model_rate_mono_mix(tmp_path, rate):
+  """Two different channels (440 Hz left, 1 kHz right) at the file's rate: the result is 1 s at
+  16 kHz holding both tones at half their amplitude, i.e. the channels' mean, resampled."""
+  t = np.arange(rate) / rate
+  stereo = np.stack([0.6 * np.sin(2 * np.pi * 440 * t), 0.4 * np.sin(2 * np.pi * 1000 * t)], 1)
+  wave = audio.load_audio(_write(tmp_path / "a.wav", stereo, rate), 16000, 10.0)
+  assert wave.ndim == 1 and wave.dtype == np.float32 and abs(len(wave) - 16000) <= 1
+  middle = wave[4000:12000]  # Half a second, away from the resampler's edges.
+  assert abs(_amplitude_at(middle, 440, 16000) - 0.3) < 0.01
+  assert abs(_amplitude_at(middle, 1000, 16000) - 0.2) < 0.01
+  assert _amplitude_at(middle, 700, 16000) < 0.01
 
 
 @pytest.mark.parametrize(
@@ -29,6 +41,10 @@ def test_resamples_any_rate_and_downmixes_channels(tmp_path):
     ("short", "too short"),
     ("garbage", "cannot decode"),
     ("truncated", "cannot decode|too short|empty"),
+    ("zero_bytes", "cannot decode audio; re-encode it as WAV/FLAC or drop it"),
+    ("nan", "audio contains NaN/Inf samples; re-export it or drop it"),
+    ("inf", "audio contains NaN/Inf samples; re-export it or drop it"),
+    ("seventy_seconds", "70.0 s is longer than features.max_seconds=30; segment it or raise"),
   ],
 )
 def test_bad_audio_raises_an_error_naming_the_file(tmp_path, case, match):
@@ -44,13 +60,22 @@ def test_bad_audio_raises_an_error_naming_the_file(tmp_path, case, match):
   elif case == "garbage":
     path = str(tmp_path / "x.wav")
     open(path, "wb").write(b"this is not audio at all" * 10)
+  elif case == "zero_bytes":
+    path = str(tmp_path / "x.wav")
+    open(path, "wb").close()
+  elif case in ("nan", "inf"):  # A float WAV can hold them.
+    noise[100] = np.nan if case == "nan" else np.inf
+    path = str(tmp_path / "x.wav")
+    sf.write(path, noise, 16000, subtype="FLOAT")
+  elif case == "seventy_seconds":
+    path = _write(tmp_path / "x.wav", np.tile(noise, 70))
   else:
     full = _write(tmp_path / "full.wav", noise)
     path = str(tmp_path / "x.wav")
     open(path, "wb").write(open(full, "rb").read()[:40])
   with pytest.raises(audio.AudioError, match=match) as err:
-    audio.load_audio(path, 16000, max_seconds=2.0)
-  assert path in str(err.value)
+    audio.load_audio(path, 16000, max_seconds=30 if case == "seventy_seconds" else 2.0)
+  assert str(err.value).startswith(f"{path}: ")
 
 
 def test_stereo_downmix_is_logged_with_the_file_name(tmp_path, caplog):
