@@ -9,13 +9,22 @@ its metadata pulls sentence-transformers and a multi-GB CUDA torch that we never
 import. The Makefile installs it with `--no-deps` (see README, "Dependencies").
 """
 
+import pathlib
+import re
+
 import setuptools
 
+# stalign.__version__, read from its file: importing the package would need its dependencies.
+VERSION = re.search(
+  r'^__version__ = "([^"]+)"$',
+  (pathlib.Path(__file__).parent / "stalign" / "__init__.py").read_text(),
+  re.M,
+).group(1)
 BENCH = ["faiss-cpu>=1.15"]
 
 setuptools.setup(
   name="stalign",
-  version="0.1.0",
+  version=VERSION,
   description=(
     "Semantically aligned speech-text embeddings (teacher-student distillation + CTC) in JAX/Flax"
   ),

@@ -4,6 +4,9 @@
 for embedding speech and text (stalign/api.py).
 """
 
+# The one place the version is written: setup.py reads it from this file, exports record it.
+__version__ = "0.1.0"
+
 
 def load(path: str, step: int | None = None, config=None):
   """Restores a run or an export: `stalign.api.load`, imported lazily to keep `import` cheap."""

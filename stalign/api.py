@@ -1,18 +1,24 @@
 """A trained run, or an export of one, as a Python object: speech and text into one space.
 
   import stalign
-  model = stalign.load("runs/demo")                 # a run, or a folder from stalign.export
-  speech = model.embed_speech(["a.wav", "b.wav"])    # [2, D]
-  text = model.embed_text(["turn on the fan", "lock the door"])
-  scores = stalign.api.cosine(speech, text)          # [2, 2]
+  model = stalign.load("runs/demo")                  # a run, or a folder from stalign.export
+  speech = model.encode_speech(["a.wav", "b.wav"])    # [2, D]
+  text = model.encode_text(["turn on the fan", "lock the door"])
+  scores = model.similarity(speech, text)             # [2, 2] cosines
+  model.classify(["a.wav"], ["fan", "door"], template="a request about the {}")
+
+`encode_speech` and `encode_text` take the keywords of sentence-transformers'
+`encode` (`batch_size`, `normalize_embeddings`, `show_progress_bar`,
+`convert_to_numpy`); `stream_speech` embeds an iterable of any length
+(a generator over a corpus) while holding only a few batches of features.
 
 Two spaces (`space=`):
   "shared"   (default) the space the student was trained in: teacher
              embeddings minus the training mean when `loss.centre_targets`.
              Speech and text embedded by stalign compare best here.
-  "teacher"  the teacher's own space, unit vectors: `embed_text` equals
+  "teacher"  the teacher's own space, unit vectors: `encode_text` equals
              sentence-transformers' `encode` (its truncation included), and
-             `embed_speech` maps the student's output back there, so a spoken
+             `encode_speech` maps the student's output back there, so a spoken
              query can search an index built with sentence-transformers.
 
 Speech goes through the same front end as the stored training data
@@ -26,18 +32,23 @@ one by its manifest file, and needs neither the run nor its data folder. Runs,
 exports and audio files may be local or `gs://` URLs (`stalign.fs`).
 """
 
+from collections.abc import Iterable
+from collections.abc import Iterator
 from collections.abc import Sequence
 import functools
 import json
 import math
 import os
 
+from absl import app
 from absl import logging
 from flax import nnx
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import safetensors.numpy
+import tqdm
 
 from stalign import checkpoints
 from stalign import config as config_lib
@@ -49,11 +60,15 @@ from stalign.data import audio
 from stalign.data import features as features_lib
 from stalign.data import layout
 from stalign.data import text as text_lib
+from stalign.evaluators import zero_shot
 from stalign.models import frontend
 from stalign.models import student as student_lib
 from stalign.models import teacher as teacher_lib
 
 SPACES = ("shared", "teacher")
+# `stream_speech` reads, featurises and sorts by length this many batches of windows at a time:
+# padding as low as sorting everything when inputs are few, memory bounded when they are not.
+STREAM_BATCHES = 8
 
 # An export folder (written by stalign/export.py, read by `load`).
 EXPORT_MANIFEST = "stalign_export.json"  # Marks the folder: {"format", "format_version", ...}.
@@ -64,8 +79,20 @@ EXPORT_CONFIG = "config.json"  # The resolved config, as a run saves it.
 EXPORT_TEACHER_STATS = "teacher_stats.npz"  # Teacher width and training mean (layout's format).
 
 
+class ExportError(app.UsageError):
+  """An export folder this stalign cannot read; the message names the file and the fix.
+
+  A `UsageError`, so the command-line tools report it as one line (`stalign.cli`).
+  """
+
+
 def config_from_workdir(workdir: str) -> ml_collections.ConfigDict:
   """The resolved config a run or an export saved (`config.json`), as a ConfigDict."""
+  if not fs.isdir(workdir):
+    raise FileNotFoundError(
+      f"{workdir} is not a folder: pass a run directory written by stalign.main or a folder "
+      "written by stalign.export"
+    )
   path = os.path.join(workdir, "config.json")
   if not fs.exists(path):
     raise FileNotFoundError(
@@ -88,14 +115,15 @@ def _split_path(path: str) -> tuple[str, int | None]:
 def resolve_data_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
   """`config.data_dir` as saved is relative to where training ran: try there, then above the run."""
   rel = config.data_dir
-  candidates = [rel] + [os.path.join(d, rel) for d in _ancestors(workdir)]
+  # dict.fromkeys: an absolute data_dir joins every ancestor as itself; try it once.
+  candidates = list(dict.fromkeys([rel] + [os.path.join(d, rel) for d in _ancestors(workdir)]))
   for c in candidates:
     if fs.exists(layout.teacher_stats_path(c)):
       return fs.abspath(c)
   raise FileNotFoundError(
-    f"teacher_stats.npz not found under data_dir={rel!r} (tried {candidates}); "
-    "the run's data folder holds the training mean the embeddings are centred on "
-    "(or load a folder written by `python -m stalign.export`, which carries it)"
+    f"teacher_stats.npz not found under data_dir={rel!r} of {workdir} (tried {candidates}): "
+    "it holds the training mean the embeddings are centred on; pass config= with data_dir set "
+    "to the run's data folder, or load a folder written by `python -m stalign.export`"
   )
 
 
@@ -108,9 +136,10 @@ def _ancestors(path: str) -> list[str]:
   return out
 
 
-def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-  """[len(a), len(b)] cosine similarities."""
-  return utils.unit(np.asarray(a)) @ utils.unit(np.asarray(b)).T
+def cosine(a: np.ndarray | jax.Array, b: np.ndarray | jax.Array) -> np.ndarray | jax.Array:
+  """[len(a), len(b)] cosine similarities: numpy for numpy (or lists), a jax.Array for JAX input."""
+  a, b = (x if isinstance(x, jax.Array) else np.asarray(x) for x in (a, b))
+  return utils.unit(a) @ utils.unit(b).T
 
 
 def check_space(space: str) -> str:
@@ -189,10 +218,39 @@ class Model:
     """Loaded on first use (embedding speech never needs it); truncates as sentence-transformers."""
     return teacher_lib.from_config(self.config, inference=True)
 
-  def embed_text(self, texts: Sequence[str], space: str = "shared") -> np.ndarray:
-    """[N, D] text embeddings in `space` (module docstring): centred like the targets, or unit."""
-    raw = self.teacher.embed(list(texts), batch_size=self.config.teacher.batch_size)
-    return utils.unit(raw) if check_space(space) == "teacher" else raw - self.target_mean
+  def encode_text(
+    self,
+    texts: str | Sequence[str],
+    space: str = "shared",
+    *,
+    batch_size: int | None = None,
+    normalize_embeddings: bool = False,
+    show_progress_bar: bool | None = None,
+    convert_to_numpy: bool = True,
+  ) -> np.ndarray | jax.Array:
+    """[N, D] embeddings of texts ([D] of one text) in `space`: centred like the targets, or unit.
+
+    The keywords are sentence-transformers' `encode`'s: `batch_size` texts per
+    teacher pass (default `teacher.batch_size`), unit rows with
+    `normalize_embeddings` (the teacher space's already are), a progress bar
+    (`show_progress_bar`, default: when logging is at INFO), and a jax.Array
+    instead of numpy with `convert_to_numpy=False`.
+    """
+    check_space(space)
+    single = isinstance(texts, str)
+    texts = [texts] if single else list(texts)
+    size = batch_size or self.config.teacher.batch_size
+    pool = size * STREAM_BATCHES  # Sorted by length together, as `stream_speech` does speech.
+    parts = []
+    with _progress(show_progress_bar, len(texts), "text") as bar:
+      for start in range(0, len(texts), pool):
+        parts.append(self.teacher.embed(texts[start : start + pool], batch_size=size))
+        bar.update(len(parts[-1]))
+    raw = np.concatenate(parts) if parts else np.zeros((0, self.teacher.dim), np.float32)
+    emb = utils.unit(raw) if space == "teacher" else raw - self.target_mean
+    return _output(emb[0] if single else emb, normalize_embeddings, convert_to_numpy)
+
+  embed_text = encode_text  # The name before `encode_text`, kept for code and notebooks using it.
 
   def to_teacher_space(self, speech: np.ndarray) -> np.ndarray:
     """Student (shared-space) embeddings -> unit vectors in the teacher's own space.
@@ -234,15 +292,113 @@ class Model:
     size = int(fcfg.max_seconds * fcfg.sample_rate)
     return [self.features(waveform[a:b]) for a, b in window_bounds(waveform.size, size)]
 
-  def embed_speech(
-    self, waveforms_or_paths: Sequence, sample_rate: int = 16_000, space: str = "shared"
-  ) -> np.ndarray:
-    """[N, D] embeddings of audio files or waveforms (at `sample_rate`, resampled), in `space`."""
-    windows = [self.windows(self.load_waveform(x, sample_rate)) for x in waveforms_or_paths]
-    return self.embed_windows(windows, space)
+  def encode_speech(
+    self,
+    inputs: str | os.PathLike | np.ndarray | Iterable,
+    sample_rate: int = 16_000,
+    space: str = "shared",
+    *,
+    batch_size: int | None = None,
+    normalize_embeddings: bool = False,
+    show_progress_bar: bool | None = None,
+    convert_to_numpy: bool = True,
+  ) -> np.ndarray | jax.Array:
+    """[N, D] embeddings of audio files or waveforms ([D] of one), in `space`.
+
+    Args:
+      inputs: paths (any sample rate) or waveforms at `sample_rate` (resampled
+        to the model's), any length; an iterable (a generator too), or one
+        path or waveform.
+      sample_rate: the rate of waveforms given as arrays.
+      space: "shared" or "teacher" (module docstring).
+      batch_size: windows per forward pass; default `eval.batch_size`.
+      normalize_embeddings: unit rows (cosine becomes a dot product).
+      show_progress_bar: default: when logging is at INFO, as sentence-transformers.
+      convert_to_numpy: False returns a jax.Array.
+
+    Inputs are read and featurised a few batches at a time (`stream_speech`).
+    """
+    single = isinstance(inputs, (str, os.PathLike, np.ndarray))
+    items = [inputs] if single else inputs
+    rows = []
+    total = len(items) if hasattr(items, "__len__") else None
+    with _progress(show_progress_bar, total, "clip") as bar:
+      for row in self.stream_speech(items, sample_rate, space, batch_size=batch_size):
+        rows.append(row)
+        bar.update()
+    emb = np.stack(rows) if rows else np.zeros((0, self.target_mean.shape[-1]), np.float32)
+    return _output(emb[0] if single else emb, normalize_embeddings, convert_to_numpy)
+
+  embed_speech = encode_speech  # The name before `encode_speech`, kept for code using it.
+
+  def stream_speech(
+    self,
+    inputs: Iterable,
+    sample_rate: int = 16_000,
+    space: str = "shared",
+    *,
+    batch_size: int | None = None,
+  ) -> Iterator[np.ndarray]:
+    """The [D] embedding of each input in turn, holding the features of a few batches at most.
+
+    For more audio than fits in memory as features (a generator over a corpus):
+    inputs are read and cut into windows until `STREAM_BATCHES` batches are
+    filled, those are embedded (sorted by length, `embed_windows`), their
+    embeddings yielded in input order, and only then are more inputs read.
+    """
+    check_space(space)
+    pool = STREAM_BATCHES * self._batch_size(batch_size)
+    pending, count = [], 0
+    for item in inputs:
+      pending.append(self.windows(self.load_waveform(item, sample_rate)))
+      count += len(pending[-1])
+      if count >= pool:
+        yield from self.embed_windows(pending, space, batch_size)
+        pending, count = [], 0
+    if pending:
+      yield from self.embed_windows(pending, space, batch_size)
+
+  def similarity(
+    self, a: np.ndarray | jax.Array, b: np.ndarray | jax.Array
+  ) -> np.ndarray | jax.Array:
+    """[len(a), len(b)] cosines of two sets of embeddings (`cosine`), as sentence-transformers'."""
+    return cosine(a, b)
+
+  def classify(
+    self,
+    speech: str | os.PathLike | np.ndarray | Iterable,
+    labels: Sequence[str],
+    template: str | Sequence[str] = "{}",
+    *,
+    sample_rate: int = 16_000,
+    space: str = "shared",
+    batch_size: int | None = None,
+  ) -> str | list[str]:
+    """Zero-shot: the label whose text is nearest to each input (one label for one input).
+
+    A label's text is `template.format(label)`; the answer is the argmax of
+    `similarity` between the speech and those texts. Several templates are
+    averaged per label as the zero-shot evaluation averages them
+    (`evaluators.zero_shot.class_embeddings`), so `classify` is the rule
+    behind report.json's zero-shot figures.
+    """
+    templates = [template] if isinstance(template, str) else list(template)
+    if not labels or not templates:
+      raise ValueError(f"classify needs labels and templates; got {labels!r} and {templates!r}")
+    speech_emb = self.encode_speech(
+      speech, sample_rate, space, batch_size=batch_size, show_progress_bar=False
+    )
+    encode = functools.partial(self.encode_text, space=space, show_progress_bar=False)
+    classes = zero_shot.class_embeddings(encode, labels, templates)
+    best = np.argmax(self.similarity(np.atleast_2d(speech_emb), classes), axis=1)
+    predicted = [labels[i] for i in best]
+    return predicted[0] if np.ndim(speech_emb) == 1 else predicted
 
   def embed_windows(
-    self, windows: Sequence[Sequence[np.ndarray]], space: str = "shared"
+    self,
+    windows: Sequence[Sequence[np.ndarray]],
+    space: str = "shared",
+    batch_size: int | None = None,
   ) -> np.ndarray:
     """[N, D] embeddings of N inputs, each given as the log-mel of its windows (`windows`).
 
@@ -250,7 +406,7 @@ class Model:
     their lengths, so a short last window counts for what it holds.
     """
     check_space(space)
-    emb = self.embed_features([w for item in windows for w in item])[0]
+    emb = self.embed_features([w for item in windows for w in item], batch_size)[0]
     pooled, start = [], 0
     for item in windows:
       weights = np.array([len(w) for w in item], np.float32)
@@ -259,9 +415,11 @@ class Model:
     pooled = np.stack(pooled)
     return self.to_teacher_space(pooled) if space == "teacher" else pooled
 
-  def embed_features(self, feats: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+  def embed_features(
+    self, feats: Sequence[np.ndarray], batch_size: int | None = None
+  ) -> tuple[np.ndarray, np.ndarray]:
     """(embeddings [N, D], pooled layers [depth + 1, N, dim]) of log-mel feature arrays."""
-    emb, layers, _ = self._forward_batches(feats)
+    emb, layers, _ = self._forward_batches(feats, batch_size)
     return np.stack(emb), np.stack(layers, axis=1)
 
   def transcribe(self, waveforms_or_paths: Sequence, sample_rate: int = 16_000) -> list[str]:
@@ -300,19 +458,25 @@ class Model:
         "transcripts would be noise; transcribe with a run trained with CTC (e.g. configs/demo.py)"
       )
 
-  def _forward_batches(self, feats: Sequence[np.ndarray]) -> tuple[list, list, list]:
+  def _batch_size(self, batch_size: int | None) -> int:
+    """Rows of a forward pass: `batch_size` (default `eval.batch_size`), whole per local device."""
+    size = batch_size or self.config.eval.batch_size
+    return size if self.mesh is None else utils.round_up(size, self.mesh.size)
+
+  def _forward_batches(
+    self, feats: Sequence[np.ndarray], batch_size: int | None = None
+  ) -> tuple[list, list, list]:
     """Per input: (embedding [D], pooled layers [depth + 1, dim], greedy CTC ids of its frames).
 
     Utterances are sorted by length and padded to the training buckets in
-    full batches of `eval.batch_size` (rounded up to a multiple of the local
-    devices, over which each batch is split), so jit compiles once per bucket.
+    full batches (`_batch_size`; each split over the local devices), so jit
+    compiles once per bucket.
     """
     if not feats:
       raise ValueError("nothing to embed")
-    batch_size = self.config.eval.batch_size
+    batch_size = self._batch_size(batch_size)
     batch_sharding = None
     if self.mesh is not None:
-      batch_size = utils.round_up(batch_size, self.mesh.size)
       batch_sharding = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec("data"))
     lengths = np.array([len(f) for f in feats])
     buckets = features_lib.bucket_lengths(self.config)
@@ -336,6 +500,18 @@ class Model:
     return emb, layers, ctc_ids
 
 
+def _progress(show: bool | None, total: int | None, unit: str) -> tqdm.tqdm:
+  """A progress bar over `total` inputs; `show=None` shows it when logging is at INFO or finer."""
+  show = logging.get_verbosity() >= logging.INFO if show is None else show
+  return tqdm.tqdm(total=total, desc=f"encode {unit}", unit=unit, disable=not show)
+
+
+def _output(emb: np.ndarray, normalize: bool, to_numpy: bool) -> np.ndarray | jax.Array:
+  """`encode_*`'s result: unit rows if asked, numpy or a jax.Array."""
+  emb = utils.unit(emb) if normalize else emb
+  return emb if to_numpy else jnp.asarray(emb)
+
+
 def param_key(path: tuple) -> str:
   """A parameter's path in the student's state as one string key: `blocks/0/ff1/up/kernel`."""
   return "/".join(str(k) for k in path)
@@ -347,22 +523,34 @@ def is_export(path: str) -> bool:
 
 def read_export_manifest(path: str) -> dict:
   """The manifest of an export folder, after checking that this stalign reads its format."""
-  manifest = json.loads(fs.read_text(os.path.join(path, EXPORT_MANIFEST)))
-  if manifest.get("format") != EXPORT_FORMAT:
-    raise ValueError(f"{path}/{EXPORT_MANIFEST}: format {manifest.get('format')!r} is not ours")
-  if manifest.get("format_version", 0) > EXPORT_FORMAT_VERSION:
-    raise ValueError(
-      f"{path}: export format version {manifest['format_version']} is newer than this stalign "
-      f"reads ({EXPORT_FORMAT_VERSION}); upgrade stalign"
+  file = os.path.join(path, EXPORT_MANIFEST)
+  try:
+    manifest = json.loads(fs.read_text(file))
+  except ValueError as e:
+    raise ExportError(
+      f"{file} is not JSON ({e}): the export is damaged; export the run again"
+    ) from e
+  if not isinstance(manifest, dict) or manifest.get("format") != EXPORT_FORMAT:
+    found = manifest.get("format") if isinstance(manifest, dict) else manifest
+    raise ExportError(
+      f"{file}: format {found!r} is not {EXPORT_FORMAT!r}: not a folder written by "
+      "`python -m stalign.export`; load the run it came from, or export that run"
+    )
+  version = manifest.get("format_version", 0)
+  if not isinstance(version, int) or version > EXPORT_FORMAT_VERSION:
+    raise ExportError(
+      f"{file}: export format version {version!r} is newer than this stalign reads "
+      f"({EXPORT_FORMAT_VERSION}); upgrade stalign"
     )
   return manifest
 
 
-def _export_file(path: str, name: str) -> str:
-  file = os.path.join(path, name)
-  if not fs.exists(file):
-    raise FileNotFoundError(f"{file} not found: the export is incomplete; export the run again")
-  return file
+def _check_export_files(path: str) -> None:
+  """Every file an export loads from is there (a copy or upload may have left one behind)."""
+  for name in (EXPORT_CONFIG, EXPORT_TEACHER_STATS, EXPORT_PARAMS):
+    file = os.path.join(path, name)
+    if not fs.exists(file):
+      raise FileNotFoundError(f"{file} not found: the export is incomplete; export the run again")
 
 
 def _load_export(path: str, step: int | None, config: ml_collections.ConfigDict | None) -> Model:
@@ -373,24 +561,31 @@ def _load_export(path: str, step: int | None, config: ml_collections.ConfigDict 
       f"{path} is an export of step {manifest['step']}, not {step}; export step {step} "
       "with `python -m stalign.export --step`"
     )
+  _check_export_files(path)
+  given = config is not None
   config = config_lib.validate(config or config_from_workdir(path))
-  dim, mean = layout.read_teacher_stats_file(_export_file(path, EXPORT_TEACHER_STATS))
+  dim, mean = layout.read_teacher_stats_file(os.path.join(path, EXPORT_TEACHER_STATS))
   graphdef, abstract = nnx.split(nnx.eval_shape(lambda: student_lib.build(config, dim)))
-  with fs.local_copy(_export_file(path, EXPORT_PARAMS)) as params_file:
+  with fs.local_copy(os.path.join(path, EXPORT_PARAMS)) as params_file:
     tensors = safetensors.numpy.load_file(params_file)
   want = {param_key(p): (p, v) for p, v in nnx.to_flat_state(abstract)}
-  if set(tensors) != set(want):
-    raise ValueError(
-      f"{path}/{EXPORT_PARAMS} does not fit the student its config.json builds: missing "
-      f"{sorted(set(want) - set(tensors))[:5]}, unexpected {sorted(set(tensors) - set(want))[:5]}"
+  misfit = (
+    [f"{key} missing" for key in sorted(set(want) - set(tensors))]
+    + [f"{key} is no parameter" for key in sorted(set(tensors) - set(want))]
+    + [
+      f"{key} is {tensors[key].shape}, not {v.shape}"
+      for key, (_, v) in want.items()
+      if key in tensors and tensors[key].shape != v.shape
+    ]
+  )
+  if misfit:
+    raise ExportError(
+      f"{path}/{EXPORT_PARAMS} does not fit the student that "
+      f"{'the config given' if given else EXPORT_CONFIG} builds ({'; '.join(misfit[:3])}"
+      f"{'; ...' if len(misfit) > 3 else ''}): export the run again, or load with the config "
+      "it was trained with"
     )
-  pure = {}
-  for key, (p, var) in want.items():
-    if tensors[key].shape != var.shape:
-      raise ValueError(
-        f"{path}/{EXPORT_PARAMS}: {key} has shape {tensors[key].shape}, not {var.shape}"
-      )
-    pure[p] = tensors[key].astype(var.dtype)  # A bfloat16 export computes in float32.
+  pure = {p: tensors[key].astype(v.dtype) for key, (p, v) in want.items()}  # bf16 -> float32.
   nnx.replace_by_pure_dict(abstract, nnx.traversals.unflatten_mapping(pure))
   logging.info("loaded export %s (step %d, %s)", path, manifest["step"], manifest["dtype"])
   return Model(config, graphdef, abstract, mean, manifest["step"])
@@ -409,10 +604,15 @@ def load(
     config: overrides the saved config.json.
 
   Returns:
-    A `Model` whose `embed_speech` and `embed_text` share one space.
+    A `Model` whose `encode_speech` and `encode_text` share one space.
   """
   if is_export(path):
     return _load_export(path, step, config)
+  if fs.exists(os.path.join(path, EXPORT_PARAMS)):
+    raise ExportError(
+      f"{path} holds {EXPORT_PARAMS} but no {EXPORT_MANIFEST}: an export cut short (the manifest "
+      "is written last); export the run again"
+    )
   workdir, path_step = _split_path(path)
   config = config_lib.validate(config or config_from_workdir(workdir))
   config = ml_collections.ConfigDict(config.to_dict())  # Unlocked copy: data_dir may be resolved.

@@ -121,7 +121,8 @@ def embed_chunk(
 ) -> tuple[np.ndarray, list[dict], list[dict]]:
   """(embeddings [n, D], the n inputs they belong to, skipped inputs with the reason)."""
   if modality == "text":
-    return model.embed_text([it["text"] for it in items], space), items, []
+    texts = [it["text"] for it in items]
+    return model.encode_text(texts, space, show_progress_bar=False), items, []
   windows, rows, skipped = [], [], []
   for item in items:
     try:

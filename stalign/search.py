@@ -1,19 +1,25 @@
-r"""Finds the texts nearest in meaning to a spoken query, in a text file or a prebuilt index.
+r"""Finds what is nearest in meaning to a query: texts for a recording, recordings for typed text.
 
   python -m stalign.search --workdir=runs/demo --query=question.wav --texts=sentences.txt
   python -m stalign.embed --workdir=runs/demo --modality=text --input=sentences.txt \
       --output=index.parquet                      # once
   python -m stalign.search --workdir=runs/demo --query=question.wav --index=index.parquet
+  python -m stalign.embed --workdir=runs/demo --input=clips/ --output=speech.parquet
+  python -m stalign.search --workdir=runs/demo --text="turn on the fan" --index=speech.parquet
 
-With `--texts`, every line is embedded by the teacher on each call; with
-`--index`, the texts were embedded once by `stalign.embed` (or are vectors of
-a sentence-transformers model, `--space=teacher`), and only the query is
-embedded. The query is embedded by the student in the index's space (the one
-recorded in it, else `--space`), and the `--top_k` rows of highest cosine are
-printed best first with their score. Only the answer lines are printed;
-`--verbosity=0` shows the INFO log. The model, the query, the texts and the
-index may be local or `gs://` URLs (`stalign.fs`).
+The query is a recording (`--query`, embedded by the student) or typed text
+(`--text`, embedded by the teacher). The candidates are a text file (`--texts`,
+every line embedded by the teacher on each call) or an index written once by
+`stalign.embed` (`--index`: texts or recordings; or vectors of a
+sentence-transformers model, `--space=teacher`), of which only the query is
+embedded, in the index's space (the one recorded in it, else `--space`). The
+`--top_k` candidates of highest cosine are printed best first with their score:
+a text by its words, a recording by its path. Only the answer lines are
+printed; `--verbosity=0` shows the INFO log. The model, the query, the texts
+and the index may be local or `gs://` URLs (`stalign.fs`).
 """
+
+import dataclasses
 
 from absl import app
 from absl import flags
@@ -42,18 +48,63 @@ def top_k(query: np.ndarray, index: np.ndarray, k: int) -> list[tuple[float, int
   return [(float(scores[i]), int(i)) for i in best]
 
 
-def _label(row: dict) -> str:
-  return next(str(row[k]) for k in ("text", "path", "id") if row.get(k) is not None)
+@dataclasses.dataclass(frozen=True)
+class Candidates:
+  """What a query is compared with: a label per candidate, in the space of their vectors.
+
+  `vectors` is None for texts the model embeds on each call (`--texts`).
+  """
+
+  source: str  # The flag that named them, for messages: "--index=speech.parquet".
+  labels: list[str]
+  space: str
+  vectors: np.ndarray | None = None
 
 
-def _read_texts(path: str) -> list[str]:
+def check_flags(query: str | None, text: str | None, texts: str | None, index: str | None) -> None:
+  """The flags name one query and one set of candidates that go together."""
+  if bool(query) == bool(text):
+    given = f"--query={query} and --text={text!r} both given" if query else "no query given"
+    raise app.UsageError(
+      f"{given}: search with one of --query (an audio file) or --text (words to find recordings of)"
+    )
+  if bool(texts) == bool(index):
+    given = f"--texts={texts} and --index={index} both given" if texts else "no candidates given"
+    raise app.UsageError(
+      f"{given}: give one of --texts (a text file, one candidate per line) or --index "
+      "(embeddings written by `python -m stalign.embed`)"
+    )
+  if text and texts:
+    raise app.UsageError(
+      f"--text={text!r} finds recordings, and --texts={texts} holds sentences: give --index with "
+      "embeddings of your recordings (`python -m stalign.embed --input=CLIPS "
+      "--output=speech.parquet`)"
+    )
+  if query and not fs.isfile(query):
+    raise FileNotFoundError(f"--query={query} is not a file: give an audio file to search with")
+
+
+def read_texts(path: str, space: str | None) -> Candidates:
+  """The sentences of a UTF-8 text file, one per line (blank lines are none)."""
   if not fs.isfile(path):
-    raise FileNotFoundError(f"--texts={path} is not a file")
-  with fs.open(path) as fh:
-    texts = [line.strip() for line in fh if line.strip()]
+    raise FileNotFoundError(f"--texts={path} is not a file: give a text file, one sentence a line")
+  try:
+    content = fs.read_bytes(path).decode("utf-8-sig")  # -sig: a byte-order mark is no text.
+  except UnicodeDecodeError as e:
+    raise app.UsageError(
+      f"--texts={path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}): "
+      "save it as UTF-8"
+    ) from e
+  texts = [line.strip() for line in content.splitlines() if line.strip()]
   if not texts:
-    raise app.UsageError(f"--texts={path} has no sentences (one per line)")
-  return texts
+    raise app.UsageError(f"--texts={path} has no sentences: write one candidate per line")
+  return Candidates(f"--texts={path}", texts, space or "shared")
+
+
+def _label(row: dict, modality: str | None) -> str:
+  """A recording by its path (its transcript, if any, is not what was found), a text by itself."""
+  keys = ("path", "id", "text") if modality == "speech" else ("text", "path", "id")
+  return next(str(row[k]) for k in keys if row.get(k) is not None)
 
 
 def _index_space(info: dict, flag: str | None, path: str) -> str:
@@ -69,30 +120,50 @@ def _index_space(info: dict, flag: str | None, path: str) -> str:
   return recorded or flag
 
 
+def read_index(path: str, space: str | None) -> Candidates:
+  """The rows of an embeddings file (`stalign.embed.read_embeddings`) as candidates."""
+  vectors, rows, info = embed.read_embeddings(path)
+  if not len(vectors):
+    raise app.UsageError(
+      f"--index={path} holds no embeddings: write one from your inputs with "
+      "`python -m stalign.embed --input=... --output=...`"
+    )
+  labels = [_label(r, info.get("modality")) for r in rows]
+  return Candidates(f"--index={path}", labels, _index_space(info, space, path), vectors)
+
+
+def search(
+  model: api.Model,
+  candidates: Candidates,
+  query: str | None = None,
+  text: str | None = None,
+  k: int = 5,
+) -> list[tuple[float, str]]:
+  """[(cosine, label)] of the `k` candidates nearest to a recording `query` or a `text`."""
+  vectors, dim = candidates.vectors, model.target_mean.shape[-1]
+  if vectors is None:
+    vectors = model.encode_text(candidates.labels, candidates.space, show_progress_bar=False)
+  elif vectors.shape[1] != dim:
+    raise app.UsageError(
+      f"{candidates.source} holds {vectors.shape[1]}-d vectors and this model embeds {dim}-d "
+      "ones: write the index with this model (`python -m stalign.embed --workdir=...`)"
+    )
+  if query is not None:
+    q = model.encode_speech(query, space=candidates.space, show_progress_bar=False)
+  else:
+    q = model.encode_text(text, candidates.space, show_progress_bar=False)
+  return [(score, candidates.labels[row]) for score, row in top_k(q, vectors, k)]
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   f = flags.FLAGS
-  if bool(f.texts) == bool(f.index):
-    raise app.UsageError("give one of --texts (a text file) or --index (from stalign.embed)")
-  if not fs.isfile(f.query):
-    raise FileNotFoundError(f"--query={f.query} is not a file")
-  if f.texts:
-    labels, space = _read_texts(f.texts), f.space or "shared"
-  else:
-    vectors, rows, info = embed.read_embeddings(f.index)
-    labels, space = [_label(r) for r in rows], _index_space(info, f.space, f.index)
+  check_flags(f.query, f.text, f.texts, f.index)
+  candidates = read_texts(f.texts, f.space) if f.texts else read_index(f.index, f.space)
   model = api.load(f.workdir, step=f.step)
-  if f.texts:
-    vectors = model.embed_text(labels, space)
-  elif vectors.shape[1] != model.target_mean.shape[-1]:
-    raise app.UsageError(
-      f"--index={f.index} holds {vectors.shape[1]}-d vectors; {f.workdir} embeds "
-      f"{model.target_mean.shape[-1]}-d ones (embedded with another teacher?)"
-    )
-  query = model.embed_speech([f.query], space=space)[0]
-  for score, row in top_k(query, vectors, f.top_k):
-    print(f"{score:+.3f}  {labels[row]}")
+  for score, label in search(model, candidates, f.query, f.text, f.top_k):
+    print(f"{score:+.3f}  {label}")
 
 
 if __name__ == "__main__":
@@ -100,7 +171,8 @@ if __name__ == "__main__":
     "workdir", None, "Trained run directory (or RUN/checkpoints/STEP), or an export folder."
   )
   flags.DEFINE_string("query", None, "Audio file to search with (any sample rate and length).")
-  flags.DEFINE_string("texts", None, "Text file, one candidate sentence per line.")
+  flags.DEFINE_string("text", None, "Words to search recordings with (an --index of speech).")
+  flags.DEFINE_string("texts", None, "Text file (UTF-8), one candidate sentence per line.")
   flags.DEFINE_string(
     "index", None, ".parquet or .npy written by `stalign.embed` (or holding an embedding column)."
   )
@@ -110,7 +182,7 @@ if __name__ == "__main__":
     list(api.SPACES),
     "Space to compare in; default: the index's own, or shared for --texts.",
   )
-  flags.DEFINE_integer("top_k", 5, "How many results to print.")
+  flags.DEFINE_integer("top_k", 5, "How many results to print.", lower_bound=1)
   flags.DEFINE_integer("step", None, "Checkpoint step; default the latest.")
-  flags.mark_flags_as_required(["workdir", "query"])
+  flags.mark_flags_as_required(["workdir"])
   cli.run(main)

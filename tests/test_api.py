@@ -3,9 +3,11 @@
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 
+from absl import logging as absl_logging
 from flax import nnx
 import jax
 import numpy as np
@@ -44,7 +46,7 @@ def test_speech_from_files_waveforms_and_tfrecords_agree(model, prepared_config)
   path = json.loads(open(prepared_config.data.manifests.test).readline())["audio_filepath"]
   wave, rate = sf.read(path, dtype="float32")
   assert rate == 8000  # FSDD: resampled to the model's 16 kHz on the way in.
-  from_file, from_wave = model.embed_speech([path, wave], sample_rate=rate)
+  from_file, from_wave = model.encode_speech([path, wave], sample_rate=rate)
   np.testing.assert_allclose(from_file, from_wave, atol=1e-6)
   # The same front end as the TFRecord writer: identical frames, so identical embeddings.
   stored = next(
@@ -56,13 +58,13 @@ def test_speech_from_files_waveforms_and_tfrecords_agree(model, prepared_config)
   np.testing.assert_allclose(model.embed_features([stored["features"]])[0][0], from_file, atol=1e-5)
   # The recipe's front end removes a DC offset (features.remove_dc), at inference as in training.
   assert model.config.features.remove_dc
-  shifted = model.embed_speech([wave + 0.05], sample_rate=rate)
+  shifted = model.encode_speech([wave + 0.05], sample_rate=rate)
   np.testing.assert_allclose(shifted[0], from_wave, atol=1e-2)  # Resampling edges, float16.
 
 
 def test_text_is_centred_like_the_training_targets(model):
   raw = model.teacher.embed(["one", "two"])
-  np.testing.assert_allclose(model.embed_text(["one", "two"]), raw - model.target_mean, atol=1e-6)
+  np.testing.assert_allclose(model.encode_text(["one", "two"]), raw - model.target_mean, atol=1e-6)
   assert np.abs(model.target_mean).sum() > 0
 
 
@@ -80,7 +82,7 @@ def test_teacher_space_text_equals_sentence_transformers_encode(model, prepared_
   assert any(ord(c) > 0x2000 for s in sentences for c in s)  # Emoji, CJK, ...
   assert teacher_lib.from_config(prepared_config).max_tokens == prepared_config.teacher.max_tokens
   assert model.teacher.max_tokens == 256 > prepared_config.teacher.max_tokens
-  got = model.embed_text(sentences, space="teacher")
+  got = model.encode_text(sentences, space="teacher")
   want = reference["embeddings"]
   cosine = np.sum(got * want, 1) / np.linalg.norm(want, axis=1)
   assert cosine.min() >= 0.9999, (cosine.min(), sentences[int(cosine.argmin())][:40])
@@ -89,15 +91,15 @@ def test_teacher_space_text_equals_sentence_transformers_encode(model, prepared_
 
 def test_teacher_space_speech_is_the_student_mapped_back_onto_the_teacher(model, prepared_config):
   path = json.loads(open(prepared_config.data.manifests.test).readline())["audio_filepath"]
-  shared = model.embed_speech([path])
-  teacher = model.embed_speech([path], space="teacher")
+  shared = model.encode_speech([path])
+  teacher = model.encode_speech([path], space="teacher")
   mean = model.target_mean
   # The student gives the direction of its target t - mean; its length is the targets' RMS length.
   expected = utils.unit(utils.unit(shared) * math.sqrt(1 - mean @ mean) + mean)
   np.testing.assert_allclose(teacher, expected, atol=1e-6)
   np.testing.assert_allclose(np.linalg.norm(teacher, axis=1), 1.0, atol=1e-6)
   with pytest.raises(ValueError, match="space='nope'"):
-    model.embed_speech([path], space="nope")
+    model.encode_speech([path], space="nope")
 
 
 def test_window_bounds_cover_long_audio_with_half_overlap():
@@ -118,7 +120,7 @@ def test_a_40_second_file_embeds_as_the_length_weighted_mean_of_its_windows(mode
   fcfg = model.config.features
   with pytest.raises(audio.AudioError, match="max_seconds"):  # The cap stays for training data.
     audio.load_audio(path, fcfg.sample_rate, fcfg.max_seconds)
-  [got] = model.embed_speech([path])
+  [got] = model.encode_speech([path])
   windows = model.windows(model.load_waveform(path))
   assert len(windows) == len(api.window_bounds(40 * fcfg.sample_rate, int(1.5 * 16000))) > 50
   assert max(len(w) for w in windows) <= features.bucket_lengths(model.config)[-1]
@@ -209,6 +211,103 @@ def test_batches_and_buckets_do_not_change_embeddings(bucketed_model, prepared_c
   )
 
 
+def _test_clips(prepared_config, n: int) -> list[str]:
+  with open(prepared_config.data.manifests.test) as f:
+    return [json.loads(line)["audio_filepath"] for line in f][:n]
+
+
+def test_encode_takes_sentence_transformers_keywords(model, prepared_config, capsys):
+  paths = _test_clips(prepared_config, 5)
+  plain = model.encode_speech(paths)
+  assert isinstance(plain, np.ndarray) and plain.shape == (5, 384)
+  out = model.encode_speech(paths, batch_size=2, normalize_embeddings=True, convert_to_numpy=False)
+  assert isinstance(out, jax.Array)
+  np.testing.assert_allclose(np.asarray(out), utils.unit(plain), atol=1e-5)
+  np.testing.assert_allclose(model.encode_speech(paths[2]), plain[2], atol=1e-6)  # One in, one out.
+  texts = ["one", "turn on the lights", "three"]
+  text = model.encode_text(texts)
+  unit = model.encode_text(texts, batch_size=1, normalize_embeddings=True)
+  np.testing.assert_allclose(unit, utils.unit(text), atol=1e-5)
+  np.testing.assert_allclose(model.encode_text("three"), text[2], atol=1e-6)
+  assert model.encode_text([]).shape == (0, 384)
+  want = (plain / np.linalg.norm(plain, axis=1, keepdims=True)) @ (
+    text / np.linalg.norm(text, axis=1, keepdims=True)
+  ).T
+  np.testing.assert_allclose(model.similarity(plain, text), want, atol=1e-6)
+  assert isinstance(model.similarity(jax.numpy.asarray(plain), text), jax.Array)
+  # The progress bar: on when asked; by default only when logging is at INFO.
+  capsys.readouterr()
+  model.encode_speech(paths, show_progress_bar=True)
+  assert "encode clip" in capsys.readouterr().err
+  verbosity = absl_logging.get_verbosity()
+  try:
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    model.encode_text(texts)
+    assert capsys.readouterr().err == ""
+    absl_logging.set_verbosity(absl_logging.INFO)
+    model.encode_text(texts)
+    assert "encode text" in capsys.readouterr().err
+  finally:
+    absl_logging.set_verbosity(verbosity)
+  # The names before encode_* are the same functions, for the code and notebooks that use them.
+  assert api.Model.embed_speech is api.Model.encode_speech
+  assert api.Model.embed_text is api.Model.encode_text
+
+
+def test_stream_speech_reads_a_pool_of_batches_ahead_and_keeps_the_input_order(
+  model, prepared_config, monkeypatch
+):
+  paths = _test_clips(prepared_config, 10)
+  windows = [model.windows(model.load_waveform(p)) for p in paths]
+  assert [len(w) for w in windows] == [1] * 10  # Clips under features.max_seconds.
+  monkeypatch.setattr(api, "STREAM_BATCHES", 2)
+  read, rows = [], []  # Inputs taken from the generator; forward-pass batch sizes.
+
+  def inputs():
+    for p in paths:
+      read.append(p)
+      yield p
+
+  forward = model._forward
+  monkeypatch.setattr(
+    model, "_forward", lambda params, x, n: rows.append(x.shape[0]) or forward(params, x, n)
+  )
+  got = [(len(read), emb) for emb in model.stream_speech(inputs(), batch_size=2)]
+  # Pools of two batches of two: nothing is read beyond the pool being embedded.
+  assert [n for n, _ in got] == [4] * 4 + [8] * 4 + [10] * 2 and set(rows) == {2}
+  want = model.embed_features([w for item in windows for w in item])[0]
+  np.testing.assert_allclose(np.stack([e for _, e in got]), want, atol=1e-5)
+
+
+def test_a_relative_data_dir_is_found_above_the_run_from_any_directory(
+  prepared_config, tiny_run, tmp_path, monkeypatch
+):
+  root = tmp_path / "project"
+  (root / "runs").mkdir(parents=True)
+  os.symlink(prepared_config.data_dir, root / "data")
+  run = root / "runs" / "r"
+  shutil.copytree(tiny_run, run)
+  config = json.loads((run / "config.json").read_text())
+  monkeypatch.chdir(tmp_path)  # Not where training ran: "data" is not here.
+  for data_dir in ("data", "gone"):
+    (run / "config.json").write_text(json.dumps({**config, "data_dir": data_dir}))
+    if data_dir == "data":
+      assert stalign.load(str(run)).config.data_dir == str(root / "data")
+  with pytest.raises(FileNotFoundError) as e:
+    stalign.load(str(run))
+  message = str(e.value)
+  assert "data_dir='gone'" in message and str(root / "gone") in message
+  assert "pass config= with data_dir" in message and "stalign.export" in message
+
+
+def test_a_folder_without_config_json_or_no_folder_names_what_to_pass(tmp_path):
+  (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+  with pytest.raises(FileNotFoundError, match="run/config.json not found: pass a run directory"):
+    stalign.load(str(tmp_path / "run"))
+  with pytest.raises(FileNotFoundError, match="missing is not a folder: pass a run directory"):
+    stalign.load(str(tmp_path / "missing"))
+
+
 def _cli(module, *args, returncode=0, env=None):
   out = subprocess.run(
     [sys.executable, "-m", module, *args],
@@ -249,7 +348,7 @@ def test_embed_cli_on_two_devices_writes_npy_with_index_and_parquet_skipping_bad
   assert index["skipped"][0]["path"].endswith("broken.wav")
   assert "cannot decode" in index["skipped"][0]["reason"]
   # Batches split over two devices embed as one device does.
-  np.testing.assert_allclose(emb, model.embed_speech(paths[:3]), atol=1e-5)
+  np.testing.assert_allclose(emb, model.encode_speech(paths[:3]), atol=1e-5)
   pq = pytest.importorskip("pyarrow.parquet")
   _cli(
     "stalign.embed",
@@ -261,7 +360,7 @@ def test_embed_cli_on_two_devices_writes_npy_with_index_and_parquet_skipping_bad
   assert len(table["embedding"]) == 10 and table["text"][3] == "three"
 
 
-def test_search_cli_prints_sentences_best_first(tiny_run, prepared_config, tmp_path):
+def test_search_cli_prints_sentences_best_first(tiny_run, model, prepared_config, tmp_path):
   query = json.loads(open(prepared_config.data.manifests.test).readline())["audio_filepath"]
   (tmp_path / "t.txt").write_text("one\n\ntwo\nthree\n")
   out = _cli(
@@ -271,11 +370,12 @@ def test_search_cli_prints_sentences_best_first(tiny_run, prepared_config, tmp_p
     f"--texts={tmp_path / 't.txt'}",
     "--top_k=2",
   )
-  lines = out.stdout.strip().splitlines()
-  assert len(lines) == 2
-  scores = [float(line.split()[0]) for line in lines]
-  assert scores == sorted(scores, reverse=True)
   assert out.stderr.strip() == "", out.stderr  # Quiet by default: only the answer lines.
+  # Each sentence with its own score, recomputed here: a label paired with another's score fails.
+  texts = ["one", "two", "three"]
+  scores = model.similarity(model.encode_speech(query), model.encode_text(texts))
+  best = np.argsort(-scores)[:2]
+  assert out.stdout.splitlines() == [f"{scores[i]:+.3f}  {texts[i]}" for i in best]
 
 
 @pytest.mark.parametrize("flag", ["query", "texts", "workdir"])

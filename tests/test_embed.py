@@ -94,7 +94,7 @@ def test_text_modality_in_both_spaces_to_parquet(model, tiny_run, tmp_path):
     assert [r["text"] for r in got_rows] == texts
     assert [r["id"] for r in got_rows] == ["t.txt:1", "t.txt:3", "t.txt:5"]
     assert info["space"] == space and info["modality"] == "text" and info["dim"] == 384
-    np.testing.assert_allclose(vectors, model.embed_text(texts, space), atol=1e-6)
+    np.testing.assert_allclose(vectors, model.encode_text(texts, space), atol=1e-6)
   schema = pq.read_schema(str(tmp_path / "teacher.parquet"))
   assert schema.field("embedding").type.list_size == 384
 
@@ -148,8 +148,8 @@ def test_search_cli_with_a_prebuilt_index(model, tiny_run, prepared_config, tmp_
   assert out.returncode == 0 and out.stderr.strip() == "", out.stderr[-3000:]
   lines = out.stdout.strip().splitlines()
   scores = stalign.api.cosine(
-    model.embed_speech([query], space="teacher"),
-    model.embed_text(["one", "two", "three", "four"], "teacher"),
+    model.encode_speech([query], space="teacher"),
+    model.encode_text(["one", "two", "three", "four"], "teacher"),
   )[0]
   best = np.argsort(-scores)[:3]
   assert lines == [f"{scores[i]:+.3f}  {['one', 'two', 'three', 'four'][i]}" for i in best]

@@ -82,7 +82,7 @@ def test_quickstart_trains_embeds_and_searches(prepared_config, tmp_path, monkey
   trained = printed("-m stalign.main")
   assert "train: step 30 of 30" in trained and "speech to text R@1" in trained, trained
   assert (run / "report.json").exists()
-  embedded = printed("model.embed_speech(wavs)")
+  embedded = printed("model.encode_speech(wavs)")
   assert "speech (3, 384), text (5, 384)" in embedded, embedded
   assert embedded.count("nearest sentence:") == 3, embedded
   searched = printed("-m stalign.search")
