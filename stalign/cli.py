@@ -5,12 +5,15 @@ is given, which also silences orbax's, TensorFlow's and JAX's INFO chatter. A
 user error (a missing file, bad audio, a bad config value, flags that do not
 go together) prints one line that says what to do and exits with status 2;
 with `--verbosity=0` its traceback is shown too. Any other exception is a bug
-and keeps its traceback.
+and keeps its traceback. A `--config` file that does not exist, or a typo in its
+`path.py:arg`, is refused the same way, though absl meets both while parsing flags.
 """
 
 from collections.abc import Callable
 import os
 import sys
+import textwrap
+from typing import NoReturn
 
 from absl import app
 from absl import flags
@@ -33,9 +36,67 @@ USER_ERRORS = (
 )
 
 
+def _config_paths(argv: list[str]) -> list[str]:
+  """The values given to `--config` (`--config=X` or `--config X`) in `argv`."""
+  paths = []
+  for flag, following in zip(argv, [*argv[1:], ""]):
+    if flag.startswith("--config="):
+      paths.append(flag.removeprefix("--config="))
+    elif flag == "--config":
+      paths.append(following)
+  return paths
+
+
+def _user_error(message: str) -> NoReturn:
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
+def _check_config_file(argv: list[str]) -> None:
+  """Refuses a `--config` file that does not exist, in one line.
+
+  Why before flag parsing: ml_collections defers a missing file's error to the
+  first key read, and with a `--config.KEY=VALUE` override that read happens
+  inside absl's flag parsing, as an OSError traceback.
+  """
+  for path in _config_paths(argv):
+    if not os.path.isfile(path.split(":", 1)[0]):
+      _user_error(
+        f"--config={path}: no such config file; name one of configs/*.py (e.g. configs/demo.py)"
+      )
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with a ConfigError from a config file's `get_config(arg)` as one line.
+
+  `get_config` runs while absl parses `--config`: ml_collections re-raises its
+  ConfigError (a ValueError) with the traceback in the message, which absl would
+  print as a "FATAL Flags parsing error". Every other flag error is reported as
+  absl's own parser does (parsing again is no option: it would fail differently,
+  on the `--config.KEY` flags the first parse defined).
+  """
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    cause, config_error = e, None
+    while cause is not None:  # absl's error <- ml_collections' copy <- the original.
+      config_error = cause if isinstance(cause, config_lib.ConfigError) else config_error
+      cause = cause.__context__
+    if config_error is not None:
+      given = _config_paths(argv)  # Empty when --config came from a --flagfile.
+      _user_error(f"--config{'=' + given[-1] if given else ''}: {config_error}")
+    message = str(e)
+    message = f"\n{textwrap.indent(message, '  ')}" if "\n" in message else f" {message}"
+    print(f"FATAL Flags parsing error:{message}", file=sys.stderr)
+    print("Pass --helpshort or --helpfull to see help on flags.", file=sys.stderr)
+    sys.exit(1)
+
+
 def run(main: Callable[[list[str]], None]) -> None:
   """`absl.app.run(main)`, logging at WARNING by default and user errors as one line."""
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ INFO lines.
+  if "config" in flags.FLAGS:
+    _check_config_file(sys.argv)
 
   def guarded(argv: list[str]) -> None:
     if not flags.FLAGS["verbosity"].present:  # absl would log INFO; quiet unless asked.
@@ -45,7 +106,6 @@ def run(main: Callable[[list[str]], None]) -> None:
     except USER_ERRORS as e:
       if logging.get_verbosity() >= logging.INFO:
         raise
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(2)
+      _user_error(str(e))
 
-  app.run(guarded)
+  app.run(guarded, flags_parser=_parse_flags)

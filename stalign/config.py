@@ -103,7 +103,13 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
         raise ConfigError(f"config arg {name}={value!r} is not a boolean")
       out[name] = value.lower() in ("true", "1")
     else:
-      out[name] = type(default)(value)
+      try:
+        out[name] = type(default)(value)
+      except ValueError:
+        raise ConfigError(
+          f"config arg {name}={value!r} is not {type(default).__name__} like its default "
+          f"{default!r}"
+        ) from None
   return out
 
 

@@ -11,7 +11,6 @@ the INFO log (resolved config, mesh, batch arithmetic, checkpoints).
 """
 
 import os
-import sys
 
 # Before TensorFlow loads: its C++ side prints INFO lines (oneDNN notice) at import otherwise.
 # oneDNN only matters to TF float kernels, and TF only parses and pads data here.
@@ -68,25 +67,6 @@ def _save_config(config, workdir: str) -> None:
     fs.makedirs(workdir)
     with fs.atomic_write(os.path.join(workdir, "config.json")) as f:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-
-
-def _check_config_file(argv: list[str]) -> None:
-  """Refuses a `--config` file that does not exist, in one line.
-
-  Why before flag parsing: ml_collections defers a missing file's error to the
-  first key read, and with a `--config.KEY=VALUE` override that read happens
-  inside absl's flag parsing, as an OSError traceback.
-  """
-  for flag, following in zip(argv, [*argv[1:], ""]):
-    path = flag.removeprefix("--config=") if flag.startswith("--config=") else None
-    path = following if flag == "--config" else path
-    if path is not None and not os.path.isfile(path.split(":", 1)[0]):
-      print(
-        f"error: --config={path}: no such config file; name one of configs/*.py "
-        "(e.g. configs/demo.py)",
-        file=sys.stderr,
-      )
-      sys.exit(2)
 
 
 def _check_flags(argv: list[str]) -> None:
@@ -147,7 +127,6 @@ def main(argv):
 
 def run():
   flags.mark_flags_as_required(["config", "workdir"])
-  _check_config_file(sys.argv)
   cli.run(main)
 
 

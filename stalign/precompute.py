@@ -142,13 +142,9 @@ def verify(config: ml_collections.ConfigDict, splits: tuple[str, ...]) -> dict:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}; settings go in --config.KEY=VALUE")
-  path = flags.FLAGS["config"].config_filename.split(":", 1)[0]
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"--config={path}: no such config file; name one of configs/*.py")
-  from stalign import prepare  # The data stage owns which splits a config builds.
 
   config = config_lib.validate(flags.FLAGS.config)
-  print(precompute(config, prepare.splits(config)))
+  print(precompute(config, layout.splits(config)))
 
 
 if __name__ == "__main__":

@@ -42,15 +42,6 @@ from stalign.data import tfrecords
 from stalign.models import frontend
 
 
-def splits(config: ml_collections.ConfigDict) -> tuple[str, ...]:
-  """Splits to build; the synthetic corpus adds its zero-shot split (intents unseen in training),
-  `data.real_sources` the real speech of their held-out speakers (`data.real_split`)."""
-  extra = (data.ZERO_SHOT_SPLIT,) if config.data.source == "synthetic" else ()
-  if config.data.real_sources:
-    extra += (data.real_split(config.eval.split),)
-  return tuple(dict.fromkeys(data.SPLITS + (config.eval.split,) + extra))
-
-
 def _featurize(
   examples: Iterable[dict],
   config: ml_collections.ConfigDict,
@@ -159,11 +150,11 @@ def prepare(config: ml_collections.ConfigDict) -> dict:
   if jax.process_index() == 0:
     write_splits(config)
   multihost_utils.sync_global_devices("data splits written")  # No host reads one half-written.
-  precompute.precompute(config, splits(config))
+  precompute.precompute(config, layout.splits(config))
   if jax.process_index() == 0:
     ensure_index(config, "train")  # After precompute, which rewrites the shards.
   multihost_utils.sync_global_devices("record index written")
-  return {split: layout.read_summary(config.data_dir, split) for split in splits(config)}
+  return {split: layout.read_summary(config.data_dir, split) for split in layout.splits(config)}
 
 
 def ensure_index(config: ml_collections.ConfigDict, split: str) -> None:
@@ -193,7 +184,7 @@ def write_splits(config: ml_collections.ConfigDict) -> dict:
   """Writes every split that has no summary yet; returns each split's summary."""
   source = sources.get(config.data.source)
   summaries = {}
-  for split in splits(config):
+  for split in layout.splits(config):
     if fs.exists(layout.summary_path(config.data_dir, split)):
       summaries[split] = layout.read_summary(config.data_dir, split)
       layout.check_built_with(config, split, summaries[split])

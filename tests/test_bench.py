@@ -1,7 +1,15 @@
-"""Smoke runs of the benchmarks at tiny sizes, so their code cannot rot; no timing is asserted."""
+"""Smoke runs of the benchmarks at tiny sizes, so their code cannot rot; no timing is asserted.
+
+What is asserted: each figure is what its raw measurements say it is (recomputed
+here from the timings and counts the benchmark reports), and each count from
+XLA agrees with one made independently of the benchmark.
+"""
 
 import os
+import statistics
 
+import jax
+import numpy as np
 import pytest
 
 from bench import _common
@@ -21,10 +29,17 @@ def _tiny():
 
 
 def _assert_ratios(out: dict, count: int) -> None:
+  """`count` table rows, each the quotient of the two raw figures it shows."""
   assert len(out["ratios"]) == count
   for row in out["ratios"]:
     assert set(row) == {"name", "ratio", "numerator", "denominator", "limit"}
-    assert row["ratio"] > 0 and row["numerator"]["value"] > 0 and row["denominator"]["value"] > 0
+    assert row["numerator"]["value"] > 0 and row["denominator"]["value"] > 0
+    quotient = row["numerator"]["value"] / row["denominator"]["value"]
+    assert row["ratio"] == pytest.approx(quotient, rel=1e-3, abs=1e-4), row
+
+
+def _nbytes(tree) -> int:
+  return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
 
 
 def test_train_step_benchmark_reports_mfu_against_the_matmul_peak_and_a_breakdown():
@@ -32,7 +47,13 @@ def test_train_step_benchmark_reports_mfu_against_the_matmul_peak_and_a_breakdow
 
   out = train_step.run(configs=[("tiny", _tiny(), 64)], repeats=1)
   result = out["configs"]["tiny"]
-  assert result["step_flops"] > 0 and result["matmul_peak_flops_per_s"] > 0
+  # MFU from the raw timings: the step's FLOPs per median second over 2n^3 per median second.
+  peak = 2 * result["matmul_n"] ** 3 / statistics.median(result["matmul_seconds"])
+  achieved = result["step_flops"] / statistics.median(result["step_seconds"])
+  assert result["matmul_peak_flops_per_s"] == pytest.approx(peak)
+  assert result["mfu_over_matmul_peak"] == pytest.approx(achieved / peak)
+  # The compiled step (dropout, optimizer, scanned blocks) does at least the model's own FLOPs.
+  assert result["step_flops"] >= 0.9 * _common.model_flops(_tiny(), 64)
   assert set(result["breakdown"]) == {
     "front end",
     "attention",
@@ -59,13 +80,26 @@ def test_compile_time_benchmark_compiles_every_bucket_cold_and_warm_and_both_blo
 
 
 def test_input_pipeline_benchmark_runs_the_same_batches_from_the_pipeline_and_from_memory(
-  prepared_config,
+  prepared_config, monkeypatch
 ):
   from bench import input_pipeline
 
+  # Every step's batch, by content: the two sides must time the same work.
+  seen, call = [], _common.TrainStep.__call__
+
+  def recording(step, state, batch):
+    seen.append(np.asarray(batch["features"]).tobytes())
+    return call(step, state, batch)
+
+  monkeypatch.setattr(_common.TrainStep, "__call__", recording)
   out = input_pipeline.run(config=prepared_config, steps=2, repeats=1)
   assert out["data_dir"] == prepared_config.data_dir and out["padded_lengths"]
   assert len(out["pipeline_seconds"]) == len(out["memory_seconds"]) == 1
+  # One compiling call per padded length, then (repeats=1) the pipeline's 2 steps, memory's 2.
+  compiling = len(out["padded_lengths"])
+  assert len(seen) == compiling + 4
+  pipeline, memory = seen[compiling : compiling + 2], seen[compiling + 2 :]
+  assert pipeline == memory and pipeline[0] != pipeline[1]
   _assert_ratios(out, 1)
 
 
@@ -131,8 +165,15 @@ def test_memory_benchmark_reads_the_compiled_plan_and_saves_the_curve(tmp_path):
 
   plot = str(tmp_path / "memory.png")
   out = memory.run(config=_tiny(), lengths=(64,), plot_path=plot)
-  point = out["curves"]["remat"]["64"]
-  assert point["peak_bytes"] == point["argument_bytes"] + point["temp_bytes"] > 0
+  step = _common.TrainStep(_tiny())
+  # The step's arguments are its state and batch, counted from their shapes, not by XLA; the
+  # few bytes of slack are XLA's own size for a scalar.
+  arguments = _nbytes(step.abstract_state) + _nbytes(step.abstract_batch(64))
+  for point in (out["curves"]["remat"]["64"], out["curves"]["no remat"]["64"]):
+    assert point["argument_bytes"] == pytest.approx(arguments, abs=8)
+    assert point["peak_bytes"] == point["argument_bytes"] + point["temp_bytes"] > arguments
+    # Per second of audio: 4 rows of 64 frames of 10 ms.
+    assert point["peak_bytes_per_audio_second"] == pytest.approx(point["peak_bytes"] / (4 * 0.64))
   assert os.path.getsize(plot) > 0
   _assert_ratios(out, 2)
 

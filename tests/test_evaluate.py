@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import ml_collections
+import numpy as np
 import pytest
 
 import stalign
@@ -144,12 +145,26 @@ def test_report_json_values_match_this_run_and_lie_in_documented_ranges(evaluate
   workdir, saved = evaluated
   assert saved["schema_version"] == report.SCHEMA_VERSION and saved["step"] == 7
   assert saved["split"] == "test" and saved["utterances"] == 20
-  for direction in ("speech_to_text", "text_to_speech"):
-    assert 0 <= saved["retrieval"][direction]["recall_at_1"] <= 1
+  # 20 clips of the ten digit sentences: each direction's recalls are whole counts of its
+  # queries, rise with k, and reach 1 at k = 10 where the gallery has only ten sentences.
+  sizes = {"speech_to_text": (20, 10), "text_to_speech": (10, 20)}
+  for direction, (queries, gallery) in sizes.items():
+    r = saved["retrieval"][direction]
+    assert (r["queries"], r["gallery"]) == (queries, gallery)
+    recalls = [r[f"recall_at_{k}"] for k in (1, 5, 10)]
+    assert recalls == sorted(recalls) and r["recall_at_1"] <= r["mrr"] <= 1
+    for recall in recalls:
+      assert recall * queries == pytest.approx(round(recall * queries))
+  assert saved["retrieval"]["speech_to_text"]["recall_at_10"] == 1
+  # Two evaluators compute the paired cosine on their own.
+  assert saved["geometry"]["paired_cosine"] == pytest.approx(
+    saved["retrieval"]["paired_cosine"], abs=1e-5
+  )
   assert 0 <= saved["geometry"]["modality_gap"] <= 2
   digit = saved["probing"]["digit"]
+  assert (digit["classes"], digit["examples"]) == (10, 20)
   for key in ("speech", "text", "text_to_speech_transfer", "speech_to_text_transfer", "chance"):
-    assert 0 <= digit[key] <= 1
+    assert digit[key] * 20 == pytest.approx(round(digit[key] * 20)), key  # Whole examples.
   assert len(digit["layers"]) == 2  # Frontend + the tiny model's one block.
   fsdd = saved["zero_shot"]["fsdd"]
   assert fsdd["utterances"] == 40 and set(fsdd["per_group"]) == {"jackson", "nicolas"}
@@ -157,6 +172,13 @@ def test_report_json_values_match_this_run_and_lie_in_documented_ranges(evaluate
   assert fsdd["held_out_speakers"] == ["nicolas"] and fsdd["held_out_from"] == "training_data"
   assert fsdd["held_out_accuracy"] == fsdd["per_group"]["nicolas"]["accuracy"]
   assert fsdd["seen_accuracy"] == fsdd["per_group"]["jackson"]["accuracy"]
+  # The confusion matrix holds every clip once (four per digit) and the accuracies follow from it.
+  confusion = np.array(fsdd["confusion"])
+  assert fsdd["chance"] == 0.1 and confusion.sum(axis=1).tolist() == [4] * 10
+  assert fsdd["accuracy"] == pytest.approx(np.trace(confusion) / 40)
+  assert list(fsdd["per_class"].values()) == pytest.approx(np.diag(confusion) / 4)
+  correct = sum(g["accuracy"] * g["utterances"] for g in fsdd["per_group"].values())
+  assert fsdd["accuracy"] == pytest.approx(correct / 40)
   # The tiny config trains its CTC head on characters: every speaker's ten words are listed.
   ctc = fsdd["ctc"]
   assert ctc["targets"] == "chars" and set(ctc["per_group"]) == {"jackson", "nicolas"}
@@ -405,7 +427,7 @@ def test_real_speech_of_unseen_speakers_is_evaluated_per_domain_and_reported(
   }
   an4 = real["domains"]["an4"]["retrieval"]
   assert an4["speech_to_text"]["gallery"] == 3 and an4["text_to_speech"]["gallery"] == 4
-  assert real["ctc_targets"] == "chars" and real["all"]["ctc"]["error_rate"] >= 0
+  assert real["ctc_targets"] == "chars" and real["all"]["ctc"]["error_rate"] > 0  # Untrained.
   # The unit test of transcript_errors holds the arithmetic; here, the groups' weighting.
   rates = [real["domains"][g]["ctc"]["error_rate"] for g in ("librispeech", "an4")]
   assert min(rates) <= real["all"]["ctc"]["error_rate"] <= max(rates)

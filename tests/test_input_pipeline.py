@@ -228,15 +228,25 @@ def test_a_record_whose_data_fails_its_crc_is_refused_naming_the_shard_and_the_f
     index.read(np.array([0, 1]))
 
 
+def _example_key(text: bytes, frames: np.ndarray) -> tuple[bytes, bytes]:
+  """One example, told apart from others with the same transcript by its audio's features."""
+  return text, np.asarray(frames, np.float32).tobytes()
+
+
 def test_eval_batches_cover_each_example_once(prepared_config):
-  """Across several buckets, each with a partial last batch."""
+  """Across several buckets, each with a partial last batch: every record once, none twice (the
+  transcripts repeat, so examples are matched by their features as well)."""
   c = with_buckets(prepared_config)
-  n = layout.read_summary(c.data_dir, "test")["written"]
-  texts = []
+  records = tfrecords.iterate_records(layout.list_shards(c.data_dir, "test"))
+  want = sorted(_example_key(r["text"].encode(), r["features"]) for r in records)
+  got = []
   for b in input_pipeline.eval_batches(c, "test", 384, 8):
     assert b["features"].shape[0] == 8
-    texts += list(b["text"][b["valid"]])
-  assert len(texts) == n
+    for row in np.flatnonzero(b["valid"]):
+      got.append(_example_key(b["text"][row], b["features"][row, : b["num_frames"][row]]))
+  assert len(set(want)) == len(want) == layout.read_summary(c.data_dir, "test")["written"]
+  assert len({text for text, _ in want}) < len(want)  # Repeated transcripts: counting them fails.
+  assert sorted(got) == want
 
 
 def test_padding_efficiency_is_real_frames_over_padded_frames():
@@ -255,8 +265,14 @@ def test_padding_efficiency_is_real_frames_over_padded_frames():
 
 
 def test_padding_efficiency_of_prepared_data(prepared_config):
-  efficiency, lengths = input_pipeline.padding_efficiency(prepared_config, "train", 6)
-  assert 0.3 < efficiency < 1
-  assert sum(lengths.values()) == 6 and set(lengths) <= set(
-    features.bucket_lengths(prepared_config)
-  )
+  """One bucket: six batches of eight distinct utterances (of the 60 in the first epoch), all
+  padded to its length, so the efficiency lies between that of the 48 shortest and longest."""
+  c = prepared_config
+  [length] = features.bucket_lengths(c)
+  efficiency, lengths = input_pipeline.padding_efficiency(c, "train", 6)
+  assert lengths == {length: 6}
+  shards = layout.list_shards(c.data_dir, "train")
+  frames = sorted(len(r["features"]) for r in tfrecords.iterate_records(shards))
+  rows = 6 * c.input.batch_size
+  assert len(frames) == 60 and frames[-1] <= length
+  assert sum(frames[:rows]) / (rows * length) <= efficiency <= sum(frames[-rows:]) / (rows * length)

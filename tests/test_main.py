@@ -49,6 +49,66 @@ def test_missing_config_file_fails_with_its_name(tmp_path):
   assert "configs/nope.py" in line and "configs/demo.py" in line
 
 
+# The `--config` handling every CLI gets from `cli.run` (main, precompute, evaluate, study), run
+# without any one CLI's imports: a config file that does not exist and a typo in `path.py:arg`
+# both surface while absl parses flags, where they were tracebacks.
+_CONFIG_CLI = """
+from absl import flags
+from ml_collections import config_flags
+from stalign import cli
+config_flags.DEFINE_config_file("config", None, "", lock_config=True)
+cli.run(lambda argv: print("steps", flags.FLAGS.config.train.steps))
+"""
+
+
+def _config_cli(*args):
+  return subprocess.run(
+    [sys.executable, "-c", _CONFIG_CLI, *args], cwd=REPO, capture_output=True, text=True
+  )
+
+
+@pytest.mark.parametrize(
+  "args, words",
+  [
+    (
+      ["--config=configs/nope.py", "--config.train.steps=3"],
+      ["--config=configs/nope.py:", "no such config file", "configs/demo.py"],
+    ),
+    (["--config", "configs/nope.py:tiny"], ["--config=configs/nope.py:tiny:", "no such config"]),
+    (
+      ["--config=configs/demo.py:tyni", "--config.train.steps=3"],
+      ["--config=configs/demo.py:tyni:", "unknown config arg 'tyni'", "['seed', 'tiny']"],
+    ),
+    (["--config=configs/demo.py:tiny,seed=x"], ["seed='x' is not int"]),
+  ],
+)
+def test_cli_refuses_a_bad_config_argument_in_one_line(args, words):
+  line = _one_line_error(_config_cli(*args))
+  for word in words:
+    assert word in line, line
+
+
+def test_cli_keeps_good_configs_and_absl_flag_errors():
+  good = _config_cli("--config=configs/demo.py:tiny,seed=3", "--config.train.steps=7")
+  assert good.returncode == 0 and good.stdout == "steps 7\n", good.stderr[-3000:]
+  bad = _config_cli("--config=configs/demo.py:tiny", "--bogus")
+  assert bad.returncode == 1, bad.stderr[-3000:]
+  assert bad.stderr.splitlines() == [
+    "FATAL Flags parsing error: Unknown command line flag 'bogus'",
+    "Pass --helpshort or --helpfull to see help on flags.",
+  ]
+
+
+def test_every_cli_with_a_config_flag_runs_through_cli_run():
+  """The `--config` checks above live in `cli.run`: a CLI calling `app.run` itself loses them."""
+  import glob
+
+  for path in glob.glob(os.path.join(REPO, "stalign", "*.py")):
+    source = open(path).read()
+    if "DEFINE_config_file" in source:
+      assert "cli.run(" in source and "app.run(" not in source, path
+
+
 def test_unknown_stage_fails_before_anything_is_written(tmp_path):
   out = _main("--config=configs/demo.py:tiny", f"--workdir={tmp_path}", "--stages=data,trian")
   line = _one_line_error(out)

@@ -6,6 +6,7 @@ transcripts, so the ten distinct transcripts make four chunks and a kill can
 land between them.
 """
 
+import json
 import os
 import shutil
 import subprocess
@@ -212,8 +213,16 @@ def test_verify_says_which_split_lacks_embeddings(make_config, pristine):
     precompute.verify(config, _SPLITS)
 
 
-def test_processes_split_the_work_and_wait_for_the_stats(make_config, teacher, monkeypatch):
-  """Two simulated processes (threads): disjoint chunks and shards, stats before anyone returns."""
+def test_work_split_by_process_index_is_disjoint_and_waits_for_the_stats(
+  make_config, teacher, monkeypatch
+):
+  """precompute's own split of the work, given two process indices: disjoint chunks and shards,
+  and no one returning before process 0's stats are written.
+
+  Threads in one process stand in for the processes (`jax.process_index` and the barrier are
+  patched): this checks precompute's arithmetic and ordering, not jax.distributed, which the
+  two-process tests of stalign.main (tests/test_main.py) run for real.
+  """
   config = make_config("two")
   local = threading.local()
   barrier = threading.Barrier(2, timeout=60)
@@ -262,20 +271,37 @@ def test_processes_split_the_work_and_wait_for_the_stats(make_config, teacher, m
   assert sorted(rewritten) == sorted(shards)
 
 
-def test_teacher_batches_span_all_local_devices(pristine):
+def test_teacher_batches_span_all_local_devices(pristine, teacher):
+  """precompute's teacher in a process with two devices: its batches split over both, with the
+  embeddings of one device (this process's `teacher`, loaded from the same config)."""
   script = """
-from configs import demo
+import json
 from stalign.models import teacher as teacher_lib
-config = demo.get_config("tiny")
-teacher = teacher_lib.from_config(config)
-print(teacher.mesh.devices.size, teacher.name, teacher.embed(["one", "two", "three"]).shape)
+import testdata
+teacher = teacher_lib.from_config(testdata.tiny_config("unused"))
+calls, apply = [], teacher.apply
+def recording(state, ids, mask):
+  calls.append(len(ids.sharding.device_set))
+  return apply(state, ids, mask)
+teacher.apply = recording
+embeddings = teacher.embed(["one", "two", "three"]).tolist()
+print(json.dumps([teacher.mesh.devices.size, teacher.name, calls, embeddings]))
 """
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  env = dict(
+    os.environ,
+    XLA_FLAGS="--xla_force_host_platform_device_count=2",
+    PYTHONPATH=os.path.join(REPO, "tests"),
+  )
   out = subprocess.run(
     [sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
   )
   assert out.returncode == 0, out.stderr[-2000:]
-  assert out.stdout.split("\n")[-2] == "2 sentence-transformers/all-MiniLM-L6-v2 (3, 384)"
+  devices, name, calls, embeddings = json.loads(out.stdout.splitlines()[-1])
+  assert (devices, name, calls) == (2, teacher.name, [2])
+  assert teacher.mesh is None  # One device here: embedded unsplit.
+  want = teacher.embed(["one", "two", "three"])
+  assert want.shape == (3, 384)
+  np.testing.assert_allclose(embeddings, want, atol=1e-5)
 
 
 def _precompute_cli(*args):

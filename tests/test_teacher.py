@@ -11,6 +11,8 @@ import json
 import math
 import os
 import shutil
+import subprocess
+import sys
 
 from flax import nnx
 import jax
@@ -277,12 +279,47 @@ def test_every_parameter_has_logical_axis_names(tiny_teacher):
     assert set(names) <= allowed, (path, names)
 
 
-def test_encode_is_pure_and_shards_over_a_mesh(tiny_dir, tiny_teacher):
-  mesh = jax.make_mesh((len(jax.devices()),), ("data",))
-  sharded = teacher_lib.load(tiny_dir, max_tokens=32, mesh=mesh)
-  np.testing.assert_allclose(sharded.embed(_SENTENCES), tiny_teacher.embed(_SENTENCES), atol=1e-6)
-  # The jitted function takes the state as an argument, not a closure: new
-  # weights give new outputs without rebuilding anything.
+_SHARDED = """
+import json, sys
+import jax, numpy as np
+from stalign.models import teacher as teacher_lib
+sentences, tiny_dir = json.loads(sys.argv[1]), sys.argv[2]
+mesh = jax.make_mesh((4,), ("data",))
+sharded = teacher_lib.load(tiny_dir, max_tokens=32, mesh=mesh)
+calls, apply = [], sharded.apply
+def recording(state, ids, mask):
+  out = apply(state, ids, mask)
+  calls.append([len(ids.sharding.device_set), ids.addressable_shards[0].data.shape[0],
+                ids.shape[0], len(out.sharding.device_set)])
+  return out
+sharded.apply = recording
+alone = teacher_lib.load(tiny_dir, max_tokens=32)
+gap = max(float(np.abs(sharded.embed(sentences, batch_size=b) - alone.embed(sentences)).max())
+          for b in (3, 256))
+print(json.dumps({"gap": gap, "calls": calls}))
+"""
+
+
+def test_encode_shards_the_batch_over_a_mesh(tiny_dir):
+  """Four host devices in a fresh process (pytest's has one, where nothing would be split)."""
+  out = subprocess.run(
+    [sys.executable, "-c", _SHARDED, json.dumps(_SENTENCES), tiny_dir],
+    env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4"),
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert out.returncode == 0, out.stderr[-3000:]
+  result = json.loads(out.stdout.splitlines()[-1])
+  assert result["gap"] < 1e-5
+  # batch_size=3 over 8 sentences: 3, 3, 2 rows, each padded to 4 (one per device); then all
+  # 8 at once, 2 per device. Inputs and outputs live on all four devices.
+  assert result["calls"] == [[4, 1, 4, 4]] * 3 + [[4, 2, 8, 4]]
+
+
+def test_encode_is_pure(tiny_teacher):
+  """The jitted function takes the state as an argument, not a closure: new weights give new
+  outputs without rebuilding anything."""
   zeroed = jax.tree.map(lambda x: x * 0.0, tiny_teacher.state)
   ids = np.ones((2, 16), np.int32)
   mask = np.ones((2, 16), np.int32)

@@ -378,6 +378,16 @@ def _main(config: str, workdir, root, *args: str, data: str = "data"):
   return out
 
 
+def _assert_losses_add_up(run, history: dict, parts: set[str]) -> None:
+  """Every logged step's loss is finite and the config's weighted sum of the parts it names."""
+  weights = json.load(open(run / "config.json"))["loss"]
+  for h in history["train"]:
+    logged = {k.removeprefix("loss_"): v for k, v in h.items() if k.startswith("loss_")}
+    assert set(logged) == parts and np.isfinite(h["loss"]), h
+    total = sum(weights[f"{k}_weight"] * v for k, v in logged.items())
+    assert h["loss"] == pytest.approx(total, rel=1e-4), h
+
+
 @pytest.mark.slow
 def test_every_tpu_config_runs_locally_on_tfds_librispeech(librispeech, tmp_path):
   """tpu_multitask:runlocal trains and evaluates from TFDS data; the other regimes train on it,
@@ -398,7 +408,7 @@ def test_every_tpu_config_runs_locally_on_tfds_librispeech(librispeech, tmp_path
   assert "bfloat16" in json.load(open(multitask / "config.json"))["train"]["compute_dtype"]
   history = json.load(open(multitask / "train_history.json"))
   assert [h["step"] for h in history["valid"]] == [3, 6]
-  assert all(np.isfinite(h["loss"]) for h in history["train"])
+  _assert_losses_add_up(multitask, history, {"distill", "contrastive", "ctc"})
   report = json.load(open(multitask / "report.json"))
   assert report["utterances"] == 8 and report["retrieval"]["speech_to_text"]["gallery"] == 8
   assert report["zero_shot"] == {} and "probing" in report
@@ -445,8 +455,7 @@ def test_whisper_runlocal_runs_end_to_end_on_tfds_librispeech(librispeech, tmp_p
   )
   history = json.load(open(run / "train_history.json"))
   assert [h["step"] for h in history["valid"]] == [3, 6]
-  assert all(np.isfinite(h["loss"]) for h in history["train"])
-  assert all(k in history["train"][-1] for k in ("loss_distill", "loss_ctc"))
+  _assert_losses_add_up(run, history, {"distill", "contrastive", "ctc"})
   report = json.load(open(run / "report.json"))
   assert report["utterances"] == 8 and report["retrieval"]["speech_to_text"]["gallery"] == 8
 

@@ -31,6 +31,16 @@ from stalign import fs
 PREPARE_COMMAND = "python -m stalign.main --config=CONFIG --workdir=RUN --stages=data"
 
 
+def splits(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """Splits a config's data folder holds; the synthetic corpus adds its zero-shot split (intents
+  unseen in training), `data.real_sources` the real speech of their held-out speakers
+  (`data.real_split`)."""
+  extra = (data.ZERO_SHOT_SPLIT,) if config.data.source == "synthetic" else ()
+  if config.data.real_sources:
+    extra += (data.real_split(config.eval.split),)
+  return tuple(dict.fromkeys(data.SPLITS + (config.eval.split,) + extra))
+
+
 def tfrecords_dir(data_dir: str) -> str:
   return os.path.join(data_dir, "tfrecords")
 

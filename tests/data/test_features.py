@@ -55,10 +55,18 @@ def test_spec_augment_is_seeded_and_masks_inside_real_frames_with_their_mean():
   np.testing.assert_allclose(
     a[masked], np.broadcast_to(means[:, None, None], a.shape)[masked], atol=1e-4
   )
-  # Time masks fall inside each utterance: a fully masked frame beyond the length never occurs.
-  masked_frames = masked.all(axis=2)
-  for i, n in enumerate(lengths):
-    assert not masked_frames[i, int(n) + 10 :].any()
+  # Time masks fall inside each utterance (a frame masked in every band is a time mask's: the
+  # frequency masks cover at most 20 of 80), and reach its last real frames: over 20 draws the
+  # masked frames of the 30- and 50-frame rows end just inside their lengths, never beyond.
+  last = {30: [], 50: []}
+  for seed in range(20):
+    keyed = np.asarray(features.spec_augment(x, lengths, jax.random.key(seed), **kw))
+    frames = (keyed != np.asarray(x)).all(axis=2)
+    for i, n in enumerate(np.asarray(lengths)):
+      assert not frames[i, n:].any(), (seed, i)
+      if n in last and frames[i].any():
+        last[n].append(np.flatnonzero(frames[i])[-1])
+  assert max(last[30]) >= 27 and max(last[50]) >= 47, last
 
 
 def test_mel_centres_follow_the_filterbank_peaks():
