@@ -47,6 +47,7 @@ from bench import _common
 from bench.teacher_throughput import TORCH_PYTHON_ENV
 from configs import demo
 import stalign
+from stalign import data
 from stalign.data import sources
 from stalign.data import text as text_lib
 from stalign.evaluators import retrieval
@@ -68,8 +69,8 @@ FALLBACK_HELD_OUT = (
   "an4/mbmg",
   "an4/mcel",
 )
-DEFAULT_LIBRISPEECH_DIR = "../shared/data/librispeech_mini"
-DEFAULT_AN4_MANIFEST = "../shared/data/an4/manifest.jsonl"
+DEFAULT_LIBRISPEECH_DIR = data.real_data_dir("librispeech_mini")
+DEFAULT_AN4_MANIFEST = os.path.join(data.real_data_dir("an4"), "manifest.jsonl")
 ENABLE_CASCADE = (
   "python3 -m venv /tmp/cascadevenv && /tmp/cascadevenv/bin/pip install torch==2.13.0 "
   f"sentence-transformers faster-whisper, then set {TORCH_PYTHON_ENV}=/tmp/cascadevenv/bin/python"

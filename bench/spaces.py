@@ -22,12 +22,13 @@ from typing import Any
 import numpy as np
 
 import stalign
+from stalign import data
 from stalign import evaluate
 from stalign.data import sources
 from stalign.utils import unit
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FSDD_DIR = os.path.join(REPO, "..", "shared", "data", "fsdd")
+FSDD_DIR = os.path.join(REPO, data.real_data_dir("fsdd"))
 SPEAKER = "nicolas"  # Never trained on by the demo (data.fsdd_speakers.train).
 
 

@@ -10,9 +10,12 @@ overridden, e.g. `--config.train.steps=200 --config.loss.ctc_weight=0`. Every
 key is declared here with a comment; `stalign.config.validate` checks them all.
 """
 
+import os
+
 import ml_collections
 
 from stalign import config as config_lib
+from stalign import data
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -56,7 +59,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.num_shards = 2 if tiny else 8
   # split -> JSONL manifest path, for source=manifest (--config.data.manifests.train=PATH).
   c.data.manifests = ml_collections.ConfigDict(dict(train="", valid="", test=""))
-  c.data.fsdd_dir = "../shared/data/fsdd"  # Free Spoken Digit recordings/ (training and zero-shot).
+  # Real speech folders: under $STALIGN_DATA, else ../shared/data (stalign.data.real_data_dir).
+  c.data.fsdd_dir = data.real_data_dir("fsdd")  # Free Spoken Digit recordings/ (train, zero-shot).
   # Real human speech mixed into training; the fourth FSDD voice (nicolas) stays unseen.
   c.data.train_extra = () if tiny else ("fsdd",)  # Sources whose train split joins the main one.
   # Speed-perturbed copies of every train_extra clip, besides the clip itself (prepare.py).
@@ -66,8 +70,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     dict(train=("george", "jackson", "lucas"), valid=(), test=())
   )
   # Real read and spoken English of many speakers (sources librispeech and an4; READMEs there).
-  c.data.librispeech_dir = "../shared/data/librispeech_mini"  # Extracted LibriSpeech subsets.
-  c.data.an4_manifest = "../shared/data/an4/manifest.jsonl"  # CMU AN4, a manifest with speakers.
+  c.data.librispeech_dir = data.real_data_dir("librispeech_mini")  # Extracted LibriSpeech subsets.
+  # CMU AN4, a NeMo manifest with speakers.
+  c.data.an4_manifest = os.path.join(data.real_data_dir("an4"), "manifest.jsonl")
   # Sources whose held-out speakers make the split real_{eval.split}, reported as "real speech,
   # unseen speakers" (evaluate.py); () = none.
   c.data.real_sources = () if tiny else ("librispeech", "an4")
@@ -96,7 +101,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.features.hop_ms = 10.0  # Frame step: 100 feature frames per second.
   # Subtract each clip's mean before the log-mel (stalign/data/features.py:featurize). Real
   # recordings can carry a DC offset that synthetic speech never has (nicolas's FSDD clips do):
-  # on, his digits rose by 0.02-0.05 in each of three seeds (README, sixth round). Per data_dir.
+  # on, his digits rose by 0.02-0.05 in each of three seeds (docs/experiments.md, sixth round).
+  # Fixed per data_dir.
   c.features.remove_dc = True
   c.features.max_seconds = 12.0  # Longer training clips are skipped (and counted).
   # What the student reads (stalign/models/frontend.py): "logmel" (these settings) or "whisper"
@@ -129,17 +135,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.subsample = 8  # Stacked log-mel frames per encoder frame (80 ms).
   # Whisper blocks after the frozen ones, fine-tuned from the pretrained weights (frontend=whisper).
   c.model.whisper_tuned_layers = 0
+  # The teacher's last N transformer layers as the utterance head, fine-tuned from the teacher at
+  # train.pretrained_lr_factor x lr (0: attention or mean pooling and an MLP).
+  c.model.teacher_layers = 0
   c.model.dim = 64 if tiny else 144  # Conformer width.
   # Conformer blocks. 2, not 4: in the same ten minutes, 2 blocks x 2,700 steps learn more than
-  # 3 x 2,100 or 4 x 1,700 (README "What made the demo learn").
+  # 3 x 2,100 or 4 x 1,700 (docs/experiments.md, third round).
   c.model.depth = 1 if tiny else 2
   c.model.heads = 4  # Attention heads (divide dim).
   c.model.conv_kernel = 15  # Depthwise convolution width, in encoder frames.
   # Hidden width of each feed-forward module, in multiples of dim. 2, not the Conformer's 4: the
-  # step is 19% faster on CPU, so more steps fit the demo's ten minutes (README).
+  # step is 19% faster on CPU, so more steps fit the demo's ten minutes (docs/experiments.md,
+  # second round).
   c.model.ff_mult = 2
   # In every block and after the front end. Off in the demo: in a 10-minute budget it cost
-  # 40% of the step time and regularised nothing the channel augmentation does not (README).
+  # 40% of the step time and regularised nothing the channel augmentation does not
+  # (docs/experiments.md, first round).
   c.model.dropout = 0.0
   c.model.ctc_layer = -1  # Index of the block the CTC head reads; -1 = last.
   c.model.ctc_upsample = 4  # CTC outputs per encoder frame: 80 ms / 4 = 20 ms per character slot.
@@ -157,19 +168,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.loss.bank_weight = 0.0
   c.loss.temperature = 0.07  # Initial value; it is learned.
   # Multitask CTC; 0 turns it off. 1.0, not 0.3: in three seeds the valid split's R@1 rose by
-  # 0.03 and text->speech by 0.04 in the same steps (README "What made the demo learn").
+  # 0.03 and text->speech by 0.04 in the same steps (docs/experiments.md, fourth round).
   c.loss.ctc_weight = 1.0
 
   # Optimiser and loop (stalign/train.py).
   c.train = ml_collections.ConfigDict()
-  c.train.steps = 30 if tiny else 2_700  # About 10 minutes on 2 CPU cores (README).
+  c.train.steps = 30 if tiny else 2_700  # 9.5 minutes on 2 CPU cores (docs/experiments.md).
   # Peak learning rate (AdamW): at 1,700 steps of 4 blocks 1.3e-3, 2e-3 and 3e-3 did worse on the
-  # valid split and nicolas together (README); tiny's 30 steps keep the larger one.
+  # valid split and nicolas together (docs/experiments.md, second round); tiny's 30 steps keep
+  # the larger one.
   c.train.lr = 2e-3 if tiny else 1e-3
   c.train.warmup_steps = 5 if tiny else 100  # Linear warmup from 0.
   c.train.schedule = "cosine"  # "cosine" | "linear" decay to 2% of the peak.
   # AdamW decoupled weight decay. 0.1, not 0.01: in three seeds the valid split's R@1 rose by
-  # 0.010-0.013 and the held-out intents by 0.02-0.04, nicolas unchanged (README, fifth round).
+  # 0.010-0.013 and the held-out intents by 0.02-0.04, nicolas unchanged (docs/experiments.md,
+  # fifth round).
   c.train.weight_decay = 0.1
   c.train.grad_clip = 1.0  # Global gradient norm clip.
   # Learning rate of pretrained (Whisper) parameters, as a factor of train.lr.

@@ -24,14 +24,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data_dir = "data/tiny_whisper" if tiny else "data/whisper"
   # Grammar sentences (commands, statements; the synthetic test split's kind) and WordNet's
   # example sentences (open vocabulary): 2,500 + 3,500, not 3,000 + 0, lifted the unseen
-  # LibriSpeech speakers' R@1 from 0.27 to 0.39 on the valid split (README, "Real speech").
+  # LibriSpeech speakers' R@1 from 0.27 to 0.39 on the valid split (docs/experiments.md, "How the
+  # recipe was chosen").
   c.corpus.num_train = 240 if tiny else 2_500
   c.corpus.wordnet_sentences = 0 if tiny else 3_500
   c.data.train_extra = () if tiny else ("fsdd", "librispeech", "an4")
   c.features.frontend = "whisper"
   # Whisper tiny.en's whole encoder (4 blocks, width 384, 8.2M parameters), frozen. Base's 6
-  # blocks did as well on the valid speakers but featurise at 71 audio s/s against 122 here,
-  # which the 15-minute demo cannot pay (README, "Real speech"). `:tiny` takes its first block.
+  # blocks did as well on the valid speakers but featurise at 71 audio s/s against tiny.en's 122,
+  # which the 15-minute demo cannot pay (docs/experiments.md, "How the recipe was chosen").
+  # `:tiny` takes its first block.
   c.features.whisper_weights = "tiny.en"
   c.features.whisper_layers = 1 if tiny else 4
   c.features.max_seconds = 20.0  # LibriSpeech's sentences run to 17 s.
@@ -40,7 +42,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.subsample = 4  # 4 x 20 ms = 80 ms per head frame.
   c.model.dim = 64 if tiny else 256
   c.model.pooling = "attention"
-  c.train.steps = 30 if tiny else 1_000  # About 6.5 minutes on 2 CPU cores.
+  c.train.steps = 30 if tiny else 1_000  # 7.5 minutes on 2 CPU cores, compiling included.
   c.train.channel_augment = ml_collections.ConfigDict(
     dict(warp=0.0, eq_db=0.0, lowpass_prob=0.0, lowpass_hz=(3400.0, 4600.0))
   )

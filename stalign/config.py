@@ -50,6 +50,7 @@ ADDED_KEYS = {
   "features.whisper_weights": "base",
   "features.whisper_layers": 6,
   "model.whisper_tuned_layers": 0,
+  "model.teacher_layers": 0,
   "train.pretrained_lr_factor": 0.1,
   # Real speech by unseen speakers: off for runs saved before it (no real_* split was built).
   "data.librispeech_dir": "../shared/data/librispeech_mini",
@@ -144,6 +145,7 @@ def _validate_whisper(c: ml_collections.ConfigDict) -> None:
 
   _one_of("features.frontend", c.features.frontend, frontend.FRONTENDS)
   _at_least("model.whisper_tuned_layers", c.model.whisper_tuned_layers, 0)
+  _at_least("model.teacher_layers", c.model.teacher_layers, 0)
   _above("train.pretrained_lr_factor", c.train.pretrained_lr_factor, 0)
   if c.features.frontend != "whisper":
     if c.model.whisper_tuned_layers:

@@ -30,6 +30,7 @@ from stalign import fs
 from stalign import prepare
 from stalign import report
 from stalign import train
+from stalign.data import sources
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config",
@@ -86,6 +87,8 @@ def main(argv):
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   config, workdir = config_lib.validate(_CONFIG.value), _WORKDIR.value
   config_lib.validate_mesh(config, jax.device_count())
+  if "data" in _STAGES.value:
+    sources.check_real_speech(config)
   logging.info(
     "process %d of %d, %d local / %d global devices (%s)",
     jax.process_index(),

@@ -77,7 +77,9 @@ def make_optimizer(
     optax.clip_by_global_norm(t.grad_clip),
     optax.adamw(schedule, weight_decay=t.weight_decay),
   ]
-  if config.model.whisper_tuned_layers and t.pretrained_lr_factor != 1:
+  if (config.model.whisper_tuned_layers or config.model.teacher_layers) and (
+    t.pretrained_lr_factor != 1
+  ):
     # Pretrained blocks move at a fraction of the fresh head's rate (decay included), so a
     # few thousand noisy steps on little data refine them rather than overwrite them.
     parts.append(optax.masked(optax.scale(t.pretrained_lr_factor), is_pretrained))
@@ -91,10 +93,15 @@ def make_optimizer(
 
 
 def is_pretrained(params):
-  """True for each parameter of the student's pretrained Whisper blocks (`Student.whisper`)."""
-  return jax.tree_util.tree_map_with_path(
-    lambda path, _: getattr(path[0], "key", None) == "whisper", params
-  )
+  """True for each parameter warm-started from pretrained weights: the student's Whisper blocks
+  (`Student.whisper`) and the teacher's layers on top (`Student.teacher_top`, its fresh input
+  projection excepted)."""
+
+  def pretrained(path, _) -> bool:
+    keys = [getattr(p, "key", None) for p in path]
+    return keys[0] == "whisper" or (keys[0] == "teacher_top" and keys[1] != "project")
+
+  return jax.tree_util.tree_map_with_path(pretrained, params)
 
 
 # --------------------------------------------------------------------- losses

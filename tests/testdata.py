@@ -10,10 +10,12 @@ from typing import Any
 import numpy as np
 import pytest
 
+from stalign import data
 from stalign.models import whisper_weights
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FSDD_DIR = os.path.join(REPO, "..", "shared", "data", "fsdd")
+# Relative to the repository, where pytest runs from (`stalign.data.real_data_dir`).
+FSDD_DIR = os.path.join(REPO, data.real_data_dir("fsdd"))
 
 
 def fsdd_files(speaker: str, takes: range) -> list[str]:
@@ -21,7 +23,10 @@ def fsdd_files(speaker: str, takes: range) -> list[str]:
     os.path.join(FSDD_DIR, "recordings", f"{d}_{speaker}_{t}.wav") for t in takes for d in range(10)
   ]
   if not os.path.exists(files[0]):
-    pytest.fail(f"FSDD recordings not found under {FSDD_DIR}: tests need ../shared beside the repo")
+    pytest.skip(
+      f"needs FSDD recordings, not found under {FSDD_DIR}: set ${data.DATA_ROOT_ENV} to the "
+      "folder holding fsdd/ (from https://github.com/Jakobovski/free-spoken-digit-dataset)"
+    )
   return files
 
 

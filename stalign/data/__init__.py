@@ -1,5 +1,11 @@
 """Data: audio and text checks, the synthetic corpus, sources, features and TFRecords."""
 
+import os
+
+# The environment variable naming the folder that holds the real speech sets (fsdd/, an4/,
+# librispeech_mini/); unset, they are looked for in ../shared/data, beside the repository.
+DATA_ROOT_ENV = "STALIGN_DATA"
+
 # Splits every data source provides, in the order they are built.
 SPLITS = ("train", "valid", "test")
 # The synthetic corpus's extra split: command intents held out of every other split.
@@ -15,3 +21,13 @@ def real_split(split: str) -> str:
   `prepare` builds it from the held-out speakers of every source in `data.real_sources`.
   """
   return f"real_{split}"
+
+
+def real_data_dir(name: str) -> str:
+  """The folder of the real speech set `name` ("fsdd", "an4", "librispeech_mini").
+
+  Under $STALIGN_DATA when set, else `../shared/data` (relative to the working
+  directory: the repository root for `make` and the CLIs). The configs, tests
+  and benchmarks all find the sets here, so one variable moves them all.
+  """
+  return os.path.join(os.environ.get(DATA_ROOT_ENV) or os.path.join("..", "shared", "data"), name)

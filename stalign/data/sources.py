@@ -19,6 +19,7 @@ from absl import logging
 import ml_collections
 import numpy as np
 
+from stalign import data
 from stalign import fs
 from stalign import utils
 from stalign.data import audio
@@ -117,6 +118,47 @@ def manifest(config: ml_collections.ConfigDict, split: str) -> Iterator[dict]:
 
 
 _FSDD_NAME = re.compile(r"^(\d)_([a-z]+)_(\d+)\.wav$")
+
+
+# Each real speech set a config may read: its config key, and what it is and where to get it.
+_REAL_SETS = {
+  "fsdd": (
+    "data.fsdd_dir",
+    "recordings",
+    "the Free Spoken Digit Dataset (English digits, 8 kHz; git clone "
+    "https://github.com/Jakobovski/free-spoken-digit-dataset fsdd, or TFDS spoken_digit)",
+  ),
+  "librispeech": (
+    "data.librispeech_dir",
+    "",
+    "an extracted LibriSpeech subset (e.g. Mini LibriSpeech train-clean-5, openslr.org/31)",
+  ),
+  "an4": (
+    "data.an4_manifest",
+    "",
+    "CMU AN4 as a NeMo manifest with a speaker per line (speech.cs.cmu.edu/databases/an4)",
+  ),
+}
+
+
+def check_real_speech(config: ml_collections.ConfigDict) -> None:
+  """FileNotFoundError, in one line, for the first real speech set the data stage reads that is
+  missing.
+
+  Run before any work, so a clone without the sets stops at once, saying what each
+  set is and where to get it, rather than minutes later. (Evaluation's FSDD zero-shot
+  section is left out of the report when its folder is missing.)
+  """
+  names = {config.data.source, *config.data.train_extra, *config.data.real_sources}
+  for name in sorted(names & set(_REAL_SETS)):
+    key, inside, what = _REAL_SETS[name]
+    path = config.data[key.split(".", 1)[1]]
+    if not fs.exists(os.path.join(path, inside) if inside else path):
+      raise FileNotFoundError(
+        f"{name}: nothing at {path} ({key}); it is {what}. Put it there, set "
+        f"${data.DATA_ROOT_ENV} to the folder holding fsdd/, an4/ and librispeech_mini/, "
+        f"or set --config.{key}"
+      )
 
 
 @register("fsdd")

@@ -7,7 +7,7 @@
   Whisper encoder (`features.whisper_weights`), frozen, every 20 ms. A frozen encoder gives the
   same frames every epoch, so they are computed once, stored in the TFRecords like the
   teacher's embeddings, and training runs only what learns: on two CPU cores that is what makes
-  a 20M-parameter pretrained encoder affordable (README, "Real speech").
+  a 20M-parameter pretrained encoder affordable (docs/experiments.md).
 
 The TFRecord writer (`stalign.prepare`) and inference (`stalign.api`) both call `featurize`, so a
 clip embeds the same whether it came from a data folder or a file.

@@ -8,7 +8,7 @@ in which case the Conformer is a small head on a large pretrained body, and
 Log-mel frames are stacked `subsample` at a time (8 x 10 ms = 80 ms per encoder
 frame by default) and projected to the model width; calibration on a CPU
 budget showed that fewer, wider frames are what lets a small encoder learn in
-minutes (README, "What made the demo learn"). A stack of Conformer blocks
+minutes (docs/experiments.md). A stack of Conformer blocks
 (Gulati et al., 2020) follows; a character CTC head reads one of the blocks,
 and the utterance head pools the frames and projects to the teacher's width.
 
@@ -25,7 +25,9 @@ import ml_collections
 
 from stalign import utils
 from stalign.data import text as text_lib
+from stalign.models import bert
 from stalign.models import frontend
+from stalign.models import hf_loader
 from stalign.models import layers
 from stalign.models import whisper
 from stalign.models import whisper_weights
@@ -145,6 +147,46 @@ def _whisper_blocks(
   return blocks
 
 
+class TeacherTop(nnx.Module):
+  """The teacher's last transformer layers over the student's frames, warm-started from the teacher.
+
+  The teacher already knows how words compose into a sentence vector; with its
+  upper layers on top, the student has only to say which words it hears, in the
+  teacher's own hidden space, rather than learn that composition from a few
+  thousand transcripts. The frames enter through a fresh projection plus the
+  teacher's position table and embedding LayerNorm; the output is pooled as the
+  teacher pools (without its final normalisation: the losses normalise).
+  """
+
+  def __init__(self, dim: int, teacher_path: str, count: int, rngs: nnx.Rngs):
+    transformer_dir, pooling = hf_loader.load_pooling(
+      teacher_path or hf_loader.default_teacher_path()
+    )
+    graphdef, state, bert_config = hf_loader.load_bert(transformer_dir)
+    teacher = nnx.merge(graphdef, state)
+    if not 0 < count <= len(teacher.layers):
+      raise ValueError(
+        f"model.teacher_layers={count}: the teacher has {len(teacher.layers)} layers to take"
+      )
+    self.project = layers.dense(dim, bert_config.hidden_size, (None, "embed"), rngs)
+    self.position = teacher.embeddings.position
+    self.norm = teacher.embeddings.norm
+    self.layers = nnx.List(teacher.layers[-count:])
+    self.pooling = bert.Pooling(pooling.modes, normalize=False)
+
+  def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
+    positions = self.position.embedding.shape[0]
+    if x.shape[1] > positions:
+      raise ValueError(
+        f"{x.shape[1]} student frames exceed the teacher's {positions} positions: lower "
+        "features.max_seconds or raise model.subsample"
+      )
+    h = self.norm(self.project(x) + self.position.embedding[: x.shape[1]][None])
+    for layer in self.layers:
+      h = layer(h, mask)
+    return bert.pool(h, mask, self.pooling)
+
+
 class Student(nnx.Module):
   """Speech encoder; `__call__` returns utterance embeddings, CTC logits and their masks."""
 
@@ -157,9 +199,12 @@ class Student(nnx.Module):
     temperature: float,
     rngs: nnx.Rngs,
     pretrained: tuple[str, int] | None = None,
+    teacher_path: str = "",
   ):
     """`pretrained` = (Whisper weights, first block): `config.whisper_tuned_layers` Whisper blocks
-    from that one on run first, warm-started from the weights (regime b's ASR pretraining)."""
+    from that one on run first, warm-started from the weights (regime b's ASR pretraining).
+    `teacher_path` is the teacher whose last `config.teacher_layers` layers make the utterance
+    head (`TeacherTop`) when that is set."""
     dim = config.dim
     self.whisper = (
       None
@@ -182,12 +227,16 @@ class Student(nnx.Module):
     self.ctc_upsample = config.ctc_upsample
     self.vocab_size = vocab_size
     self.ctc_head = layers.dense(dim, config.ctc_upsample * vocab_size, ("embed", "vocab"), rngs)
-    # Attentive pooling learns which frames matter; mean pooling weighs all real frames alike.
-    self.pool_score = (
-      layers.dense(dim, 1, ("embed", None), rngs) if config.pooling == "attention" else None
-    )
-    self.pool_hidden = layers.dense(dim, dim, ("embed", "mlp"), rngs)
-    self.pool_out = layers.dense(dim, embed_dim, ("mlp", None), rngs)
+    if config.teacher_layers:
+      self.teacher_top = TeacherTop(dim, teacher_path, config.teacher_layers, rngs)
+    else:
+      self.teacher_top = None
+      # Attentive pooling learns which frames matter; mean pooling weighs all real frames alike.
+      self.pool_score = (
+        layers.dense(dim, 1, ("embed", None), rngs) if config.pooling == "attention" else None
+      )
+      self.pool_hidden = layers.dense(dim, dim, ("embed", "mlp"), rngs)
+      self.pool_out = layers.dense(dim, embed_dim, ("mlp", None), rngs)
     self.dropout = nnx.Dropout(config.dropout)
     # The contrastive loss's temperature is learned with the model (as CLIP's logit scale).
     self.log_temperature = nnx.Param(jnp.log(jnp.float32(temperature)))
@@ -246,14 +295,17 @@ class Student(nnx.Module):
     x = hidden[-1]
     ctc_hidden = hidden[self.ctc_layer + 1]
     mean_weights = mask / jnp.maximum(mask.sum(axis=1, keepdims=True), 1)
-    if self.pool_score is None:
-      weights = mean_weights
+    if self.teacher_top is not None:
+      embedding = self.teacher_top(x, mask)
     else:
-      scores = jnp.where(mask, self.pool_score(x)[..., 0], -1e9)
-      weights = jax.nn.softmax(scores, axis=1) * mask
-    self.sow(nnx.Intermediate, "pool_weights", weights)
-    pooled = jnp.einsum("bt,btd->bd", weights, x)
-    embedding = self.pool_out(nnx.gelu(self.pool_hidden(pooled)))
+      if self.pool_score is None:
+        weights = mean_weights
+      else:
+        scores = jnp.where(mask, self.pool_score(x)[..., 0], -1e9)
+        weights = jax.nn.softmax(scores, axis=1) * mask
+      self.sow(nnx.Intermediate, "pool_weights", weights)
+      pooled = jnp.einsum("bt,btd->bd", weights, x)
+      embedding = self.pool_out(nnx.gelu(self.pool_hidden(pooled)))
     ctc_logits = self.ctc_head(ctc_hidden).reshape(batch, -1, self.vocab_size)
     # Mean-pooled front end and block outputs, for layer-wise probes (jit prunes unused ones).
     layers = jnp.stack([jnp.einsum("bt,btd->bd", mean_weights, h) for h in hidden])
@@ -281,4 +333,5 @@ def build(config: ml_collections.ConfigDict, embed_dim: int, seed: int = 0) -> S
     pretrained=(config.features.whisper_weights, config.features.whisper_layers)
     if config.model.whisper_tuned_layers
     else None,
+    teacher_path=config.teacher.path,
   )

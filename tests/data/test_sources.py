@@ -2,6 +2,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 from unittest import mock
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from stalign import data
 from stalign import prepare
 from stalign.data import layout
 from stalign.data import sources
@@ -271,3 +273,32 @@ def test_the_shared_real_speech_folders_hold_the_demo_held_out_speakers():
       }
     assert not {ex["labels"]["speaker"] for ex in examples["train"]} & held
     assert all(os.path.isfile(ex["audio_filepath"]) for ex in every)
+
+
+def test_a_missing_real_speech_set_is_named_with_where_to_get_it(tmp_path, monkeypatch):
+  from configs import whisper
+
+  monkeypatch.setenv(data.DATA_ROOT_ENV, str(tmp_path))
+  config = whisper.get_config()
+  (tmp_path / "an4").mkdir()
+  (tmp_path / "an4" / "manifest.jsonl").write_text("")
+  (tmp_path / "librispeech_mini").mkdir()
+  with pytest.raises(FileNotFoundError) as refused:
+    sources.check_real_speech(config)
+  message = str(refused.value)
+  assert "\n" not in message
+  for part in (
+    str(tmp_path / "fsdd"),
+    "Free Spoken Digit",
+    "github.com/Jakobovski",
+    "spoken_digit",
+    "$STALIGN_DATA",
+    "--config.data.fsdd_dir",
+  ):
+    assert part in message, part
+  (tmp_path / "fsdd" / "recordings").mkdir(parents=True)
+  sources.check_real_speech(config)  # Every set the data stage reads is there.
+  config.data.train_extra = ()
+  config.data.real_sources = ()
+  shutil.rmtree(tmp_path / "fsdd")
+  sources.check_real_speech(config)  # Synthetic speech only: no real set is read.
