@@ -44,9 +44,9 @@ short test runs beside it, while the report's CTC transcripts still took a padde
 (about 20 s more per evaluation of (c) and (d); since batched, about 1 s); at `2fe4aae`
 (2026-11-27, DC offset removed), 44 min 26 s with nothing else running. Seed-1 and seed-2 runs
 trained in 0.5-1.4 min. At this budget the recipe's
-own cell reaches test R@1 0.14 (the demo's 2,700 steps: 0.89); README "The paper's findings,
-reproduced" has the table. T is a ninth of the demo's 2,700 steps: the study compares regimes at
-a budget this machine affords, not at convergence, and the ASR pretraining is short (P = T / 3);
+own cell reaches test R@1 0.14 (the demo's 2,700 steps: 0.89); docs/analysis.md has the
+tables. T is a ninth of the demo's 2,700 steps: the study compares regimes at
+a budget a 2-core CPU affords, not at convergence, and the ASR pretraining is short (P = T / 3);
 `--config.study.pretrain_steps` moves the split. Each further 100 steps of T cost
 3 x 8 x 100 x 0.2 s = 8 min.
 

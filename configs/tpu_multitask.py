@@ -125,6 +125,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1 if local else 4, model=1))
 
   c.eval.batch_size = 8 if local else 256
-  c.eval.every_steps = 0  # Evaluators during training have not run multi-host yet (issue 10).
+  c.eval.every_steps = 0  # Evaluators during training have not run multi-host yet.
   c.eval.zero_shot = ()  # The synthetic intents and FSDD digits are not LibriSpeech's.
   return c
