@@ -32,6 +32,7 @@ import optax
 from bench import _common
 from configs import demo
 from configs import tpu_multitask
+from stalign import losses
 from stalign import train
 
 LARGE_FRAMES = 1200  # 12 s: LibriSpeech's mean utterance is 12.3 s.
@@ -74,7 +75,7 @@ def _fwd_bwd(modules, call: Callable, x: jax.Array, key: jax.Array) -> Callable[
 def _loss_part(
   config: ml_collections.ConfigDict, batch: dict, outputs: dict, **weights: float
 ) -> Callable[[], Any]:
-  """`train.compute_losses` with only the named loss weights on, forward and backward."""
+  """`losses.compute_losses` with only the named loss weights on, forward and backward."""
   loss_config = config.loss.copy_and_resolve_references()
   loss_config.distill = "cosine" if weights.get("distill_weight") else "none"
   for key in ("distill_weight", "contrastive_weight", "ctc_weight"):
@@ -85,7 +86,7 @@ def _loss_part(
   masks = {k: v for k, v in outputs.items() if k not in floats}
 
   def loss(floats, log_temperature):
-    return train.compute_losses({**floats, **masks}, batch, mean, loss_config, log_temperature)[0]
+    return losses.compute_losses({**floats, **masks}, batch, mean, loss_config, log_temperature)[0]
 
   fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
   log_t = jnp.log(jnp.float32(config.loss.temperature))

@@ -7,7 +7,7 @@ The whole pipeline runs from this one file on a laptop CPU:
 `--config=configs/demo.py:tiny` shrinks every size for a quick local run (the
 end-to-end test uses it); `:tiny,seed=3` also sets the seed. Any key can be
 overridden, e.g. `--config.train.steps=200 --config.loss.ctc_weight=0`. Every
-key is declared here with a comment; `stalign.config.validate` checks them all.
+key is declared here with a comment; `stalign.config.validate_config` checks them all.
 """
 
 import os

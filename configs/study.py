@@ -52,8 +52,8 @@ a budget a 2-core CPU affords, not at convergence, and the ASR pretraining is sh
 
 `quick` runs every stage of the same grid at tiny size (2 seeds, 8 steps, one padded length) in
 minutes; the test suite runs it. Every key below is declared once, with a comment;
-`stalign.study.validate` checks the study keys and `stalign.study.plan` builds (and
-`stalign.config.validate`s) every run's config before any work.
+`stalign.study_plan.validate_study` checks the study keys and `stalign.study_plan.plan` builds (and
+`stalign.config.validate_config`s) every run's config before any work.
 """
 
 import importlib

@@ -28,8 +28,9 @@ depend on whether a clip came from a TFRecord or a wav file. Audio longer than
 windows whose embeddings are averaged (`window_bounds`, `Model.embed_windows`).
 
 An export (`python -m stalign.export`) is read here too: `stalign.load` knows
-one by its manifest file, and needs neither the run nor its data folder. Runs,
-exports and audio files may be local or `gs://` URLs (`stalign.fs`).
+one by its manifest file (`stalign.export_format`), and needs neither the run
+nor its data folder. Runs, exports and audio files may be local or `gs://` URLs
+(`stalign.fs`).
 """
 
 from collections.abc import Iterable
@@ -40,18 +41,17 @@ import json
 import math
 import os
 
-from absl import app
 from absl import logging
 from flax import nnx
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import safetensors.numpy
 import tqdm
 
 from stalign import checkpoints
 from stalign import config as config_lib
+from stalign import export_format
 from stalign import fs
 from stalign import losses
 from stalign import sharding
@@ -69,21 +69,6 @@ SPACES = ("shared", "teacher")
 # `stream_speech` reads, featurises and sorts by length this many batches of windows at a time:
 # padding as low as sorting everything when inputs are few, memory bounded when they are not.
 STREAM_BATCHES = 8
-
-# An export folder (written by stalign/export.py, read by `load`).
-EXPORT_MANIFEST = "stalign_export.json"  # Marks the folder: {"format", "format_version", ...}.
-EXPORT_FORMAT = "stalign-export"
-EXPORT_FORMAT_VERSION = 1
-EXPORT_PARAMS = "params.safetensors"  # Student params by `param_key`.
-EXPORT_CONFIG = "config.json"  # The resolved config, as a run saves it.
-EXPORT_TEACHER_STATS = "teacher_stats.npz"  # Teacher width and training mean (layout's format).
-
-
-class ExportError(app.UsageError):
-  """An export folder this stalign cannot read; the message names the file and the fix.
-
-  A `UsageError`, so the command-line tools report it as one line (`stalign.cli`).
-  """
 
 
 def config_from_workdir(workdir: str) -> ml_collections.ConfigDict:
@@ -512,83 +497,22 @@ def _output(emb: np.ndarray, normalize: bool, to_numpy: bool) -> np.ndarray | ja
   return emb if to_numpy else jnp.asarray(emb)
 
 
-def param_key(path: tuple) -> str:
-  """A parameter's path in the student's state as one string key: `blocks/0/ff1/up/kernel`."""
-  return "/".join(str(k) for k in path)
-
-
-def is_export(path: str) -> bool:
-  return fs.isfile(os.path.join(path, EXPORT_MANIFEST))
-
-
-def read_export_manifest(path: str) -> dict:
-  """The manifest of an export folder, after checking that this stalign reads its format."""
-  file = os.path.join(path, EXPORT_MANIFEST)
-  try:
-    manifest = json.loads(fs.read_text(file))
-  except ValueError as e:
-    raise ExportError(
-      f"{file} is not JSON ({e}): the export is damaged; export the run again"
-    ) from e
-  if not isinstance(manifest, dict) or manifest.get("format") != EXPORT_FORMAT:
-    found = manifest.get("format") if isinstance(manifest, dict) else manifest
-    raise ExportError(
-      f"{file}: format {found!r} is not {EXPORT_FORMAT!r}: not a folder written by "
-      "`python -m stalign.export`; load the run it came from, or export that run"
-    )
-  version = manifest.get("format_version", 0)
-  if not isinstance(version, int) or version > EXPORT_FORMAT_VERSION:
-    raise ExportError(
-      f"{file}: export format version {version!r} is newer than this stalign reads "
-      f"({EXPORT_FORMAT_VERSION}); upgrade stalign"
-    )
-  return manifest
-
-
-def _check_export_files(path: str) -> None:
-  """Every file an export loads from is there (a copy or upload may have left one behind)."""
-  for name in (EXPORT_CONFIG, EXPORT_TEACHER_STATS, EXPORT_PARAMS):
-    file = os.path.join(path, name)
-    if not fs.exists(file):
-      raise FileNotFoundError(f"{file} not found: the export is incomplete; export the run again")
-
-
 def _load_export(path: str, step: int | None, config: ml_collections.ConfigDict | None) -> Model:
   """A `Model` from an export folder alone: params, config and teacher statistics are inside."""
-  manifest = read_export_manifest(path)
+  manifest = export_format.read_manifest(path)
   if step is not None and step != manifest["step"]:
     raise FileNotFoundError(
       f"{path} is an export of step {manifest['step']}, not {step}; export step {step} "
       "with `python -m stalign.export --step`"
     )
-  _check_export_files(path)
-  given = config is not None
-  config = config_lib.validate(config or config_from_workdir(path))
-  dim, mean = layout.read_teacher_stats_file(os.path.join(path, EXPORT_TEACHER_STATS))
+  export_format.check_files(path)
+  built_by = "the config given" if config is not None else export_format.CONFIG
+  config = config_lib.validate_config(config or config_from_workdir(path))
+  dim, mean = export_format.read_teacher_stats(path)
   graphdef, abstract = nnx.split(nnx.eval_shape(lambda: student_lib.build(config, dim)))
-  with fs.local_copy(os.path.join(path, EXPORT_PARAMS)) as params_file:
-    tensors = safetensors.numpy.load_file(params_file)
-  want = {param_key(p): (p, v) for p, v in nnx.to_flat_state(abstract)}
-  misfit = (
-    [f"{key} missing" for key in sorted(set(want) - set(tensors))]
-    + [f"{key} is no parameter" for key in sorted(set(tensors) - set(want))]
-    + [
-      f"{key} is {tensors[key].shape}, not {v.shape}"
-      for key, (_, v) in want.items()
-      if key in tensors and tensors[key].shape != v.shape
-    ]
-  )
-  if misfit:
-    raise ExportError(
-      f"{path}/{EXPORT_PARAMS} does not fit the student that "
-      f"{'the config given' if given else EXPORT_CONFIG} builds ({'; '.join(misfit[:3])}"
-      f"{'; ...' if len(misfit) > 3 else ''}): export the run again, or load with the config "
-      "it was trained with"
-    )
-  pure = {p: tensors[key].astype(v.dtype) for key, (p, v) in want.items()}  # bf16 -> float32.
-  nnx.replace_by_pure_dict(abstract, nnx.traversals.unflatten_mapping(pure))
+  params = export_format.read_params(path, abstract, built_by)
   logging.info("loaded export %s (step %d, %s)", path, manifest["step"], manifest["dtype"])
-  return Model(config, graphdef, abstract, mean, manifest["step"])
+  return Model(config, graphdef, params, mean, manifest["step"])
 
 
 def load(
@@ -606,15 +530,11 @@ def load(
   Returns:
     A `Model` whose `encode_speech` and `encode_text` share one space.
   """
-  if is_export(path):
+  if export_format.is_export(path):
     return _load_export(path, step, config)
-  if fs.exists(os.path.join(path, EXPORT_PARAMS)):
-    raise ExportError(
-      f"{path} holds {EXPORT_PARAMS} but no {EXPORT_MANIFEST}: an export cut short (the manifest "
-      "is written last); export the run again"
-    )
+  export_format.check_not_partial(path)
   workdir, path_step = _split_path(path)
-  config = config_lib.validate(config or config_from_workdir(workdir))
+  config = config_lib.validate_config(config or config_from_workdir(workdir))
   config = ml_collections.ConfigDict(config.to_dict())  # Unlocked copy: data_dir may be resolved.
   config.data_dir = resolve_data_dir(config, workdir)
   dim, mean = layout.read_teacher_stats(config.data_dir)

@@ -1,4 +1,13 @@
-"""What every command-line tool shares: quiet by default, one line per user error.
+"""What every command-line tool shares: quiet TensorFlow, quiet logs, one line per user error.
+
+Importing this module is the bootstrap of every `python -m stalign.X`: it sets
+TensorFlow's environment, which TensorFlow reads once as it loads, so a command
+imports `stalign.cli` before any module that loads TensorFlow (tests/test_main.py
+checks each one). `TF_ENABLE_ONEDNN_OPTS=0` keeps TensorFlow's oneDNN notice,
+printed at import whatever the log level, off the output: oneDNN only matters to
+TensorFlow's float kernels, and TensorFlow only parses and pads data here. A
+value the user set is kept. (Its C++ INFO lines are off already: JAX, which
+loads first, sets `TF_CPP_MIN_LOG_LEVEL=1` unless the user set it.)
 
 `python -m stalign.X` logs at WARNING unless `--verbosity=0` (INFO) or higher
 is given, which also silences orbax's, TensorFlow's and JAX's INFO chatter. A
@@ -7,6 +16,10 @@ go together) prints one line that says what to do and exits with status 2;
 with `--verbosity=0` its traceback is shown too. Any other exception is a bug
 and keeps its traceback. A `--config` file that does not exist, or a typo in its
 `path.py:arg`, is refused the same way, though absl meets both while parsing flags.
+
+The commands that compile training and evaluation steps (`stalign.main`,
+`stalign.study`) share a `--compilation_cache` (`COMPILATION_CACHE`,
+`use_compilation_cache`).
 """
 
 from collections.abc import Callable
@@ -18,10 +31,16 @@ from typing import NoReturn
 from absl import app
 from absl import flags
 from absl import logging
+import jax
 
 from stalign import config as config_lib
 from stalign.data import audio
 from stalign.data import text as text_lib
+
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+# Where the commands that compile keep XLA's programs: a rerun skips recompiling each bucket shape.
+COMPILATION_CACHE = os.path.expanduser("~/.cache/stalign/jax")
 
 # Errors a user fixes by changing their input or flags, not the code.
 USER_ERRORS = (
@@ -92,9 +111,17 @@ def _parse_flags(argv: list[str]) -> list[str]:
     sys.exit(1)
 
 
+def use_compilation_cache(path: str) -> None:
+  """Keeps compiled programs in `path` across processes ('' leaves the cache off).
+
+  A cache folder set already (`JAX_COMPILATION_CACHE_DIR`, as the tests set one) is kept.
+  """
+  if path and not jax.config.jax_compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir", path)
+
+
 def run(main: Callable[[list[str]], None]) -> None:
   """`absl.app.run(main)`, logging at WARNING by default and user errors as one line."""
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ INFO lines.
   if "config" in flags.FLAGS:
     _check_config_file(sys.argv)
 

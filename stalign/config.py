@@ -4,7 +4,7 @@ Config files (configs/*.py) declare every key with a one-line comment; this
 module checks the values once, before any work starts, so a typo in an enum
 fails at the command line with the key and its allowed values rather than
 training silently without a loss term. `stalign.main` and `stalign.load` call
-`validate`.
+`validate_config`.
 """
 
 from collections.abc import Iterable
@@ -188,7 +188,7 @@ def _validate_whisper(c: ml_collections.ConfigDict) -> None:
 def validate_mesh(config: ml_collections.ConfigDict, devices: int) -> None:
   """ConfigError unless `config.mesh` lays out exactly `devices` devices.
 
-  Separate from `validate`: a saved run is loaded on machines with any device
+  Separate from `validate_config`: a saved run is loaded on machines with any device
   count, and only the commands that build the mesh know theirs.
   """
   sizes = {axis: config.mesh[axis] for axis in ("data", "fsdp", "model")}
@@ -201,7 +201,7 @@ def validate_mesh(config: ml_collections.ConfigDict, devices: int) -> None:
     )
 
 
-def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Checks every enum and range of `config`; returns it, or raises ConfigError naming the key."""
   c = config
   _one_of("data.source", c.data.source, sources.SOURCES.names())

@@ -37,6 +37,7 @@ output the finished chunks are kept beside it in the bucket, so a run on a
 preempted VM continues too.
 """
 
+from collections.abc import Iterator
 import hashlib
 import io
 import json
@@ -47,9 +48,9 @@ from absl import flags
 from absl import logging
 import jax
 import numpy as np
-import tqdm
 
 from stalign import api
+from stalign import chunks
 from stalign import cli
 from stalign import fs
 from stalign.data import audio
@@ -142,18 +143,19 @@ def _fingerprint(settings: dict, items: list[dict]) -> str:
   return hashlib.sha256(json.dumps([settings, items], sort_keys=True).encode()).hexdigest()
 
 
-def _chunk_path(parts: str, index: int) -> str:
-  return os.path.join(parts, f"chunk-{index:06d}.npz")
-
-
 def embed_to_parts(
   model: api.Model,
   items: list[dict],
   parts: str,
   settings: dict,
   chunk_size: int,
-) -> int:
-  """Embeds each chunk of `items` not yet saved in `parts`; returns the number of chunks."""
+) -> chunks.Cache:
+  """Embeds each chunk of `items` not yet saved in `parts`; returns the saved chunks.
+
+  A chunk holds its `embeddings` and, as JSON in `meta`, the inputs they
+  belong to and those it skipped. `parts/state.json` records what the run
+  embeds, so a rerun with other inputs or flags is refused rather than mixed in.
+  """
   fs.makedirs(parts)
   state_path = os.path.join(parts, "state.json")
   fingerprint = _fingerprint({**settings, "chunk_size": chunk_size}, items)
@@ -166,40 +168,32 @@ def embed_to_parts(
   else:
     with fs.atomic_write(state_path) as f:
       json.dump({"fingerprint": fingerprint, "settings": settings}, f)
-  chunks = [items[i : i + chunk_size] for i in range(0, len(items), chunk_size)]
-  todo = [i for i in range(len(chunks)) if not fs.exists(_chunk_path(parts, i))]
-  done = len(items) - sum(len(chunks[i]) for i in todo)
+
+  def compute(chunk: list[dict]) -> dict[str, np.ndarray]:
+    emb, rows, skipped = embed_chunk(model, settings["modality"], settings["space"], chunk)
+    meta = json.dumps({"rows": rows, "skipped": skipped})
+    return {"embeddings": emb.astype(np.float32), "meta": np.array(meta)}
+
+  cache = chunks.Cache(parts, items, chunk_size)
   unit = "clip" if settings["modality"] == "speech" else "text"
-  with tqdm.tqdm(total=len(items), initial=done, desc="embed", unit=unit, disable=None) as progress:
-    for i in todo:
-      emb, rows, skipped = embed_chunk(model, settings["modality"], settings["space"], chunks[i])
-      meta = json.dumps({"rows": rows, "skipped": skipped})
-      with fs.atomic_write(_chunk_path(parts, i), "wb") as f:
-        np.savez(f, embeddings=emb.astype(np.float32), meta=np.array(meta))
-      progress.update(len(chunks[i]))
-  return len(chunks)
+  cache.fill(compute, desc="embed", unit=unit)
+  return cache
 
 
-def _load_chunk(parts: str, index: int):
-  return np.load(io.BytesIO(fs.read_bytes(_chunk_path(parts, index))))
-
-
-def _chunk_meta(parts: str, count: int) -> tuple[list[dict], list[dict]]:
+def _chunk_meta(cache: chunks.Cache) -> tuple[list[dict], list[dict]]:
   """(rows, skipped) of the saved chunks, in input order, reading one chunk at a time."""
   rows, skipped = [], []
-  for i in range(count):
-    with _load_chunk(parts, i) as chunk:
-      meta = json.loads(str(chunk["meta"]))
+  for i in range(len(cache)):
+    meta = json.loads(str(cache.read(i)["meta"]))
     rows += meta["rows"]
     skipped += meta["skipped"]
   return rows, skipped
 
 
-def _chunk_embeddings(parts: str, count: int):
+def _chunk_embeddings(cache: chunks.Cache) -> Iterator[np.ndarray]:
   """Each saved chunk's embeddings in input order, one chunk in memory at a time."""
-  for i in range(count):
-    with _load_chunk(parts, i) as chunk:
-      yield chunk["embeddings"]
+  for i in range(len(cache)):
+    yield cache.read(i)["embeddings"]
 
 
 def _columns(modality: str) -> tuple[str, ...]:
@@ -207,9 +201,9 @@ def _columns(modality: str) -> tuple[str, ...]:
 
 
 def assemble(
-  parts: str, count: int, output: str, info: dict, skipped: list[dict]
+  cache: chunks.Cache, output: str, info: dict, skipped: list[dict]
 ) -> tuple[list[str], int, int]:
-  """Writes `output` (.parquet, or .npy + .json index) from the chunks, streaming embeddings.
+  """Writes `output` (.parquet, or .npy + .json index) from the saved chunks, streaming them.
 
   `skipped` (inputs skipped before embedding) is listed with those the chunks skipped.
 
@@ -217,7 +211,7 @@ def assemble(
     (the files written, rows embedded, inputs skipped).
   """
   base, ext = os.path.splitext(output)
-  rows, chunk_skipped = _chunk_meta(parts, count)
+  rows, chunk_skipped = _chunk_meta(cache)
   skipped = skipped + chunk_skipped
   start = 0
   if ext == ".parquet":
@@ -228,7 +222,7 @@ def assemble(
       metadata={META_KEY: json.dumps(info)},
     )
     with fs.staged(output) as local, pq.ParquetWriter(local, schema) as writer:
-      for emb in _chunk_embeddings(parts, count):
+      for emb in _chunk_embeddings(cache):
         part = rows[start : start + len(emb)]
         table = {c: [r.get(c) for r in part] for c in columns}
         table["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), dim)
@@ -241,7 +235,7 @@ def assemble(
     matrix = np.lib.format.open_memmap(
       local, mode="w+", dtype=np.float32, shape=(len(rows), info["dim"])
     )
-    for emb in _chunk_embeddings(parts, count):
+    for emb in _chunk_embeddings(cache):
       matrix[start : start + len(emb)] = emb
       start += len(emb)
     matrix.flush()
@@ -324,8 +318,8 @@ def run(
     "step": model.step,
   }
   parts = output + ".parts"
-  count = embed_to_parts(model, items, parts, info, chunk_size)
-  written = assemble(parts, count, output, info, listing_skipped)
+  cache = embed_to_parts(model, items, parts, info, chunk_size)
+  written = assemble(cache, output, info, listing_skipped)
   fs.rmtree(parts)
   return written
 

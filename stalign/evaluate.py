@@ -28,11 +28,6 @@ student was trained to match (teacher minus the training mean when
 import collections
 import os
 
-if __name__ == "__main__":  # As a CLI: quiet TensorFlow's C++ side before it loads (see main.py).
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-
-
 from absl import app
 from absl import flags
 from absl import logging
@@ -52,38 +47,23 @@ from stalign.data import grammar
 from stalign.data import layout
 from stalign.data import sources
 from stalign.data import text as text_lib
-from stalign.data import tfrecords
+from stalign.evaluators import split as split_lib
 from stalign.evaluators import zero_shot
 
 
 def embed_split(model: api.Model, split: str) -> evaluators.Embeddings:
   """Every record of `split`, in file order, with its transcript, labels and pooled layers."""
-  return embed_records(model, read_split(model, split))
-
-
-def read_split(model: api.Model, split: str) -> list[dict]:
-  """Every record of `split` of the model's data folder, in file order."""
-  return list(tfrecords.iterate_records(layout.list_shards(model.config.data_dir, split)))
+  return embed_records(model, split_lib.read_split(model.config.data_dir, split))
 
 
 def embed_records(model: api.Model, records: list[dict]) -> evaluators.Embeddings:
-  """`embed_split` of records already read (`read_split`)."""
-  speech, layers = model.embed_features([r["features"] for r in records])
-  texts = [r["text"] for r in records]
-  gallery, first, index = np.unique(np.array(texts), return_index=True, return_inverse=True)
-  if all(r["teacher_embedding"] is not None for r in records):
-    raw = np.stack([records[i]["teacher_embedding"] for i in first])
-  else:
-    raw = model.teacher.embed(list(gallery))
-  return evaluators.Embeddings(
-    speech=speech,
-    text=raw - model.target_mean,
-    text_index=index,
-    texts=list(gallery),
-    raw_text=raw,
-    labels=[r["labels"] for r in records],
-    ids=[r["id"] for r in records],
-    layers=layers,
+  """`embed_split` of records already read (`evaluators.split.read_split`), through the seam
+  training uses too (`evaluators.split.embed`), with `model`'s predict functions."""
+  return split_lib.embed(
+    [split_lib.as_batch(records)],
+    lambda batch: model.embed_features(batch["features"]),
+    lambda texts: model.teacher.embed(texts),  # Loads the teacher only when records lack it.
+    model.target_mean,
   )
 
 
@@ -239,7 +219,7 @@ def real_speech(model: api.Model, split: str) -> dict:
   lists the split's speakers that the train split holds: empty unless the folders disagree.
   """
   config = model.config
-  records = read_split(model, split)
+  records = split_lib.read_split(config.data_dir, split)
   emb = embed_records(model, records)
   domains = np.array([str(label.get("domain", "")) for label in emb.labels])
   speakers = np.array([str(label.get("speaker", "")) for label in emb.labels])
@@ -360,7 +340,7 @@ def main(argv):
   if f.fsdd_dir and os.path.realpath(f.fsdd_dir) != os.path.realpath(own.data.fsdd_dir):
     other_set.append(f"--fsdd_dir={f.fsdd_dir} (the run's is {own.data.fsdd_dir})")
   name = _report_name(f.report_name, other_set)
-  config = config_lib.validate(f.config or own)
+  config = config_lib.validate_config(f.config or own)
   results = evaluate(
     config, f.workdir, f.step, f.fsdd_dir, tuple(f.evaluators or ()) or None, report_name=name
   )

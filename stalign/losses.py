@@ -1,4 +1,5 @@
-"""Training losses: distillation to the teacher, contrastive (in-batch and against a bank), CTC.
+"""Training losses: distillation to the teacher, contrastive (in-batch and against a bank), CTC,
+and their composition into the one loss a config asks for (`compute_losses`).
 
 Distillation alone collapses to the mean teacher embedding on small data (the
 mean has cosine 0.36 to every MiniLM target; calibration.md). Centring the
@@ -8,6 +9,7 @@ telling utterances apart, which is what retrieval measures.
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 
 from stalign.data import text as text_lib
@@ -107,3 +109,56 @@ def ctc(
 def greedy_ctc_ids(logits: jax.Array, frame_mask: jax.Array) -> jax.Array:
   """Best-path ids per frame (blank=0 in padding); `text.collapse` turns them into labels."""
   return jnp.where(frame_mask, jnp.argmax(logits, axis=-1), 0)
+
+
+# ------------------------------------------------------------- composition
+
+
+def targets(
+  batch: dict, target_mean: jax.Array, loss_config: ml_collections.ConfigDict
+) -> jax.Array:
+  """What the student's embedding is pulled towards: the teacher's, centred or raw."""
+  return batch["teacher"] - target_mean if loss_config.centre_targets else batch["teacher"]
+
+
+def compute_losses(
+  outputs: dict,
+  batch: dict,
+  target_mean: jax.Array,
+  loss_config: ml_collections.ConfigDict,
+  log_temperature: jax.Array,
+  text_bank: jax.Array | None = None,
+) -> tuple[jax.Array, dict]:
+  """Weighted sum of the loss parts, and each part for logging.
+
+  The one place where the `loss` section of a config becomes a loss: the train
+  and eval steps and the benchmarks (`bench/train_step.py`) all compose it here.
+  `text_bank` (the raw teacher embeddings of every distinct training
+  transcript) turns on the bank term when `loss.bank_weight` > 0.
+  """
+  weights = batch["weight"]
+  target = targets(batch, target_mean, loss_config)
+  parts = {}
+  if loss_config.distill == "cosine":
+    parts["distill"] = cosine_distillation(outputs["embedding"], target, weights)
+  elif loss_config.distill == "mse":
+    parts["distill"] = mse_distillation(outputs["embedding"], target, weights)
+  elif loss_config.distill != "none":
+    raise ValueError(f"loss.distill={loss_config.distill!r}; use 'cosine', 'mse' or 'none'")
+  if loss_config.contrastive_weight:
+    parts["contrastive"] = info_nce(outputs["embedding"], target, log_temperature, weights)
+  if loss_config.bank_weight and text_bank is not None:
+    bank = text_bank - target_mean if loss_config.centre_targets else text_bank
+    parts["bank"] = bank_nce(outputs["embedding"], target, bank, log_temperature, weights)
+  if loss_config.ctc_weight:
+    parts["ctc"] = ctc(
+      outputs["ctc_logits"], outputs["ctc_mask"], batch["ctc_labels"], batch["num_labels"], weights
+    )
+  scale = {
+    "distill": loss_config.distill_weight,
+    "contrastive": loss_config.contrastive_weight,
+    "bank": loss_config.bank_weight,
+    "ctc": loss_config.ctc_weight,
+  }
+  total = sum(scale[k] * v for k, v in parts.items())
+  return total, parts

@@ -10,12 +10,9 @@ Output is a progress bar and one summary line per stage; `--verbosity=0` adds
 the INFO log (resolved config, mesh, batch arithmetic, checkpoints).
 """
 
+import functools
 import os
-
-# Before TensorFlow loads: its C++ side prints INFO lines (oneDNN notice) at import otherwise.
-# oneDNN only matters to TF float kernels, and TF only parses and pads data here.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+from typing import Any
 
 from absl import app
 from absl import flags
@@ -25,11 +22,8 @@ from ml_collections import config_flags
 
 from stalign import cli
 from stalign import config as config_lib
-from stalign import evaluate
-from stalign import fs
-from stalign import prepare
 from stalign import report
-from stalign import train
+from stalign import stages as stages_lib
 from stalign.data import sources
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -44,7 +38,7 @@ _WORKDIR = flags.DEFINE_string(
 )
 _STAGES = flags.DEFINE_list(
   "stages",
-  ["data", "train", "evaluate"],
+  list(stages_lib.STAGES),
   "Stages to run, in order: data (corpus, TFRecords, teacher embeddings), train, evaluate.",
 )
 _COORDINATOR = flags.DEFINE_string(
@@ -58,34 +52,26 @@ _PROCESS_ID = flags.DEFINE_integer(
 )
 _COMPILATION_CACHE = flags.DEFINE_string(
   "compilation_cache",
-  os.path.expanduser("~/.cache/stalign/jax"),
+  cli.COMPILATION_CACHE,
   "Persistent XLA compilation cache: a rerun skips recompiling each bucket shape. '' disables it.",
 )
-
-
-def _save_config(config, workdir: str) -> None:
-  if jax.process_index() == 0:
-    fs.makedirs(workdir)
-    with fs.atomic_write(os.path.join(workdir, "config.json")) as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
 
 def _check_flags(argv: list[str]) -> None:
   """Refuses bad flags before anything runs or `config.json` is written to the workdir."""
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}; settings go in --config.KEY=VALUE")
-  unknown = set(_STAGES.value) - {"data", "train", "evaluate"}
+  unknown = set(_STAGES.value) - set(stages_lib.STAGES)
   if unknown:
-    raise app.UsageError(f"unknown --stages {sorted(unknown)}; use data, train, evaluate")
+    raise app.UsageError(f"unknown --stages {sorted(unknown)}; use {', '.join(stages_lib.STAGES)}")
 
 
 def main(argv):
   _check_flags(argv)
-  if _COMPILATION_CACHE.value and not jax.config.jax_compilation_cache_dir:
-    jax.config.update("jax_compilation_cache_dir", _COMPILATION_CACHE.value)
+  cli.use_compilation_cache(_COMPILATION_CACHE.value)
   if _COORDINATOR.value:
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  config, workdir = config_lib.validate(_CONFIG.value), _WORKDIR.value
+  config, workdir = config_lib.validate_config(_CONFIG.value), _WORKDIR.value
   config_lib.validate_mesh(config, jax.device_count())
   if "data" in _STAGES.value:
     sources.check_real_speech(config)
@@ -98,34 +84,29 @@ def main(argv):
     jax.devices()[0].platform,
   )
   logging.info("config:\n%s", config)
-  _save_config(config, workdir)
-  is_main = jax.process_index() == 0
-  if "data" in _STAGES.value:
-    summaries = prepare.prepare(config)
-    if is_main:
-      print(
-        "data: "
-        + ", ".join(
-          f"{split} {s['written']} utterances ({s['hours']:.2f} h)"
-          for split, s in summaries.items()
-        )
-        + f" in {config.data_dir}"
-      )
-  if "train" in _STAGES.value:
-    summary = train.train_and_evaluate(config, workdir)
-    if is_main:
-      valid = ", ".join(f"{k} {v:.3f}" for k, v in summary["valid"].items() if k != "step")
-      print(
-        f"train: step {summary['steps']} of {config.train.steps}"
-        f"{' (preempted: rerun to resume)' if summary['preempted'] else ''}; {valid}"
-      )
-  if "evaluate" in _STAGES.value:
-    # Every process evaluates (restoring a checkpoint is a collective for orbax) and process 0
-    # writes the report; the evaluation itself runs on each process's own devices.
-    results = evaluate.evaluate(config, workdir)
-    if is_main:
-      print(report.headline(results))
-      print(f"\nreport: {os.path.join(workdir, 'report.md')}")
+  stages_lib.run_stages(
+    config, workdir, _STAGES.value, functools.partial(_print_stage, config, workdir)
+  )
+
+
+def _print_stage(config, workdir: str, stage: str, result: Any) -> None:
+  """The one line (the report's headline, for evaluate) a stage prints on process 0."""
+  if jax.process_index() > 0:
+    return
+  if stage == "data":
+    splits = ", ".join(
+      f"{split} {s['written']} utterances ({s['hours']:.2f} h)" for split, s in result.items()
+    )
+    print(f"data: {splits} in {config.data_dir}")
+  elif stage == "train":
+    valid = ", ".join(f"{k} {v:.3f}" for k, v in result["valid"].items() if k != "step")
+    print(
+      f"train: step {result['steps']} of {config.train.steps}"
+      f"{' (preempted: rerun to resume)' if result['preempted'] else ''}; {valid}"
+    )
+  else:
+    print(report.headline(result))
+    print(f"\nreport: {os.path.join(workdir, 'report.md')}")
 
 
 def run():

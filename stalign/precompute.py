@@ -17,15 +17,6 @@ chunk, shard and the statistics are written to the `data_dir` URL through
   python -m stalign.precompute --config=configs/demo.py
 """
 
-import os
-
-if __name__ == "__main__":  # As a CLI: quiet TensorFlow's C++ side before it loads (see main.py).
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-
-import hashlib
-import io
-
 from absl import app
 from absl import flags
 from absl import logging
@@ -34,9 +25,9 @@ from jax.experimental import multihost_utils
 import ml_collections
 from ml_collections import config_flags
 import numpy as np
-import tensorflow as tf
 import tqdm
 
+from stalign import chunks
 from stalign import cli
 from stalign import config as config_lib
 from stalign import fs
@@ -55,33 +46,25 @@ def _has_embeddings(shard: str) -> bool:
 
 def _texts(files: list[str]) -> list[str]:
   """Transcripts only: reading just this field skips decoding every record's features."""
-  return [
-    tf.train.Example.FromString(raw).features.feature["text"].bytes_list.value[0].decode()
-    for path in files
-    for raw in tfrecords.read_raw(path)
-  ]
+  return [tfrecords.read_text(raw) for path in files for raw in tfrecords.read_raw(path)]
 
 
 def _embed_chunks(
   texts: list[str], teacher, cache_dir: str, batch_size: int
 ) -> dict[str, np.ndarray]:
   """Embeds `texts` (sorted, distinct) chunk by chunk; finished chunks are reused on restart."""
-  fs.makedirs(cache_dir)
-  chunks = [texts[i : i + CHUNK] for i in range(0, len(texts), CHUNK)]
-  mine = [i for i in range(len(chunks)) if i % jax.process_count() == jax.process_index()]
-  for i in tqdm.tqdm(mine, desc="teacher", unit="chunk", disable=not mine):
-    digest = hashlib.sha1("\n".join(chunks[i]).encode()).hexdigest()[:16]
-    path = os.path.join(cache_dir, f"chunk-{i:05d}-{digest}.npy")
-    if not fs.exists(path):
-      with fs.atomic_write(path, "wb") as f:
-        np.save(f, teacher.embed(chunks[i], batch_size=batch_size))
+  cache = chunks.Cache(cache_dir, texts, CHUNK)
+  cache.fill(
+    lambda chunk: {"embeddings": teacher.embed(chunk, batch_size=batch_size)},
+    indices=range(jax.process_index(), len(cache), jax.process_count()),
+    desc="teacher",
+    unit="text",
+  )
   # Every host's chunks are whole objects (or renamed files) before any host reads them.
   multihost_utils.sync_global_devices("teacher chunks")
   table = {}
-  for i, chunk in enumerate(chunks):
-    digest = hashlib.sha1("\n".join(chunk).encode()).hexdigest()[:16]
-    path = os.path.join(cache_dir, f"chunk-{i:05d}-{digest}.npy")
-    table.update(zip(chunk, np.load(io.BytesIO(fs.read_bytes(path)))))
+  for i, chunk in enumerate(cache.chunks):
+    table.update(zip(chunk, cache.read(i)["embeddings"]))
   return table
 
 
@@ -143,7 +126,7 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}; settings go in --config.KEY=VALUE")
 
-  config = config_lib.validate(flags.FLAGS.config)
+  config = config_lib.validate_config(flags.FLAGS.config)
   print(precompute(config, layout.splits(config)))
 
 

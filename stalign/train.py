@@ -7,8 +7,17 @@ in `jit_train_step`, which the benchmarks share), so each can be tested alone.
 `train_and_evaluate` keeps the phases apart with banner comments: logging, mesh,
 input, model and sharding, update step, checkpoint restore, loop (metrics,
 validation, evaluators, checkpoints, preemption), final save.
+
+The loss is composed in `losses.compute_losses`. Evaluation during training has
+one reader (`input_pipeline.eval_batches` over the valid split) and one compiled
+program (`eval_step`): `run_validation` sums its losses and CTC errors, and
+`run_evaluators` hands its embeddings to the evaluators through
+`evaluators.split`, the seam the evaluation driver uses with an `api.Model`. So
+training imports neither the inference API nor the evaluation CLI
+(`tests/test_architecture.py`).
 """
 
+from collections.abc import Iterator
 import functools
 import json
 import os
@@ -28,9 +37,7 @@ import numpy as np
 import optax
 import tqdm
 
-from stalign import api
 from stalign import checkpoints
-from stalign import evaluate
 from stalign import evaluators
 from stalign import fs
 from stalign import input_pipeline
@@ -40,6 +47,7 @@ from stalign import utils
 from stalign.data import features as features_lib
 from stalign.data import layout
 from stalign.data import text as text_lib
+from stalign.evaluators import split as split_lib
 from stalign.models import student as student_lib
 
 
@@ -104,57 +112,6 @@ def is_pretrained(params):
   return jax.tree_util.tree_map_with_path(pretrained, params)
 
 
-# --------------------------------------------------------------------- losses
-
-
-def targets(
-  batch: dict, target_mean: jax.Array, loss_config: ml_collections.ConfigDict
-) -> jax.Array:
-  """What the student's embedding is pulled towards: the teacher's, centred or raw."""
-  return batch["teacher"] - target_mean if loss_config.centre_targets else batch["teacher"]
-
-
-def compute_losses(
-  outputs: dict,
-  batch: dict,
-  target_mean: jax.Array,
-  loss_config: ml_collections.ConfigDict,
-  log_temperature: jax.Array,
-  text_bank: jax.Array | None = None,
-) -> tuple[jax.Array, dict]:
-  """Weighted sum of the loss parts, and each part for logging.
-
-  `text_bank` (the raw teacher embeddings of every distinct training
-  transcript) turns on the bank term when `loss.bank_weight` > 0.
-  """
-  weights = batch["weight"]
-  target = targets(batch, target_mean, loss_config)
-  parts = {}
-  if loss_config.distill == "cosine":
-    parts["distill"] = losses.cosine_distillation(outputs["embedding"], target, weights)
-  elif loss_config.distill == "mse":
-    parts["distill"] = losses.mse_distillation(outputs["embedding"], target, weights)
-  elif loss_config.distill != "none":
-    raise ValueError(f"loss.distill={loss_config.distill!r}; use 'cosine', 'mse' or 'none'")
-  if loss_config.contrastive_weight:
-    parts["contrastive"] = losses.info_nce(outputs["embedding"], target, log_temperature, weights)
-  if loss_config.bank_weight and text_bank is not None:
-    bank = text_bank - target_mean if loss_config.centre_targets else text_bank
-    parts["bank"] = losses.bank_nce(outputs["embedding"], target, bank, log_temperature, weights)
-  if loss_config.ctc_weight:
-    parts["ctc"] = losses.ctc(
-      outputs["ctc_logits"], outputs["ctc_mask"], batch["ctc_labels"], batch["num_labels"], weights
-    )
-  scale = {
-    "distill": loss_config.distill_weight,
-    "contrastive": loss_config.contrastive_weight,
-    "bank": loss_config.bank_weight,
-    "ctc": loss_config.ctc_weight,
-  }
-  total = sum(scale[k] * v for k, v in parts.items())
-  return total, parts
-
-
 # ---------------------------------------------------------------- step functions
 
 
@@ -196,7 +153,7 @@ def loss_fn(
   outputs = jax.tree.map(
     lambda x: x.astype(jnp.float32) if x.dtype == compute_dtype else x, outputs
   )
-  total, parts = compute_losses(
+  total, parts = losses.compute_losses(
     outputs,
     batch,
     target_mean,
@@ -232,7 +189,7 @@ def train_step(
   )
   updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
   params = optax.apply_updates(state["params"], updates)
-  target = targets(batch, target_mean, config.loss)
+  target = losses.targets(batch, target_mean, config.loss)
   cosine = jnp.sum(utils.unit(outputs["embedding"]) * utils.unit(target), -1)
   metrics = {
     "loss": loss,
@@ -255,7 +212,9 @@ def eval_step(
   config: ml_collections.ConfigDict,
   target_mean: jax.Array,
 ) -> dict:
-  """Loss (summed over the batch's real rows, to average over a split) and greedy CTC ids."""
+  """Loss (summed over the batch's real rows, to average over a split), greedy CTC ids, and
+  the embeddings and pooled layers the evaluators read: the one forward pass of evaluation in
+  training (`run_validation`, `run_evaluators`)."""
   loss, (_, outputs) = loss_fn(
     params, batch, None, graphdef=graphdef, config=config, target_mean=target_mean, train=False
   )
@@ -264,6 +223,8 @@ def eval_step(
     "loss_sum": loss * rows,
     "rows": rows,
     "ctc_ids": losses.greedy_ctc_ids(outputs["ctc_logits"], outputs["ctc_mask"]),
+    "embedding": outputs["embedding"],
+    "layers": outputs["layers"],
   }
 
 
@@ -371,33 +332,6 @@ def check_nonfinite(metrics: dict, config: ml_collections.ConfigDict, step: int)
     )
 
 
-def validate(jit_eval, params, config: ml_collections.ConfigDict, mesh, teacher_dim: int) -> dict:
-  """Loss and CTC error rate over the whole valid split (padding rows excluded).
-
-  Every process reads the whole split in global batches and feeds its own rows,
-  so the figures do not depend on the process count. `valid_loss` averages each
-  batch's loss weighted by its utterances; it picks the best checkpoint.
-  `valid_cer` is the character (or phoneme) error rate of greedy CTC decoding
-  over every valid utterance.
-  """
-  loss_sum = rows = errors = reference_length = 0.0
-  for whole in input_pipeline.eval_batches(config, "valid", teacher_dim, config.input.batch_size):
-    whole = device_batch(whole)
-    with sharding.rules_context(mesh, config.sharding_rules):
-      batch = sharding.global_batch(input_pipeline.process_rows(whole), mesh)
-      out = jit_eval(params, batch)
-    loss_sum += float(out["loss_sum"])
-    rows += float(out["rows"])
-    ids = np.asarray(multihost_utils.process_allgather(out["ctc_ids"], tiled=True))
-    for hyp, labels, n, real in zip(ids, whole["ctc_labels"], whole["num_labels"], whole["weight"]):
-      if real:
-        # Targets longer than their bucket can align are cut (and left out of the CTC loss).
-        n = min(int(n), len(labels))
-        errors += text_lib.edit_distance(text_lib.collapse(hyp), list(labels[:n]))
-        reference_length += n
-  return {"valid_loss": loss_sum / max(rows, 1), "valid_cer": errors / max(reference_length, 1)}
-
-
 def _write_history(workdir: str, summary: dict, history: dict) -> None:
   if jax.process_index() == 0:
     with fs.atomic_write(os.path.join(workdir, "train_history.json")) as f:
@@ -424,6 +358,87 @@ class _TensorBoard:
     self.writer.flush()
     if self.local != self.folder and jax.process_index() == 0:
       fs.sync_folder(self.local, self.folder)
+
+
+# ------------------------------------------------------ evaluation in training
+
+
+def valid_batches(config: ml_collections.ConfigDict, teacher_dim: int) -> Iterator[dict]:
+  """The valid split in global batches, whole on every process: what training evaluates on."""
+  return input_pipeline.eval_batches(config, "valid", teacher_dim, config.input.batch_size)
+
+
+def evaluate_batch(
+  jit_eval: jax.stages.Wrapped,
+  params: nnx.State,
+  whole: dict,
+  config: ml_collections.ConfigDict,
+  mesh: jax.sharding.Mesh,
+) -> dict:
+  """`jit_eval` (`eval_step`) on one batch that every process holds whole, each feeding its rows."""
+  with sharding.rules_context(mesh, config.sharding_rules):
+    batch = sharding.global_batch(input_pipeline.process_rows(device_batch(whole)), mesh)
+    return jit_eval(params, batch)
+
+
+def run_validation(
+  jit_eval: jax.stages.Wrapped,
+  params: nnx.State,
+  config: ml_collections.ConfigDict,
+  mesh: jax.sharding.Mesh,
+  teacher_dim: int,
+) -> dict:
+  """Loss and CTC error rate over the whole valid split (padding rows excluded).
+
+  Every process reads the whole split in global batches and feeds its own rows,
+  so the figures do not depend on the process count. `valid_loss` averages each
+  batch's loss weighted by its utterances; it picks the best checkpoint.
+  `valid_cer` is the character (or phoneme) error rate of greedy CTC decoding
+  over every valid utterance.
+  """
+  loss_sum = rows = errors = reference_length = 0.0
+  for whole in valid_batches(config, teacher_dim):
+    out = evaluate_batch(jit_eval, params, whole, config, mesh)
+    loss_sum += float(out["loss_sum"])
+    rows += float(out["rows"])
+    ids = np.asarray(multihost_utils.process_allgather(out["ctc_ids"], tiled=True))
+    for hyp, labels, n, real in zip(ids, whole["ctc_labels"], whole["num_labels"], whole["valid"]):
+      if real:
+        # Targets longer than their bucket can align are cut (and left out of the CTC loss).
+        n = min(int(n), len(labels))
+        errors += text_lib.edit_distance(text_lib.collapse(hyp), list(labels[:n]))
+        reference_length += n
+  return {"valid_loss": loss_sum / max(rows, 1), "valid_cer": errors / max(reference_length, 1)}
+
+
+def run_evaluators(
+  jit_eval: jax.stages.Wrapped,
+  params: nnx.State,
+  config: ml_collections.ConfigDict,
+  mesh: jax.sharding.Mesh,
+  teacher_dim: int,
+  target_mean: np.ndarray,
+) -> dict:
+  """The `eval.during_training` evaluators on the valid split, as flat `valid/...` scalars.
+
+  The split is read and embedded as `run_validation` reads and runs it (one
+  reader, one compiled program), then bundled by `evaluators.split.embed`, the
+  seam `stalign.evaluate` embeds its splits through with an `api.Model`. The
+  teacher embeddings come from the records, so no teacher is loaded.
+  """
+
+  def embed_speech(whole: dict) -> tuple[np.ndarray, np.ndarray]:
+    out = evaluate_batch(jit_eval, params, whole, config, mesh)
+    gathered = multihost_utils.process_allgather((out["embedding"], out["layers"]), tiled=True)
+    return tuple(np.asarray(x) for x in gathered)
+
+  # The space the student was trained to match, as the evaluation driver compares in.
+  centre = target_mean if config.loss.centre_targets else np.zeros_like(target_mean)
+  emb = split_lib.embed(valid_batches(config, teacher_dim), embed_speech, None, centre)
+  results = {name: evaluators.get(name)(emb) for name in config.eval.during_training}
+  return {
+    f"valid/{k}": v for k, v in utils.flatten_dict(results).items() if isinstance(v, (int, float))
+  }
 
 
 # -------------------------------------------------------------------- driver
@@ -513,23 +528,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       )
   train_iter = input_pipeline.train_iterator(config, "train", teacher_dim, position)
 
-  # ------------------------------------------------------------- evaluators
-  # One inference model for the run: evaluations swap in the current params
-  # and reuse its compiled forward pass.
-  eval_model = None
-
-  def run_evaluators(params, step: int) -> dict:
-    nonlocal eval_model
-    host_params = multihost_utils.process_allgather(params, tiled=True)  # Global values.
-    if eval_model is None:
-      eval_model = api.Model(config, graphdef, host_params, target_mean, step)
-    eval_model.params, eval_model.step = host_params, step
-    emb = evaluate.embed_split(eval_model, "valid")
-    results = {name: evaluators.get(name)(emb) for name in config.eval.during_training}
-    return {
-      f"valid/{k}": v for k, v in utils.flatten_dict(results).items() if isinstance(v, (int, float))
-    }
-
   # SIGTERM (preemption, scheduler) asks for a save at the next step boundary.
   preempted = {"flag": False}
   previous_handler = signal.signal(signal.SIGTERM, lambda *_: preempted.update(flag=True))
@@ -548,7 +546,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     disable=jax.process_index() > 0 or None,
     mininterval=2,
   )
-  history = {"train": [], "valid": []}
+  # Log steps, checkpoint steps (validation) and evaluator steps; train_history.json holds all
+  # three, so readers (the study's curves) need no TensorBoard event files.
+  history = {"train": [], "valid": [], "evaluators": []}
   compile_s = None
   step = first_step
   try:
@@ -588,11 +588,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
       if config.eval.every_steps and step % config.eval.every_steps == 0:
         with report_progress.timed("evaluators"):
-          writer.write_scalars(step, run_evaluators(state["params"], step))
+          evaluated = run_evaluators(
+            jit_eval, state["params"], config, mesh, teacher_dim, target_mean
+          )
+          writer.write_scalars(step, evaluated)
+        history["evaluators"].append({"step": step, **evaluated})
 
       if save:
         with report_progress.timed("validate"):
-          valid = validate(jit_eval, state["params"], config, mesh, teacher_dim)
+          valid = run_validation(jit_eval, state["params"], config, mesh, teacher_dim)
         writer.write_scalars(step, valid)
         history["valid"].append({"step": step, **valid})
         checkpoints.save(mgr, step, state, position, valid)

@@ -1,6 +1,7 @@
 """The layering of docs/architecture.md holds in the code: imports point down, no cycles."""
 
 import ast
+import collections
 import os
 import re
 import subprocess
@@ -106,6 +107,52 @@ def test_the_layering_test_catches_an_upward_import(monkeypatch):
     AssertionError, match="stalign.models.student .layer 2. imports stalign.train"
   ):
     test_imports_point_down_and_close_no_cycle()
+
+
+# What training may not reach through any chain of stalign imports: the inference API and the
+# command-line modules (`evaluate` is the evaluation CLI). Training evaluates through
+# `evaluators.split` with its own eval step, so a change to a CLI cannot break a training run.
+NOT_FROM_TRAINING = (
+  "stalign.api",
+  "stalign.evaluate",
+  "stalign.main",
+  "stalign.embed",
+  "stalign.search",
+  "stalign.export",
+  "stalign.precompute",
+  "stalign.study",
+)
+
+
+def _import_chains(start: str, graph: dict[str, set[str]]) -> dict[str, list[str]]:
+  """{every module `start` imports directly or transitively: a shortest import chain to it}."""
+  chains, todo = {start: [start]}, collections.deque([start])
+  while todo:
+    module = todo.popleft()
+    for dep in sorted(graph[module]):
+      if dep not in chains:
+        chains[dep] = chains[module] + [dep]
+        todo.append(dep)
+  return chains
+
+
+def test_training_imports_neither_the_inference_api_nor_a_cli():
+  known = set(_layers())
+  chains = _import_chains("stalign.train", {m: _imports(m, known) for m in known})
+  reached = [" -> ".join(chains[m]) for m in NOT_FROM_TRAINING if m in chains]
+  assert not reached, reached
+
+
+def test_the_training_test_catches_a_transitive_import(monkeypatch):
+  """Guards the guard: the API reached through a module training imports must be reported."""
+  real = _imports
+
+  def with_chain(module, known):
+    return real(module, known) | ({"stalign.api"} if module == "stalign.checkpoints" else set())
+
+  monkeypatch.setattr(sys.modules[__name__], "_imports", with_chain)
+  with pytest.raises(AssertionError, match="stalign.train -> stalign.checkpoints -> stalign.api"):
+    test_training_imports_neither_the_inference_api_nor_a_cli()
 
 
 @pytest.mark.usefixtures("prepared_config")

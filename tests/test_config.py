@@ -32,14 +32,14 @@ def test_every_config_validates(name, arg):
     # Hugging Face weights fetched by hand (configs/tpu_whisper.py): refused in one line naming
     # them; tests/test_tpu_configs.py checks that config's structure on a tiny fixture.
     with pytest.raises(config_lib.ConfigError, match=re.escape(weights)):
-      config_lib.validate(config)
+      config_lib.validate_config(config)
     return
   if config.data.source == "manifest" and not config.data.manifests.train:
     # configs/manifest.py reads the user's manifests, named on the command line.
     with pytest.raises(config_lib.ConfigError, match=r"--config\.data\.manifests\.train="):
-      config_lib.validate(config)
+      config_lib.validate_config(config)
     return
-  config_lib.validate(config)
+  config_lib.validate_config(config)
 
 
 @pytest.mark.parametrize(
@@ -58,7 +58,7 @@ def test_unknown_enum_value_names_the_key_and_the_allowed_values(key, value, all
   section, name = key.split(".")
   c[section][name] = value
   with pytest.raises(config_lib.ConfigError, match=f"{key}='{value}'.*{allowed}"):
-    config_lib.validate(c)
+    config_lib.validate_config(c)
 
 
 @pytest.mark.parametrize(
@@ -82,14 +82,14 @@ def test_bad_ranges_and_lists_name_the_key(key, value, message):
   section, name = key.split(".")
   c[section][name] = value
   with pytest.raises(config_lib.ConfigError, match=message):
-    config_lib.validate(c)
+    config_lib.validate_config(c)
 
 
 def test_a_config_with_no_loss_term_is_refused():
   c = demo.get_config("tiny")
   c.loss.distill, c.loss.contrastive_weight, c.loss.ctc_weight = "none", 0.0, 0.0
   with pytest.raises(config_lib.ConfigError, match="no loss term"):
-    config_lib.validate(c)
+    config_lib.validate_config(c)
 
 
 def test_config_arg_is_parsed_strictly():
@@ -144,7 +144,7 @@ def test_a_config_saved_before_keys_were_added_still_loads_and_validates():
   assert tuple(upgraded.eval.zero_shot_templates) == tuple(
     demo.get_config().eval.zero_shot_templates
   )
-  config_lib.validate(upgraded)
+  config_lib.validate_config(upgraded)
 
 
 def test_every_added_key_is_declared_in_the_configs_with_its_default():
@@ -170,26 +170,26 @@ def test_real_held_out_speakers_are_named_by_source_in_one_split_each():
   c = demo.get_config()
   c.data.real_held_out.test = (*c.data.real_held_out.test, "an4/fash")
   with pytest.raises(config_lib.ConfigError, match=r"\['an4/fash'\] in both valid and test"):
-    config_lib.validate(c)
+    config_lib.validate_config(c)
   c = demo.get_config()
   c.data.real_held_out.valid = ("1088",)
   with pytest.raises(config_lib.ConfigError, match=r"\['1088'\].*SOURCE/SPEAKER"):
-    config_lib.validate(c)
+    config_lib.validate_config(c)
   c = demo.get_config()
   c.eval.split = "train"
   with pytest.raises(config_lib.ConfigError, match="beside the valid or test split"):
-    config_lib.validate(c)
+    config_lib.validate_config(c)
   c = demo.get_config()
   c.data.source, c.data.real_held_out.valid = "an4", ("librispeech/1088",)
   with pytest.raises(config_lib.ConfigError, match="data.real_held_out.valid, which names none"):
-    config_lib.validate(c)
+    config_lib.validate_config(c)
   # A run saved before real speech existed loads with it off.
   saved = demo.get_config().to_dict()
   for key in ("real_sources", "real_held_out", "librispeech_dir", "an4_manifest"):
     del saved["data"][key]
   upgraded = config_lib.upgrade(ml_collections.ConfigDict(saved))
   assert upgraded.data.real_sources == () and upgraded.data.real_held_out.test == ()
-  config_lib.validate(upgraded)
+  config_lib.validate_config(upgraded)
 
 
 @pytest.mark.parametrize(
@@ -232,7 +232,7 @@ def test_each_refused_value_names_its_key_and_the_fix(overrides, message):
       node = node[parent]
     node[name] = value
   with pytest.raises(config_lib.ConfigError, match=message):
-    config_lib.validate(c)
+    config_lib.validate_config(c)
 
 
 def test_a_mesh_that_does_not_lay_out_the_devices_is_refused_naming_the_count():

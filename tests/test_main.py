@@ -109,6 +109,60 @@ def test_every_cli_with_a_config_flag_runs_through_cli_run():
       assert "cli.run(" in source and "app.run(" not in source, path
 
 
+_TENSORFLOW_LOADS = """
+import importlib, importlib.abc, json, os, sys
+
+class TensorFlowLoads(Exception):
+  pass
+
+class Stop(importlib.abc.MetaPathFinder):
+  def find_spec(self, name, path, target=None):
+    if name == "tensorflow":  # Stop it loading, with what it would read as it loads.
+      raise TensorFlowLoads(os.environ.get("TF_ENABLE_ONEDNN_OPTS"))
+
+sys.meta_path.insert(0, Stop())
+seen = {}
+for module in sys.argv[1:]:
+  os.environ.pop("TF_ENABLE_ONEDNN_OPTS", None)
+  for name in [n for n in sys.modules if n == "stalign" or n.startswith("stalign.")]:
+    del sys.modules[name]
+  try:
+    importlib.import_module(module)
+    seen[module] = "no TensorFlow"
+  except TensorFlowLoads as e:
+    seen[module] = f"TF_ENABLE_ONEDNN_OPTS={e}"
+print(json.dumps(seen))
+"""
+
+
+def test_every_cli_sets_tensorflows_environment_before_it_loads():
+  """`stalign.cli`'s bootstrap holds only where a command imports it before TensorFlow loads.
+
+  One process imports each command in turn (not as `__main__`, so only the bootstrap can set
+  the variable) and stops TensorFlow from loading, noting what it would have read.
+  """
+  import glob
+
+  commands = [
+    f"stalign.{os.path.basename(path)[: -len('.py')]}"
+    for path in sorted(glob.glob(os.path.join(REPO, "stalign", "*.py")))
+    if "cli.run(" in open(path).read() and not path.endswith("cli.py")
+  ]
+  env = {k: v for k, v in os.environ.items() if not k.startswith("TF_")}
+  out = subprocess.run(
+    [sys.executable, "-c", _TENSORFLOW_LOADS, *commands],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert out.returncode == 0, out.stderr[-3000:]
+  seen = json.loads(out.stdout.splitlines()[-1])
+  assert seen["stalign.main"] != "no TensorFlow"  # The check sees what it should.
+  assert all(v in ("no TensorFlow", "TF_ENABLE_ONEDNN_OPTS=0") for v in seen.values()), seen
+
+
 def test_unknown_stage_fails_before_anything_is_written(tmp_path):
   out = _main("--config=configs/demo.py:tiny", f"--workdir={tmp_path}", "--stages=data,trian")
   line = _one_line_error(out)

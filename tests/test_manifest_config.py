@@ -14,7 +14,7 @@ def test_only_the_manifests_are_read(tmp_path, monkeypatch):
   c = manifest.get_config()
   for split in data.SPLITS:
     c.data.manifests[split] = str(tmp_path / f"{split}.jsonl")
-  config_lib.validate(c)
+  config_lib.validate_config(c)
   assert c.data.source == "manifest"
   assert c.data.train_extra == () and c.data.real_sources == ()
   assert c.eval.zero_shot == () and "probing" not in c.eval.evaluators

@@ -128,7 +128,7 @@ def test_resumed_run_equals_uninterrupted_run(make_config, teacher, pristine, mo
     with mock.patch.object(teacher, "embed", embed), pytest.raises(_Killed):
       precompute.precompute(resumed, _SPLITS)
     cached = os.listdir(os.path.join(resumed.data_dir, "teacher_cache"))
-    assert len([f for f in cached if f.endswith(".npy")]) == 1, cached
+    assert len([f for f in cached if f.endswith(".npz")]) == 1, cached
   else:
     with (
       mock.patch.object(

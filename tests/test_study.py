@@ -12,7 +12,9 @@ import pytest
 from configs import demo
 from configs import study as study_config
 from stalign import config as config_lib
-from stalign import study
+from stalign import study_plan
+from stalign import study_runs
+from stalign import study_stats
 
 import testdata
 from testdata import FSDD_DIR
@@ -26,7 +28,7 @@ T_975_DF2 = 4.302652729749464  # Student t quantile 0.975 with 2 degrees of free
 
 def test_plan_matches_budgets_and_shares_pretraining_by_seed():
   config = study_config.get_config()
-  runs = study.plan(config, "W")
+  runs = study_plan.plan(config, "W")
   total, pretrain = config.train.steps, config.study.pretrain_steps
   assert len(runs) == 3 * (1 + 4 * 2)  # Per seed: pretraining, then 4 regimes x 2 families.
   by_name = {r.name: r for r in runs}
@@ -55,7 +57,7 @@ def test_plan_matches_budgets_and_shares_pretraining_by_seed():
 def test_families_are_the_recipes_loss_and_the_papers_plain_distance():
   """`ours` follows configs/demo.py whatever it becomes; `paper` is cosine to raw targets."""
   recipe = demo.get_config()
-  runs = {r.name: r for r in study.plan(study_config.get_config(), "W")}
+  runs = {r.name: r for r in study_plan.plan(study_config.get_config(), "W")}
   ours, paper = runs["c_multitask-ours/seed0"].config, runs["c_multitask-paper/seed0"].config
   assert ours.loss.to_dict() == recipe.loss.to_dict()
   assert paper.loss.distill == "cosine" and not paper.loss.centre_targets
@@ -74,7 +76,7 @@ def test_quick_config_is_the_tiny_recipe_and_every_config_validates():
   assert quick.model.to_dict() == demo.get_config("tiny").model.to_dict()
   assert quick.data_dir == "data/tiny" and quick.study.seeds >= 2
   for arg in (None, "quick", "tiny"):
-    study.validate(study_config.get_config(arg))
+    study_plan.validate_study(study_config.get_config(arg))
   with pytest.raises(config_lib.ConfigError, match="unknown config arg"):
     study_config.get_config("quik")
 
@@ -93,42 +95,42 @@ def test_bad_study_values_name_their_key(key, value, message):
   section, name = key.split(".")
   config[section][name] = value
   with pytest.raises(config_lib.ConfigError, match=message):
-    study.validate(config)
+    study_plan.validate_study(config)
 
 
 def test_a_regime_may_not_change_the_shared_data_and_unknown_keys_are_named():
   config = ml_collections.ConfigDict(study_config.get_config().to_dict())
   config.study.regimes.a_distill.features = {"num_mels": 40}
   with pytest.raises(config_lib.ConfigError, match="study.regimes.a_distill changes.*features"):
-    study.validate(config)
+    study_plan.validate_study(config)
   config = ml_collections.ConfigDict(study_config.get_config().to_dict())
   config.study.families.paper.distil = "mse"
   with pytest.raises(config_lib.ConfigError, match="study.families.paper.distil is not a key"):
-    study.plan(config, "W")
+    study_plan.plan(config, "W")
 
 
 def test_a_run_folder_with_other_settings_is_refused(tmp_path):
-  run = study.plan(study_config.get_config("quick"), str(tmp_path))[1]
-  study.check_same_config(run)  # Nothing there yet.
+  run = study_plan.plan(study_config.get_config("quick"), str(tmp_path))[1]
+  study_runs.check_same_config(run)  # Nothing there yet.
   os.makedirs(run.workdir)
   saved = json.loads(run.config.to_json_best_effort())
   saved["train"]["steps"] = 999
   with open(os.path.join(run.workdir, "config.json"), "w") as f:
     json.dump(saved, f)
   with pytest.raises(FileExistsError, match="train.steps: 999 there, 8 now"):
-    study.check_same_config(run)
+    study_runs.check_same_config(run)
 
 
 # ------------------------------------------------------------------ statistics
 
 
 def test_summary_is_mean_sample_std_and_t_interval():
-  s = study.summarize([0.5, 0.6, 0.7])
+  s = study_stats.summarize([0.5, 0.6, 0.7])
   half = T_975_DF2 * 0.1 / 3**0.5  # 0.248414
   assert s["n"] == 3 and s["mean"] == pytest.approx(0.6) and s["std"] == pytest.approx(0.1)
   assert s["ci95"] == pytest.approx([0.6 - half, 0.6 + half])
-  assert study.summarize([0.4]) == {"n": 1, "mean": 0.4, "std": None, "ci95": None}
-  assert study.summarize([])["mean"] is None
+  assert study_stats.summarize([0.4]) == {"n": 1, "mean": 0.4, "std": None, "ci95": None}
+  assert study_stats.summarize([])["mean"] is None
 
 
 def test_paired_comparison_by_seed():
@@ -139,14 +141,14 @@ def test_paired_comparison_by_seed():
   """
   base = {0: 0.5, 1: 0.6, 2: 0.7, 3: 0.9}  # Seed 3 has no partner: left out.
   other = {0: 0.6, 1: 0.8, 2: 0.7, 4: 0.1}
-  p = study.paired(base, other)
+  p = study_stats.paired(base, other)
   half = T_975_DF2 * 0.1 / 3**0.5
   assert p["n"] == 3 and p["mean_diff"] == pytest.approx(0.1)
   assert p["ci95"] == pytest.approx([0.1 - half, 0.1 + half])
   assert p["p_value"] == pytest.approx(1 - (3 / 5) ** 0.5)
-  same = study.paired({0: 0.5, 1: 0.1}, {0: 0.7, 1: 0.3})  # Equal up to rounding: no p.
+  same = study_stats.paired({0: 0.5, 1: 0.1}, {0: 0.7, 1: 0.3})  # Equal up to rounding: no p.
   assert same["mean_diff"] == pytest.approx(0.2) and same["p_value"] is None
-  assert study.paired({0: 0.5}, {0: None})["n"] == 0
+  assert study_stats.paired({0: 0.5}, {0: None})["n"] == 0
 
 
 def _report(r1: float, intent: float, transfer: float) -> dict:
@@ -179,7 +181,7 @@ def test_aggregate_fake_reports():
     ("a_distill", "ours"): {0: [(40, 0.1), (80, 0.3)], 1: [(40, 0.2), (80, 0.5)]},
     ("b_asr_distill", "ours"): {0: [(120, 0.4)], 1: [(80, 0.2), (120, 0.6)]},
   }
-  out = study.aggregate(reports, curves, baseline="a_distill")
+  out = study_stats.aggregate(reports, curves, baseline="a_distill")
   a = out["cells"]["a_distill-ours"]
   assert a["regime"] == "a_distill" and a["family"] == "ours" and a["seeds"] == [0, 1, 2]
   assert a["metrics"]["s2t_r1"]["mean"] == pytest.approx(0.6)
@@ -198,26 +200,25 @@ def test_aggregate_fake_reports():
   assert out["curves"]["a_distill-ours"]["mean"] == pytest.approx([0.15, 0.4])
   assert out["curves"]["b_asr_distill-ours"]["steps"] == [120]  # Only where every seed has one.
   assert out["unseen_voices"] == ["nicolas"]
-  assert set(out["metrics"]) == set(study.METRICS)
+  assert set(out["metrics"]) == set(study_stats.METRICS)
 
 
 def test_missing_report_sections_are_none_not_errors():
-  metrics = study.metrics_of({"retrieval": _report(0.5, 0, 0)["retrieval"]})
+  metrics = study_stats.metrics_of({"retrieval": _report(0.5, 0, 0)["retrieval"]})
   assert metrics["s2t_r1"] == 0.5
   assert metrics["zero_shot_intents"] is None and metrics["probe_speech"] is None
 
 
 def test_validation_curve_of_a_resumed_run_keeps_the_latest_value_per_step(tmp_path):
-  """A resumed run repeats the steps after its last checkpoint in a new event file."""
-  from clu import metric_writers
-
-  for values in ({10: 0.1, 20: 0.2}, {20: 0.25, 30: 0.3}):  # The second writer resumed at 10.
-    writer = metric_writers.create_default_writer(str(tmp_path / "tensorboard"))
-    for step, value in values.items():
-      writer.write_scalars(step, {study.CURVE_TAG: value, "other": 1.0})
-    writer.close()
-  curve = study.read_scalars(str(tmp_path), study.CURVE_TAG)
+  """A resumed run evaluates the steps after its last checkpoint again (here: resumed at 10)."""
+  points = [(10, 0.1), (20, 0.2), (20, 0.25), (30, 0.3)]
+  evaluators = [{"step": step, study_runs.CURVE: value, "other": 1.0} for step, value in points]
+  (tmp_path / "train_history.json").write_text(json.dumps({"evaluators": evaluators}))
+  curve = study_runs.evaluator_curve(str(tmp_path), study_runs.CURVE)
   assert curve == [(10, pytest.approx(0.1)), (20, pytest.approx(0.25)), (30, pytest.approx(0.3))]
+  (tmp_path / "train_history.json").write_text(json.dumps({"train": [], "valid": []}))
+  with pytest.raises(FileNotFoundError, match="no evaluator figures .* older stalign"):
+    study_runs.evaluator_curve(str(tmp_path), study_runs.CURVE)
 
 
 # ----------------------------------------------------------------- end to end
@@ -258,7 +259,7 @@ def quick_study(tmp_path_factory):
 def test_quick_study_writes_every_cell_and_seed_and_a_rerun_trains_nothing(quick_study):
   workdir, args, out = quick_study
   config = study_config.get_config("quick")
-  runs = study.plan(config, str(workdir))
+  runs = study_plan.plan(config, str(workdir))
   lines = [line for line in out.stdout.splitlines() if line.startswith("[")]
   assert len(lines) == len(runs) == 2 * (1 + 8), out.stdout  # One line per run.
   assert "study.md" in out.stdout and "Traceback" not in out.stderr, out.stderr[-2000:]
@@ -269,7 +270,7 @@ def test_quick_study_writes_every_cell_and_seed_and_a_rerun_trains_nothing(quick
   }
   for cell in result["cells"].values():
     assert cell["seeds"] == [0, 1]
-    for name in study.METRICS:
+    for name in study_stats.METRICS:
       assert cell["metrics"][name]["n"] == 2, (cell["regime"], name)
   assert set(result["paired"]) == {"ours", "paper"}
   assert set(result["paired"]["ours"]) == {"b_asr_distill", "c_multitask", "d_asr_multitask"}
@@ -284,7 +285,7 @@ def test_quick_study_writes_every_cell_and_seed_and_a_rerun_trains_nothing(quick
   assert result["unseen_voices"] == ["jackson", "nicolas"]  # The tiny recipe trains on no FSDD.
   for file in result["figures"].values():
     assert os.path.getsize(workdir / file) > 0
-  assert set(result["figures"]) == set(study.METRICS) | {"valid_r1"}
+  assert set(result["figures"]) == set(study_stats.METRICS) | {"valid_r1"}
   md = open(workdir / "study.md").read()
   for cell in result["cells"]:
     assert f"| {cell} |" in md
@@ -330,6 +331,6 @@ def test_study_notebook_shows_the_tables_and_every_plot(quick_study, monkeypatch
   outputs = [o for c in nb.cells for o in c.get("outputs", [])]
   assert not [o for o in outputs if o.output_type == "error"]
   images = [o for o in outputs if o.output_type == "display_data" and "image/png" in o.data]
-  assert len(images) == len(study.METRICS) + 1  # A bar chart per metric and the curves.
+  assert len(images) == len(study_stats.METRICS) + 1  # A bar chart per metric and the curves.
   shown = "".join(o.get("data", {}).get("text/markdown", "") for o in outputs)
   assert "| a_distill-ours |" in shown and "Loss family `paper`" in shown

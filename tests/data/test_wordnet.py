@@ -168,13 +168,13 @@ def test_config_validates_and_old_configs_load_without_wordnet():
   c = demo.get_config("tiny")
   c.corpus.wordnet_sentences = -1
   with pytest.raises(config_lib.ConfigError, match="corpus.wordnet_sentences=-1 must be"):
-    config_lib.validate(c)
+    config_lib.validate_config(c)
   saved = demo.get_config("tiny").to_dict()
   del saved["corpus"]["wordnet_sentences"], saved["corpus"]["wordnet_dir"]
   upgraded = config_lib.upgrade(ml_collections.ConfigDict(saved))
   assert upgraded.corpus.wordnet_sentences == 0
   assert upgraded.corpus.wordnet_dir == ".venv/share/wordnet-3.0"
-  config_lib.validate(upgraded)
+  config_lib.validate_config(upgraded)
 
 
 @pytest.mark.slow

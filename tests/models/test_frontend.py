@@ -43,7 +43,7 @@ def whisper_config(data_dir: str, weights: str, **model):
   c.data.manifests.update({split: f"{split}.jsonl" for split in ("train", "valid", "test")})
   for key, value in model.items():
     c.model[key] = value
-  return config_lib.validate(c)
+  return config_lib.validate_config(c)
 
 
 def test_featurize_is_the_frozen_encoder_prefix_at_20_ms(weights, tmp_path):
@@ -112,7 +112,7 @@ def test_whisper_settings_that_cannot_work_are_refused_by_name(
   c = whisper_config(str(tmp_path), weights)
   c.update_from_flattened_dict(overrides)
   with pytest.raises(config_lib.ConfigError, match=message):
-    config_lib.validate(c)
+    config_lib.validate_config(c)
 
 
 def test_tuned_layers_need_the_whisper_front_end(tmp_path):
@@ -120,7 +120,7 @@ def test_tuned_layers_need_the_whisper_front_end(tmp_path):
   c.data.manifests.update({split: f"{split}.jsonl" for split in ("train", "valid", "test")})
   c.model.whisper_tuned_layers = 1
   with pytest.raises(config_lib.ConfigError, match="frontend=whisper"):
-    config_lib.validate(c)
+    config_lib.validate_config(c)
 
 
 def test_data_train_and_inference_agree_on_whisper_frames(weights, tmp_path):

@@ -99,7 +99,7 @@ def test_student_passes_model_remat_to_its_tuned_whisper_blocks(scan_blocks):
 
   def run(remat: bool):
     c.model.remat = remat
-    config_lib.validate(c)
+    config_lib.validate_config(c)
     model = student.build(c, embed_dim)
     assert model.whisper.remat is remat
     graphdef, params = nnx.split(model)
