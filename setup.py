@@ -23,7 +23,7 @@ VERSION = re.search(
 BENCH = ["faiss-cpu>=1.15"]
 
 setuptools.setup(
-  name="stalign",
+  name="stalign-speech",  # "stalign" on PyPI is a spatial transcriptomics package; we import as stalign.
   version=VERSION,
   description=(
     "Semantically aligned speech-text embeddings (teacher-student distillation + CTC) in JAX/Flax"
