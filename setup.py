@@ -23,7 +23,8 @@ VERSION = re.search(
 BENCH = ["faiss-cpu>=1.15"]
 
 setuptools.setup(
-  name="stalign-speech",  # "stalign" on PyPI is a spatial transcriptomics package; we import as stalign.
+  # "stalign" on PyPI is a spatial-transcriptomics package; the import name stays stalign.
+  name="stalign-speech",
   version=VERSION,
   description=(
     "Semantically aligned speech-text embeddings (teacher-student distillation + CTC) in JAX/Flax"
