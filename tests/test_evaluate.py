@@ -19,8 +19,8 @@ from stalign import report
 from stalign.data import sources
 from stalign.data import text
 
-from testdata import FSDD_DIR
 from testdata import make_run
+from testdata import real_speech_dir
 from testdata import write_an4
 from testdata import write_librispeech
 
@@ -30,13 +30,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def small_fsdd(tmp_path_factory):
   """Two takes of every digit by two speakers, one of them the held-out nicolas."""
+  source = real_speech_dir("fsdd")
   root = tmp_path_factory.mktemp("fsdd")
   (root / "recordings").mkdir()
   for speaker in ("jackson", "nicolas"):
     for digit in range(10):
       for take in range(2):
         name = f"{digit}_{speaker}_{take}.wav"
-        os.symlink(os.path.join(FSDD_DIR, "recordings", name), root / "recordings" / name)
+        os.symlink(os.path.join(source, "recordings", name), root / "recordings" / name)
   return str(root)
 
 

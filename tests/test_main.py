@@ -208,6 +208,7 @@ def _offline_main(tmp_path, *args, timeout=600):
 @pytest.mark.slow
 def test_end_to_end_tiny_demo_offline_learns_reports_and_reruns_without_rework(tmp_path):
   """The real entry point on the synthetic corpus at the tiny size, with the network refused."""
+  testdata.real_speech_dir("fsdd")  # Its zero-shot section reads FSDD's digits.
   data, workdir = tmp_path / "data", tmp_path / "run"
   # 200 steps: the tiny model's retrieval leaves chance clearly only after ~150 (measured).
   args = (

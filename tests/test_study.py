@@ -17,7 +17,7 @@ from stalign import study_runs
 from stalign import study_stats
 
 import testdata
-from testdata import FSDD_DIR
+from testdata import real_speech_dir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 T_975_DF2 = 4.302652729749464  # Student t quantile 0.975 with 2 degrees of freedom (tables).
@@ -237,13 +237,14 @@ def _study(*args: str, timeout: int = 1800) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def quick_study(tmp_path_factory):
   """`configs/study.py:quick` into a fresh folder, on a few real FSDD clips for zero-shot."""
+  source = real_speech_dir("fsdd")
   root = tmp_path_factory.mktemp("study")
   fsdd = root / "fsdd" / "recordings"
   fsdd.mkdir(parents=True)
   for speaker in ("jackson", "nicolas"):
     for digit in range(10):
       name = f"{digit}_{speaker}_0.wav"
-      os.symlink(os.path.join(FSDD_DIR, "recordings", name), fsdd / name)
+      os.symlink(os.path.join(source, "recordings", name), fsdd / name)
   args = (
     "--config=configs/study.py:quick",
     f"--workdir={root / 'study'}",

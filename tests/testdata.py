@@ -18,16 +18,31 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FSDD_DIR = os.path.join(REPO, data.real_data_dir("fsdd"))
 
 
-def fsdd_files(speaker: str, takes: range) -> list[str]:
-  files = [
-    os.path.join(FSDD_DIR, "recordings", f"{d}_{speaker}_{t}.wav") for t in takes for d in range(10)
-  ]
-  if not os.path.exists(files[0]):
+# Where each real speech set comes from, for the reason a test that needs it is skipped.
+_REAL_SETS = {
+  "fsdd": "https://github.com/Jakobovski/free-spoken-digit-dataset",
+  "librispeech_mini": "Mini LibriSpeech train-clean-5, openslr.org/31",
+  "an4": "CMU AN4 as a NeMo manifest (speech.cs.cmu.edu/databases/an4)",
+}
+
+
+def real_speech_dir(name: str) -> str:
+  """The real speech set `name` under the repository's data root; skips the test when it is absent,
+  so a clone without ../shared runs the suite with those tests skipped and the reason printed."""
+  path = os.path.join(REPO, data.real_data_dir(name))
+  if not os.path.exists(path):
     pytest.skip(
-      f"needs FSDD recordings, not found under {FSDD_DIR}: set ${data.DATA_ROOT_ENV} to the "
-      "folder holding fsdd/ (from https://github.com/Jakobovski/free-spoken-digit-dataset)"
+      f"needs {name}, not found under {path}: set ${data.DATA_ROOT_ENV} to the folder holding "
+      f"{name}/ (from {_REAL_SETS[name]})"
     )
-  return files
+  return path
+
+
+def fsdd_files(speaker: str, takes: range) -> list[str]:
+  root = real_speech_dir("fsdd")
+  return [
+    os.path.join(root, "recordings", f"{d}_{speaker}_{t}.wav") for t in takes for d in range(10)
+  ]
 
 
 def write_manifest(path: str, files: list[str]) -> str:

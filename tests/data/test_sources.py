@@ -152,10 +152,10 @@ def test_demo_trains_on_three_fsdd_voices_and_never_on_nicolas():
   unseen, so his digits measure a new voice."""
   from configs import demo
 
-  from testdata import FSDD_DIR
+  from testdata import real_speech_dir
 
   c = demo.get_config()
-  c.data.fsdd_dir = FSDD_DIR
+  c.data.fsdd_dir = real_speech_dir("fsdd")
   assert c.data.train_extra == ("fsdd",) and "nicolas" in c.eval.fsdd_held_out_speakers
   speakers = [ex["labels"]["speaker"] for ex in sources.get("fsdd")(c, "train")]
   assert set(speakers) == {"george", "jackson", "lucas"} and len(speakers) == 1500
@@ -255,11 +255,11 @@ def test_the_shared_real_speech_folders_hold_the_demo_held_out_speakers():
   speakers of configs/demo.py are theirs, so the real_* splits are not silently empty."""
   from configs import demo
 
-  from testdata import REPO
+  from testdata import real_speech_dir
 
   c = demo.get_config()
-  c.data.librispeech_dir = os.path.join(REPO, c.data.librispeech_dir)
-  c.data.an4_manifest = os.path.join(REPO, c.data.an4_manifest)
+  c.data.librispeech_dir = real_speech_dir("librispeech_mini")
+  c.data.an4_manifest = os.path.join(real_speech_dir("an4"), "manifest.jsonl")
   held = set(c.data.real_held_out.valid) | set(c.data.real_held_out.test)
   for name, clips, speakers in (("librispeech", 656, 20), ("an4", 948, 74)):
     examples = {split: list(sources.get(name)(c, split)) for split in ("train", "valid", "test")}
