@@ -24,6 +24,7 @@ The commands that compile training and evaluation steps (`stalign.main`,
 
 from collections.abc import Callable
 import os
+import re
 import sys
 import textwrap
 from typing import NoReturn
@@ -96,6 +97,21 @@ def _parse_flags(argv: list[str]) -> list[str]:
   """
   try:
     return flags.FLAGS(argv)
+  except (AttributeError, KeyError) as e:
+    # ml_collections refuses a `--config.KEY=VALUE` whose KEY the config does not declare; its
+    # message (the repr of a KeyError's) names the key and suggests the nearest declared one.
+    text = str(e).replace("\\n", " ").replace("\\'", "'")
+    key = re.search(r"'(\w+)'", text)
+    hint = re.search(r"(Did you mean [^?]*\?)", text)
+    overrides = [a.split("=", 1)[0] for a in argv if a.startswith("--config.")]
+    culprit = [o for o in overrides if key and key.group(1) in o.split(".")[1:]]
+    if not culprit:
+      raise
+    _user_error(
+      f"{culprit[0]}: the config has no such key"
+      + (f" ({hint.group(1)})" if hint else "")
+      + "; every key is declared in configs/demo.py"
+    )
   except flags.Error as e:
     cause, config_error = e, None
     while cause is not None:  # absl's error <- ml_collections' copy <- the original.

@@ -80,6 +80,14 @@ def _config_cli(*args):
       ["--config=configs/demo.py:tyni:", "unknown config arg 'tyni'", "['seed', 'tiny']"],
     ),
     (["--config=configs/demo.py:tiny,seed=x"], ["seed='x' is not int"]),
+    (
+      ["--config=configs/demo.py:tiny", "--config.train.stepz=3"],
+      ["--config.train.stepz:", "no such key", 'Did you mean "steps"', "configs/demo.py"],
+    ),
+    (
+      ["--config=configs/demo.py:tiny", "--config.trainn.steps=3"],
+      ["--config.trainn.steps:", "no such key", 'Did you mean "train"'],
+    ),
   ],
 )
 def test_cli_refuses_a_bad_config_argument_in_one_line(args, words):
