@@ -18,14 +18,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FSDD_DIR = os.path.join(REPO, data.real_data_dir("fsdd"))
 
 
-# Where each real speech set comes from, for the reason a test that needs it is skipped.
-_REAL_SETS = {
-  "fsdd": "https://github.com/Jakobovski/free-spoken-digit-dataset",
-  "librispeech_mini": "Mini LibriSpeech train-clean-5, openslr.org/31",
-  "an4": "CMU AN4 as a NeMo manifest (speech.cs.cmu.edu/databases/an4)",
-}
-
-
 def real_speech_dir(name: str) -> str:
   """The real speech set `name` under the repository's data root; skips the test when it is absent,
   so a clone without ../shared runs the suite with those tests skipped and the reason printed."""
@@ -33,7 +25,7 @@ def real_speech_dir(name: str) -> str:
   if not os.path.exists(path):
     pytest.skip(
       f"needs {name}, not found under {path}: set ${data.DATA_ROOT_ENV} to the folder holding "
-      f"{name}/ (from {_REAL_SETS[name]})"
+      f"{name}/: {data.REAL_SET_ORIGINS[name]}"
     )
   return path
 

@@ -5,6 +5,15 @@ import os
 # The environment variable naming the folder that holds the real speech sets (fsdd/, an4/,
 # librispeech_mini/); unset, they are looked for in ../shared/data, beside the repository.
 DATA_ROOT_ENV = "STALIGN_DATA"
+# Each real speech set's folder under that root: what it is and where to get it, for the one-line
+# errors (`sources.check_real_speech`) and the tests' skip reasons.
+REAL_SET_ORIGINS = {
+  "fsdd": "the Free Spoken Digit Dataset (English digits, 8 kHz; git clone "
+  "https://github.com/Jakobovski/free-spoken-digit-dataset fsdd, or TFDS spoken_digit)",
+  "librispeech_mini": "an extracted LibriSpeech subset (e.g. Mini LibriSpeech train-clean-5, "
+  "openslr.org/31)",
+  "an4": "CMU AN4 as a NeMo manifest with a speaker per line (speech.cs.cmu.edu/databases/an4)",
+}
 
 # Splits every data source provides, in the order they are built.
 SPLITS = ("train", "valid", "test")

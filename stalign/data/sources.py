@@ -120,24 +120,12 @@ def manifest(config: ml_collections.ConfigDict, split: str) -> Iterator[dict]:
 _FSDD_NAME = re.compile(r"^(\d)_([a-z]+)_(\d+)\.wav$")
 
 
-# Each real speech set a config may read: its config key, and what it is and where to get it.
+# Each real speech source a config may read: its config key, what must exist under that path, and
+# its folder in `data.REAL_SET_ORIGINS`.
 _REAL_SETS = {
-  "fsdd": (
-    "data.fsdd_dir",
-    "recordings",
-    "the Free Spoken Digit Dataset (English digits, 8 kHz; git clone "
-    "https://github.com/Jakobovski/free-spoken-digit-dataset fsdd, or TFDS spoken_digit)",
-  ),
-  "librispeech": (
-    "data.librispeech_dir",
-    "",
-    "an extracted LibriSpeech subset (e.g. Mini LibriSpeech train-clean-5, openslr.org/31)",
-  ),
-  "an4": (
-    "data.an4_manifest",
-    "",
-    "CMU AN4 as a NeMo manifest with a speaker per line (speech.cs.cmu.edu/databases/an4)",
-  ),
+  "fsdd": ("data.fsdd_dir", "recordings", "fsdd"),
+  "librispeech": ("data.librispeech_dir", "", "librispeech_mini"),
+  "an4": ("data.an4_manifest", "", "an4"),
 }
 
 
@@ -151,9 +139,10 @@ def check_real_speech(config: ml_collections.ConfigDict) -> None:
   """
   names = {config.data.source, *config.data.train_extra, *config.data.real_sources}
   for name in sorted(names & set(_REAL_SETS)):
-    key, inside, what = _REAL_SETS[name]
+    key, inside, folder = _REAL_SETS[name]
     path = config.data[key.split(".", 1)[1]]
     if not fs.exists(os.path.join(path, inside) if inside else path):
+      what = data.REAL_SET_ORIGINS[folder]
       raise FileNotFoundError(
         f"{name}: nothing at {path} ({key}); it is {what}. Put it there, set "
         f"${data.DATA_ROOT_ENV} to the folder holding fsdd/, an4/ and librispeech_mini/, "
