@@ -29,7 +29,8 @@ import ml_collections
 import numpy as np
 
 from stalign import sharding
-from stalign import train
+from stalign import train_optimizer
+from stalign import train_steps
 from stalign.data import features
 from stalign.data import text as text_lib
 from stalign.models import student
@@ -124,7 +125,7 @@ def ratio(
 
 
 def synthetic_batch(config: ml_collections.ConfigDict, frames: int, rows: int, seed: int = 0):
-  """A numpy batch as `train.device_batch` returns it: `rows` utterances of `frames` frames.
+  """A numpy batch as `train_steps.device_batch` returns it: `rows` utterances of `frames` frames.
 
   Compute does not depend on the values; CTC targets are as long as real
   speech gives (`CHARS_PER_SECOND`), so the CTC loss stays finite and the
@@ -145,12 +146,12 @@ def synthetic_batch(config: ml_collections.ConfigDict, frames: int, rows: int, s
 
 
 class TrainStep:
-  """`train.train_step` jitted as the training loop jits it, for one config.
+  """`train_steps.train_step` jitted as the training loop jits it, for one config.
 
   Same mesh (`config.mesh` over this process's devices) as
   `train.train_and_evaluate`, and the state layout and jitted step from the
-  functions it builds its own with (`train.sharded_state_shapes`,
-  `train.jit_train_step`), so compile time, memory and speed are what a run
+  functions it builds its own with (`train_steps.sharded_state_shapes`,
+  `train_steps.jit_train_step`), so compile time, memory and speed are what a run
   sees. The target mean is zeros: it is a constant of the program and does not
   change its cost.
   """
@@ -165,15 +166,15 @@ class TrainStep:
     self.teacher_dim = teacher_dim
     self.mesh = sharding.make_mesh(config.mesh, devices)
     self.rules = config.sharding_rules
-    self.tx = train.make_optimizer(config, train.make_schedule(config))
+    self.tx = train_optimizer.make_optimizer(config, train_optimizer.make_schedule(config))
     self.graphdef, params = nnx.split(nnx.eval_shape(lambda: student.build(config, teacher_dim)))
     self.num_params = sum(x.size for x in jax.tree.leaves(params))
-    self._init = functools.partial(train.init_state, config, self.tx, teacher_dim)
-    self.abstract_state, self.state_sharding = train.sharded_state_shapes(
+    self._init = functools.partial(train_steps.init_state, config, self.tx, teacher_dim)
+    self.abstract_state, self.state_sharding = train_steps.sharded_state_shapes(
       config, self.tx, teacher_dim, self.mesh
     )
     self.data_sharding = sharding.batch_sharding(self.mesh)
-    self.jitted = train.jit_train_step(
+    self.jitted = train_steps.jit_train_step(
       config,
       self.graphdef,
       self.tx,

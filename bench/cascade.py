@@ -325,7 +325,7 @@ class _Cascade:
 def _ours(model):
   def call(paths: list[str]) -> tuple[float, np.ndarray, dict]:
     start = time.perf_counter()
-    emb = model.embed_speech(paths)  # numpy: the work is done when it returns.
+    emb = model.encode_speech(paths)  # numpy: the work is done when it returns.
     return time.perf_counter() - start, emb, {}
 
   return call
@@ -434,8 +434,8 @@ def run(
     try:
       if model:
         candidates["ours"] = _ours(model)
-        galleries["ours"] = dict(zip(texts, model.embed_text(texts)))
-        galleries["ours_teacher_space"] = dict(zip(texts, model.embed_text(texts, "teacher")))
+        galleries["ours"] = dict(zip(texts, model.encode_text(texts)))
+        galleries["ours_teacher_space"] = dict(zip(texts, model.encode_text(texts, "teacher")))
       if cascade:
         out["cascade_versions"] = cascade.versions
         pids.append(cascade.pid)

@@ -26,7 +26,7 @@ from bench import _common
 from configs import demo
 from stalign import input_pipeline
 from stalign import prepare
-from stalign import train
+from stalign import train_steps
 from stalign.data import layout
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -71,7 +71,7 @@ def run(
   first = next(it)
   first_batch_s = time.perf_counter() - start
   start = time.perf_counter()
-  local = [train.device_batch(next(it)) for _ in range(steps)]
+  local = [train_steps.device_batch(next(it)) for _ in range(steps)]
   reader_s = time.perf_counter() - start
   del it, first
   holder = {"state": step.init()}
@@ -96,7 +96,7 @@ def run(
     next(it)  # The first batch: not timed (first_batch_s).
     start = time.perf_counter()
     for _ in range(steps):
-      batch = step.device_batch(train.device_batch(next(it)))
+      batch = step.device_batch(train_steps.device_batch(next(it)))
       holder["state"], metrics = step(holder["state"], batch)
     jax.block_until_ready(metrics)
     return time.perf_counter() - start

@@ -37,8 +37,8 @@ def _spoken_digits(model) -> dict[str, Any]:
   digits = np.array([int(re.match(r"(\d)_", os.path.basename(f)).group(1)) for f in files])
   out = {"speaker": SPEAKER, "clips": len(files), "chance": 1 / len(sources.DIGIT_WORDS)}
   for space in ("teacher", "shared"):
-    words = model.embed_text(list(sources.DIGIT_WORDS), space=space)
-    predicted = np.argmax(model.embed_speech(files, space=space) @ unit(words).T, axis=1)
+    words = model.encode_text(list(sources.DIGIT_WORDS), space=space)
+    predicted = np.argmax(model.encode_speech(files, space=space) @ unit(words).T, axis=1)
     out[f"top1_{space}"] = float(np.mean(predicted == digits))
   return out
 

@@ -33,7 +33,7 @@ from bench import _common
 from configs import demo
 from configs import tpu_multitask
 from stalign import losses
-from stalign import train
+from stalign import train_optimizer
 
 LARGE_FRAMES = 1200  # 12 s: LibriSpeech's mean utterance is 12.3 s.
 
@@ -113,7 +113,7 @@ def parts(
   logits = jnp.asarray(rng.standard_normal((rows, length * m.ctc_upsample, vocab), np.float32))
   ctc_outputs = {"ctc_logits": logits, "ctc_mask": jnp.repeat(mask, m.ctc_upsample, axis=1)}
   embedding = {"embedding": jnp.asarray(rng.standard_normal(batch["teacher"].shape, np.float32))}
-  tx = train.make_optimizer(config, train.make_schedule(config))
+  tx = train_optimizer.make_optimizer(config, train_optimizer.make_schedule(config))
 
   @jax.jit
   def update(params, opt_state):  # The params stand in for their gradients.

@@ -101,7 +101,7 @@ Choices (the full config; every other key is tpu_multitask's):
     --config.train.pretrained_lr_factor=0.02 --config.input.batch_size=64
 
   (0.02: a tenth of its own ~2e-4.) 315M tuned parameters, frames of width 1280, 20 heads (scores
-  ~1.7x small's per block). Its weights enter `train.init_state` (jitted) as constants: 1.3 GB
+  ~1.7x small's per block). Its weights enter `train_steps.init_state` (jitted) as constants: 1.3 GB
   for 16 blocks (Whisper small's 6: 170 MB, initialised in 6 s on a CPU).
 """
 

@@ -25,19 +25,17 @@ Speech goes through the same front end as the stored training data
 (resampling, checks, log-mel rounded to float16), so an embedding does not
 depend on whether a clip came from a TFRecord or a wav file. Audio longer than
 `features.max_seconds` (the cap on training clips) is cut into overlapping
-windows whose embeddings are averaged (`window_bounds`, `Model.embed_windows`).
+windows whose embeddings are averaged (`speech_input`, `Model.embed_windows`).
 
-An export (`python -m stalign.export`) is read here too: `stalign.load` knows
-one by its manifest file (`stalign.export_format`), and needs neither the run
-nor its data folder. Runs, exports and audio files may be local or `gs://` URLs
-(`stalign.fs`).
+`load` takes a run or an export (`python -m stalign.export`, which needs
+neither the run nor its data folder); `stalign.restore` finds and reads either.
+Runs, exports and audio files may be local or `gs://` URLs (`stalign.fs`).
 """
 
 from collections.abc import Iterable
 from collections.abc import Iterator
 from collections.abc import Sequence
 import functools
-import json
 import math
 import os
 
@@ -49,76 +47,21 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from stalign import checkpoints
-from stalign import config as config_lib
-from stalign import export_format
-from stalign import fs
 from stalign import losses
+from stalign import restore
 from stalign import sharding
+from stalign import speech_input
 from stalign import utils
-from stalign.data import audio
 from stalign.data import features as features_lib
-from stalign.data import layout
 from stalign.data import text as text_lib
 from stalign.evaluators import zero_shot
 from stalign.models import frontend
-from stalign.models import student as student_lib
 from stalign.models import teacher as teacher_lib
 
 SPACES = ("shared", "teacher")
 # `stream_speech` reads, featurises and sorts by length this many batches of windows at a time:
 # padding as low as sorting everything when inputs are few, memory bounded when they are not.
 STREAM_BATCHES = 8
-
-
-def config_from_workdir(workdir: str) -> ml_collections.ConfigDict:
-  """The resolved config a run or an export saved (`config.json`), as a ConfigDict."""
-  if not fs.isdir(workdir):
-    raise FileNotFoundError(
-      f"{workdir} is not a folder: pass a run directory written by stalign.main or a folder "
-      "written by stalign.export"
-    )
-  path = os.path.join(workdir, "config.json")
-  if not fs.exists(path):
-    raise FileNotFoundError(
-      f"{path} not found: pass a run directory written by stalign.main or a folder written by "
-      "stalign.export (or give the config explicitly)"
-    )
-  return config_lib.upgrade(ml_collections.ConfigDict(json.loads(fs.read_text(path))))
-
-
-def _split_path(path: str) -> tuple[str, int | None]:
-  """(workdir, step) for a run directory, its checkpoints/ folder or one checkpoint step folder."""
-  path = fs.abspath(path).rstrip("/")
-  if os.path.basename(path).isdigit() and os.path.basename(os.path.dirname(path)) == "checkpoints":
-    return os.path.dirname(os.path.dirname(path)), int(os.path.basename(path))
-  if os.path.basename(path) == "checkpoints":
-    return os.path.dirname(path), None
-  return path, None
-
-
-def resolve_data_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """`config.data_dir` as saved is relative to where training ran: try there, then above the run."""
-  rel = config.data_dir
-  # dict.fromkeys: an absolute data_dir joins every ancestor as itself; try it once.
-  candidates = list(dict.fromkeys([rel] + [os.path.join(d, rel) for d in _ancestors(workdir)]))
-  for c in candidates:
-    if fs.exists(layout.teacher_stats_path(c)):
-      return fs.abspath(c)
-  raise FileNotFoundError(
-    f"teacher_stats.npz not found under data_dir={rel!r} of {workdir} (tried {candidates}): "
-    "it holds the training mean the embeddings are centred on; pass config= with data_dir set "
-    "to the run's data folder, or load a folder written by `python -m stalign.export`"
-  )
-
-
-def _ancestors(path: str) -> list[str]:
-  """Folders above `path`, nearest first; for a URL, up to its bucket."""
-  out, path = [], fs.abspath(path).rstrip("/")
-  while os.path.dirname(path) != path and not os.path.dirname(path).endswith(":/"):
-    path = os.path.dirname(path)
-    out.append(path)
-  return out
 
 
 def cosine(a: np.ndarray | jax.Array, b: np.ndarray | jax.Array) -> np.ndarray | jax.Array:
@@ -131,21 +74,6 @@ def check_space(space: str) -> str:
   if space not in SPACES:
     raise ValueError(f"space={space!r}; use one of {SPACES}")
   return space
-
-
-def window_bounds(length: int, size: int) -> list[tuple[int, int]]:
-  """[(start, stop)] covering `length` samples: all of it when it fits in `size`, else windows.
-
-  Windows are `size` long (the longest clip trained on) at a hop of half that,
-  so every sample outside the first and last half-window is seen twice; the
-  last window ends at the end and is longer than the hop.
-  """
-  hop = size // 2
-  bounds = [(0, min(size, length))]
-  while bounds[-1][1] < length:
-    start = bounds[-1][0] + hop
-    bounds.append((start, min(start + size, length)))
-  return bounds
 
 
 class Model:
@@ -235,8 +163,6 @@ class Model:
     emb = utils.unit(raw) if space == "teacher" else raw - self.target_mean
     return _output(emb[0] if single else emb, normalize_embeddings, convert_to_numpy)
 
-  embed_text = encode_text  # The name before `encode_text`, kept for code and notebooks using it.
-
   def to_teacher_space(self, speech: np.ndarray) -> np.ndarray:
     """Student (shared-space) embeddings -> unit vectors in the teacher's own space.
 
@@ -259,23 +185,11 @@ class Model:
 
   def load_waveform(self, item, sample_rate: int = 16_000) -> np.ndarray:
     """A path or an in-memory waveform -> checked mono audio at the model's rate, any length."""
-    fcfg = self.config.features
-    if isinstance(item, (str, os.PathLike)):
-      return audio.load_audio(os.fspath(item), fcfg.sample_rate, math.inf)
-    wave = np.asarray(item, np.float32)
-    wave = wave.mean(axis=1) if wave.ndim == 2 else wave
-    return audio.check_waveform(wave, sample_rate, fcfg.sample_rate, math.inf, "waveform")
+    return speech_input.load_waveform(item, self.config.features, sample_rate)
 
   def windows(self, waveform: np.ndarray) -> list[np.ndarray]:
-    """Log-mel of each window (`window_bounds`) of a model-rate waveform; one when it fits.
-
-    Each window is featurised on its own, like a training clip of at most
-    `features.max_seconds`, so the student never sees a longer input than it
-    was trained on, and memory stays bounded for hours of audio.
-    """
-    fcfg = self.config.features
-    size = int(fcfg.max_seconds * fcfg.sample_rate)
-    return [self.features(waveform[a:b]) for a, b in window_bounds(waveform.size, size)]
+    """Log-mel of each window of a model-rate waveform (`speech_input.windows`)."""
+    return speech_input.windows(waveform, self.config.features)
 
   def encode_speech(
     self,
@@ -313,8 +227,6 @@ class Model:
         bar.update()
     emb = np.stack(rows) if rows else np.zeros((0, self.target_mean.shape[-1]), np.float32)
     return _output(emb[0] if single else emb, normalize_embeddings, convert_to_numpy)
-
-  embed_speech = encode_speech  # The name before `encode_speech`, kept for code using it.
 
   def stream_speech(
     self,
@@ -418,8 +330,7 @@ class Model:
     transcribed on their own and joined by a space (a word across a cut may split).
     """
     self._check_ctc_head()
-    fcfg = self.config.features
-    size = int(fcfg.max_seconds * fcfg.sample_rate)
+    size = speech_input.window_samples(self.config.features)
     feats, windows = [], []  # Every window of every input, batched together; windows per input.
     for item in waveforms_or_paths:
       wave = self.load_waveform(item, sample_rate)
@@ -497,24 +408,6 @@ def _output(emb: np.ndarray, normalize: bool, to_numpy: bool) -> np.ndarray | ja
   return emb if to_numpy else jnp.asarray(emb)
 
 
-def _load_export(path: str, step: int | None, config: ml_collections.ConfigDict | None) -> Model:
-  """A `Model` from an export folder alone: params, config and teacher statistics are inside."""
-  manifest = export_format.read_manifest(path)
-  if step is not None and step != manifest["step"]:
-    raise FileNotFoundError(
-      f"{path} is an export of step {manifest['step']}, not {step}; export step {step} "
-      "with `python -m stalign.export --step`"
-    )
-  export_format.check_files(path)
-  built_by = "the config given" if config is not None else export_format.CONFIG
-  config = config_lib.validate_config(config or config_from_workdir(path))
-  dim, mean = export_format.read_teacher_stats(path)
-  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: student_lib.build(config, dim)))
-  params = export_format.read_params(path, abstract, built_by)
-  logging.info("loaded export %s (step %d, %s)", path, manifest["step"], manifest["dtype"])
-  return Model(config, graphdef, params, mean, manifest["step"])
-
-
 def load(
   path: str, step: int | None = None, config: ml_collections.ConfigDict | None = None
 ) -> Model:
@@ -530,17 +423,4 @@ def load(
   Returns:
     A `Model` whose `encode_speech` and `encode_text` share one space.
   """
-  if export_format.is_export(path):
-    return _load_export(path, step, config)
-  export_format.check_not_partial(path)
-  workdir, path_step = _split_path(path)
-  config = config_lib.validate_config(config or config_from_workdir(workdir))
-  config = ml_collections.ConfigDict(config.to_dict())  # Unlocked copy: data_dir may be resolved.
-  config.data_dir = resolve_data_dir(config, workdir)
-  dim, mean = layout.read_teacher_stats(config.data_dir)
-  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: student_lib.build(config, dim)))
-  params, step = checkpoints.restore_params(
-    workdir, abstract, step if step is not None else path_step
-  )
-  logging.info("loaded %s step %d", workdir, step)
-  return Model(config, graphdef, params, mean, step)
+  return Model(*restore.student(path, step, config))

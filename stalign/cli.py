@@ -17,31 +17,40 @@ with `--verbosity=0` its traceback is shown too. Any other exception is a bug
 and keeps its traceback. A `--config` file that does not exist, or a typo in its
 `path.py:arg`, is refused the same way, though absl meets both while parsing flags.
 
-The commands that compile training and evaluation steps (`stalign.main`,
-`stalign.study`) share a `--compilation_cache` (`COMPILATION_CACHE`,
-`use_compilation_cache`).
+The commands that run whole runs (`stalign.main`, `stalign.study`) define
+their `--config`, `--workdir` and `--compilation_cache` here
+(`define_run_flags`), and every command refuses positional arguments the same
+way (`check_no_arguments`).
 """
 
 from collections.abc import Callable
+from collections.abc import Sequence
 import os
 import re
 import sys
 import textwrap
+from typing import NamedTuple
 from typing import NoReturn
 
 from absl import app
 from absl import flags
 from absl import logging
 import jax
+from ml_collections import config_flags
 
 from stalign import config as config_lib
 from stalign.data import audio
 from stalign.data import text as text_lib
 
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+# Flags defined here (`define_run_flags`) belong to the command that asks for them: its --help
+# lists them, as if it had defined them itself.
+flags.disclaim_key_flags()
 
 # Where the commands that compile keep XLA's programs: a rerun skips recompiling each bucket shape.
 COMPILATION_CACHE = os.path.expanduser("~/.cache/stalign/jax")
+# Where a positional argument of a command with `--config` belongs (`check_no_arguments`).
+CONFIG_HINT = "settings go in --config.KEY=VALUE"
 
 # Errors a user fixes by changing their input or flags, not the code.
 USER_ERRORS = (
@@ -125,6 +134,40 @@ def _parse_flags(argv: list[str]) -> list[str]:
     print(f"FATAL Flags parsing error:{message}", file=sys.stderr)
     print("Pass --helpshort or --helpfull to see help on flags.", file=sys.stderr)
     sys.exit(1)
+
+
+class RunFlags(NamedTuple):
+  """The flags of a command that runs whole runs (`define_run_flags`)."""
+
+  config: flags.FlagHolder
+  workdir: flags.FlagHolder
+  compilation_cache: flags.FlagHolder
+
+
+def define_run_flags(config_help: str, workdir_help: str) -> RunFlags:
+  """`--config`, `--workdir` and `--compilation_cache`, for `stalign.main` or `stalign.study`.
+
+  Call it once, at the command's import; the help of the first two is the command's own.
+  """
+  return RunFlags(
+    config=config_flags.DEFINE_config_file("config", None, config_help, lock_config=True),
+    workdir=flags.DEFINE_string("workdir", None, workdir_help),
+    compilation_cache=flags.DEFINE_string(
+      "compilation_cache",
+      COMPILATION_CACHE,
+      "Persistent XLA compilation cache, shared by stalign.main and stalign.study: a rerun skips "
+      "recompiling each bucket shape. '' disables it.",
+    ),
+  )
+
+
+def check_no_arguments(argv: Sequence[str], hint: str = "") -> None:
+  """Refuses positional arguments, naming them: every input of a command is a flag.
+
+  `hint` says where what was meant goes (e.g. `CONFIG_HINT` for a command with `--config`).
+  """
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {list(argv[1:])}" + (f"; {hint}" if hint else ""))
 
 
 def use_compilation_cache(path: str) -> None:

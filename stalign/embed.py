@@ -325,8 +325,7 @@ def run(
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  cli.check_no_arguments(argv)
   f = flags.FLAGS
   model = api.load(f.workdir, step=f.step)
   files, embedded, skipped = run(

@@ -43,6 +43,7 @@ from stalign import data
 from stalign import evaluators
 from stalign import fs
 from stalign import report
+from stalign import restore
 from stalign.data import grammar
 from stalign.data import layout
 from stalign.data import sources
@@ -79,7 +80,7 @@ def zero_shot_synthetic(model: api.Model) -> dict:
     ("all_intents", sorted(descriptions)),
   ):
     classes = zero_shot.class_embeddings(
-      model.embed_text, [descriptions[n] for n in names], templates
+      model.encode_text, [descriptions[n] for n in names], templates
     )
     out[name] = zero_shot.evaluate(
       emb.speech,
@@ -170,11 +171,11 @@ def zero_shot_fsdd(model: api.Model, fsdd_dir: str) -> dict:
   examples = list(sources.fsdd_examples(fsdd_dir))
   rate = model.config.features.sample_rate
   waves = [model.load_waveform(ex["audio_filepath"]) for ex in examples]
-  speech = model.embed_speech(waves, sample_rate=rate)
+  speech = model.encode_speech(waves, sample_rate=rate)
   digits = np.array([ex["labels"]["digit"] for ex in examples])
   speakers = [ex["labels"]["speaker"] for ex in examples]
   templates = model.config.eval.zero_shot_templates
-  classes = zero_shot.class_embeddings(model.embed_text, list(sources.DIGIT_WORDS), templates)
+  classes = zero_shot.class_embeddings(model.encode_text, list(sources.DIGIT_WORDS), templates)
   out = zero_shot.evaluate(speech, digits, classes, list(sources.DIGIT_WORDS), groups=speakers)
   held_out, decided_by = held_out_speakers(model.config, sorted(set(speakers)))
   held = np.isin(speakers, held_out)
@@ -332,10 +333,9 @@ def _report_name(flag_value: str | None, other_set: list[str]) -> str:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  cli.check_no_arguments(argv)
   f = flags.FLAGS
-  own = api.config_from_workdir(f.workdir)
+  own = restore.config_from_workdir(f.workdir)
   other_set = ["--config"] if f.config else []
   if f.fsdd_dir and os.path.realpath(f.fsdd_dir) != os.path.realpath(own.data.fsdd_dir):
     other_set.append(f"--fsdd_dir={f.fsdd_dir} (the run's is {own.data.fsdd_dir})")

@@ -18,7 +18,6 @@ from absl import app
 from absl import flags
 from absl import logging
 import jax
-from ml_collections import config_flags
 
 from stalign import cli
 from stalign import config as config_lib
@@ -26,15 +25,10 @@ from stalign import report
 from stalign import stages as stages_lib
 from stalign.data import sources
 
-_CONFIG = config_flags.DEFINE_config_file(
-  "config",
-  None,
-  "Python config file with get_config(arg); `path.py:arg` passes arg (e.g. configs/demo.py:tiny). "
-  "Override any key with --config.KEY=VALUE; unknown keys are an error.",
-  lock_config=True,
-)
-_WORKDIR = flags.DEFINE_string(
-  "workdir", None, "Run directory: checkpoints, TensorBoard logs, report."
+_CONFIG, _WORKDIR, _COMPILATION_CACHE = cli.define_run_flags(
+  config_help="Python config file with get_config(arg); `path.py:arg` passes arg (e.g. "
+  "configs/demo.py:tiny). Override any key with --config.KEY=VALUE; unknown keys are an error.",
+  workdir_help="Run directory: checkpoints, TensorBoard logs, report.",
 )
 _STAGES = flags.DEFINE_list(
   "stages",
@@ -50,17 +44,11 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a mul
 _PROCESS_ID = flags.DEFINE_integer(
   "process_id", None, "This process's index in a multi-process run."
 )
-_COMPILATION_CACHE = flags.DEFINE_string(
-  "compilation_cache",
-  cli.COMPILATION_CACHE,
-  "Persistent XLA compilation cache: a rerun skips recompiling each bucket shape. '' disables it.",
-)
 
 
 def _check_flags(argv: list[str]) -> None:
   """Refuses bad flags before anything runs or `config.json` is written to the workdir."""
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments {argv[1:]}; settings go in --config.KEY=VALUE")
+  cli.check_no_arguments(argv, cli.CONFIG_HINT)
   unknown = set(_STAGES.value) - set(stages_lib.STAGES)
   if unknown:
     raise app.UsageError(f"unknown --stages {sorted(unknown)}; use {', '.join(stages_lib.STAGES)}")

@@ -156,8 +156,7 @@ def search(
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  cli.check_no_arguments(argv)
   f = flags.FLAGS
   check_flags(f.query, f.text, f.texts, f.index)
   candidates = read_texts(f.texts, f.space) if f.texts else read_index(f.index, f.space)

@@ -43,7 +43,6 @@ from absl import app
 from absl import flags
 import jax
 import ml_collections
-from ml_collections import config_flags
 
 from stalign import cli
 from stalign import fs
@@ -55,22 +54,12 @@ from stalign import study_stats
 
 SCHEMA_VERSION = 1
 
-_CONFIG = config_flags.DEFINE_config_file(
-  "config",
-  None,
-  "The study config (configs/study.py, or configs/study.py:quick for the tiny grid). Override "
-  "any key with --config.KEY=VALUE: --config.train.steps (every cell's total), "
+_CONFIG, _WORKDIR, _COMPILATION_CACHE = cli.define_run_flags(
+  config_help="The study config (configs/study.py, or configs/study.py:quick for the tiny grid). "
+  "Override any key with --config.KEY=VALUE: --config.train.steps (every cell's total), "
   "--config.study.pretrain_steps, --config.study.seeds, "
   "--config.study.families.paper.distill=mse.",
-  lock_config=True,
-)
-_WORKDIR = flags.DEFINE_string(
-  "workdir", None, "Study folder: one run folder per cell and seed, study.json, study.md, plots."
-)
-_COMPILATION_CACHE = flags.DEFINE_string(
-  "compilation_cache",
-  cli.COMPILATION_CACHE,
-  "Persistent XLA compilation cache, shared with stalign.main; '' disables it.",
+  workdir_help="Study folder: one run folder per cell and seed, study.json, study.md, plots.",
 )
 
 
@@ -115,8 +104,7 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments {argv[1:]}; settings go in --config.KEY=VALUE")
+  cli.check_no_arguments(argv, cli.CONFIG_HINT)
   cli.use_compilation_cache(_COMPILATION_CACHE.value)
   if "study" not in _CONFIG.value:
     raise app.UsageError("--config has no `study` keys: use configs/study.py (or :quick)")

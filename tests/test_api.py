@@ -16,6 +16,7 @@ import soundfile as sf
 
 import stalign
 from stalign import api
+from stalign import speech_input
 from stalign import utils
 from stalign.data import audio
 from stalign.data import features
@@ -103,9 +104,9 @@ def test_teacher_space_speech_is_the_student_mapped_back_onto_the_teacher(model,
 
 
 def test_window_bounds_cover_long_audio_with_half_overlap():
-  assert api.window_bounds(100, 160) == [(0, 100)]
-  assert api.window_bounds(160, 160) == [(0, 160)]
-  bounds = api.window_bounds(1000, 160)
+  assert speech_input.window_bounds(100, 160) == [(0, 100)]
+  assert speech_input.window_bounds(160, 160) == [(0, 160)]
+  bounds = speech_input.window_bounds(1000, 160)
   assert bounds[0] == (0, 160) and bounds[-1][1] == 1000
   assert all(b - a == 160 for a, b in bounds[:-1]) and 80 < bounds[-1][1] - bounds[-1][0] <= 160
   assert all(b[0] == a[0] + 80 for a, b in zip(bounds, bounds[1:]))
@@ -122,7 +123,9 @@ def test_a_40_second_file_embeds_as_the_length_weighted_mean_of_its_windows(mode
     audio.load_audio(path, fcfg.sample_rate, fcfg.max_seconds)
   [got] = model.encode_speech([path])
   windows = model.windows(model.load_waveform(path))
-  assert len(windows) == len(api.window_bounds(40 * fcfg.sample_rate, int(1.5 * 16000))) > 50
+  assert (
+    len(windows) == len(speech_input.window_bounds(40 * fcfg.sample_rate, int(1.5 * 16000))) > 50
+  )
   assert max(len(w) for w in windows) <= features.bucket_lengths(model.config)[-1]
   weights = np.array([len(w) for w in windows], np.float32)
   want = weights @ model.embed_features(windows)[0] / weights.sum()
@@ -249,9 +252,6 @@ def test_encode_takes_sentence_transformers_keywords(model, prepared_config, cap
     assert "encode text" in capsys.readouterr().err
   finally:
     absl_logging.set_verbosity(verbosity)
-  # The names before encode_* are the same functions, for the code and notebooks that use them.
-  assert api.Model.embed_speech is api.Model.encode_speech
-  assert api.Model.embed_text is api.Model.encode_text
 
 
 def test_stream_speech_reads_a_pool_of_batches_ahead_and_keeps_the_input_order(

@@ -19,6 +19,7 @@ from stalign import checkpoints
 from stalign import cli
 from stalign import export
 from stalign import export_format
+from stalign import restore
 from stalign.data import layout
 from stalign.models import student
 
@@ -225,7 +226,7 @@ def test_an_export_that_cannot_be_loaded_names_the_file_and_the_fix(own_run, tmp
   assert "wider/params.safetensors does not fit the student that config.json builds" in message
   assert "export the run again, or load with the config it was trained with" in message
   assert ", not (48" in message or "(48," in message, message  # A shape that differs.
-  deeper = api.config_from_workdir(str(good))
+  deeper = restore.config_from_workdir(str(good))
   deeper.model.depth += 1
   message = broken("deeper", lambda f: None, config=deeper)
   assert "the config given builds" in message and "blocks/1/" in message and "missing" in message
@@ -244,7 +245,7 @@ def _set(tree: dict, fields: dict) -> dict:
 
 def test_export_step_picks_that_checkpoint_and_a_missing_step_is_named(own_run, tmp_path):
   run, _ = own_run
-  config = api.config_from_workdir(run)
+  config = restore.config_from_workdir(run)
   dim, _ = layout.read_teacher_stats(config.data_dir)
   mgr = checkpoints.manager(run, keep=3, async_save=False)
   other = nnx.state(student.build(config, dim, seed=2))
@@ -294,6 +295,11 @@ def test_cli_prints_the_folder_and_size_and_user_errors_are_one_line(own_run, tm
   out = export_cli(f"--workdir={run}", f"--output={tmp_path / 'e'}", "--dtype=bfloat16", "--step=7")
   assert out.returncode == 0, out.stderr[-3000:]
   assert out.stdout.startswith(f"{tmp_path / 'e'}: step 7, bfloat16,") and "MiB" in out.stdout
+  # A step the run has no checkpoint of: one line naming it (not silently the latest one).
+  other = export_cli(f"--workdir={run}", f"--output={tmp_path / 'g'}", "--step=3")
+  assert other.returncode == 2 and "Traceback" not in other.stderr, other.stderr[-3000:]
+  [line] = other.stderr.strip().splitlines()
+  assert line.startswith("error: ") and "3" in line and "7" in line, line
   missing = export_cli(f"--workdir={tmp_path / 'missing'}", f"--output={tmp_path / 'f'}")
   assert missing.returncode == 2 and missing.stdout == ""
   [line] = missing.stderr.strip().splitlines()

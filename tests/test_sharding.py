@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 from stalign import sharding
-from stalign import train
+from stalign import train_optimizer
+from stalign import train_steps
 
 from testdata import tiny_config
 
@@ -50,8 +51,8 @@ def _as_list(spec, ndim: int) -> list:
 def test_rules_give_params_and_adam_moments_the_same_split():
   """Without devices (an abstract mesh): every Adam moment is laid out as its parameter."""
   c = tiny_config("/unused")
-  tx = train.make_optimizer(c, train.make_schedule(c))
-  abstract = jax.eval_shape(functools.partial(train.init_state, c, tx, 384))
+  tx = train_optimizer.make_optimizer(c, train_optimizer.make_schedule(c))
+  abstract = jax.eval_shape(functools.partial(train_steps.init_state, c, tx, 384))
   mesh = jax.sharding.AbstractMesh((2, 2, 2), sharding.MESH_AXES)
   shardings = sharding.state_shardings(abstract, mesh, c.sharding_rules)
   params = {

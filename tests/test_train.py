@@ -1,6 +1,7 @@
 import functools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,6 +19,9 @@ from stalign import evaluators
 from stalign import input_pipeline
 from stalign import sharding
 from stalign import train
+from stalign import train_optimizer
+from stalign import train_steps
+from stalign import train_validation
 from stalign import utils
 from stalign.data import layout
 from stalign.models import student as student_lib
@@ -61,10 +65,10 @@ def step_parts(prepared_config):
   """Everything the step functions are bound to, and one real training batch."""
   c = prepared_config.copy_and_resolve_references()
   dim, mean = layout.read_teacher_stats(c.data_dir)
-  batch = train.device_batch(next(input_pipeline.train_iterator(c, "train", dim)))
-  tx = train.make_optimizer(c, train.make_schedule(c))
+  batch = train_steps.device_batch(next(input_pipeline.train_iterator(c, "train", dim)))
+  tx = train_optimizer.make_optimizer(c, train_optimizer.make_schedule(c))
   graphdef, _ = nnx.split(student_lib.build(c, dim))
-  return c, graphdef, tx, mean, train.init_state(c, tx, dim), batch
+  return c, graphdef, tx, mean, train_steps.init_state(c, tx, dim), batch
 
 
 def test_runs_that_differ_only_in_seed_compile_to_one_program(step_parts):
@@ -75,9 +79,11 @@ def test_runs_that_differ_only_in_seed_compile_to_one_program(step_parts):
     cs = c.copy_and_resolve_references()
     cs.seed = seed
     step = jax.jit(
-      functools.partial(train.train_step, graphdef=graphdef, tx=tx, config=cs, target_mean=mean)
+      functools.partial(
+        train_steps.train_step, graphdef=graphdef, tx=tx, config=cs, target_mean=mean
+      )
     )
-    state = train.init_state(cs, tx, batch["teacher"].shape[-1])
+    state = train_steps.init_state(cs, tx, batch["teacher"].shape[-1])
     programs.append(step.lower(state, batch).as_text())
     keys.append(np.asarray(state["rng"]))
   assert programs[0] == programs[1]
@@ -87,7 +93,7 @@ def test_runs_that_differ_only_in_seed_compile_to_one_program(step_parts):
 def test_train_step_alone_fits_one_batch_and_its_loss_is_the_weighted_sum(step_parts):
   c, graphdef, tx, mean, state, batch = step_parts
   step = jax.jit(
-    functools.partial(train.train_step, graphdef=graphdef, tx=tx, config=c, target_mean=mean)
+    functools.partial(train_steps.train_step, graphdef=graphdef, tx=tx, config=c, target_mean=mean)
   )
   losses = []
   for _ in range(12):
@@ -105,7 +111,7 @@ def test_train_step_alone_fits_one_batch_and_its_loss_is_the_weighted_sum(step_p
 
 def test_loss_fn_is_deterministic_in_eval_and_draws_dropout_from_the_rng(step_parts):
   c, graphdef, _, mean, state, batch = step_parts
-  loss = functools.partial(train.loss_fn, graphdef=graphdef, config=c, target_mean=mean)
+  loss = functools.partial(train_steps.loss_fn, graphdef=graphdef, config=c, target_mean=mean)
   params = state["params"]
   eval_a, eval_b = (float(loss(params, batch, None, train=False)[0]) for _ in range(2))
   assert eval_a == eval_b
@@ -117,7 +123,9 @@ def test_loss_fn_is_deterministic_in_eval_and_draws_dropout_from_the_rng(step_pa
 
 def test_eval_step_counts_real_rows_only(step_parts):
   c, graphdef, _, mean, state, batch = step_parts
-  step = jax.jit(functools.partial(train.eval_step, graphdef=graphdef, config=c, target_mean=mean))
+  step = jax.jit(
+    functools.partial(train_steps.eval_step, graphdef=graphdef, config=c, target_mean=mean)
+  )
   half = len(batch["weight"]) // 2
   masked = {**batch, "weight": np.where(np.arange(2 * half) < half, 1.0, 0.0).astype(np.float32)}
   other = dict(masked)
@@ -167,17 +175,19 @@ def test_two_accumulated_micro_batches_make_the_update_of_their_union(step_parts
   # Per-row random augmentation draws depend on the batch's size: off, like dropout.
   c.train.channel_augment.update(dict(warp=0.0, eq_db=0.0, lowpass_prob=0.0))
   dim, mean = layout.read_teacher_stats(c.data_dir)
-  batch = train.device_batch(next(input_pipeline.train_iterator(c, "train", dim)))
+  batch = train_steps.device_batch(next(input_pipeline.train_iterator(c, "train", dim)))
   halves = [{k: v[:8] for k, v in batch.items()}, {k: v[8:] for k, v in batch.items()}]
   graphdef, _ = nnx.split(student_lib.build(c, dim))  # Dropout's rate lives in the graphdef.
   states = {}
   for accumulation, batches in ((1, [batch]), (2, halves)):
     ca = _with(c, train__grad_accumulation=accumulation)
-    tx = train.make_optimizer(ca, train.make_schedule(ca))
+    tx = train_optimizer.make_optimizer(ca, train_optimizer.make_schedule(ca))
     step = jax.jit(
-      functools.partial(train.train_step, graphdef=graphdef, tx=tx, config=ca, target_mean=mean)
+      functools.partial(
+        train_steps.train_step, graphdef=graphdef, tx=tx, config=ca, target_mean=mean
+      )
     )
-    state = initial = train.init_state(ca, tx, dim)
+    state = initial = train_steps.init_state(ca, tx, dim)
     for i, micro_batch in enumerate(batches):
       state, _ = step(state, micro_batch)
       if i < accumulation - 1:  # Micro-steps only accumulate.
@@ -208,7 +218,7 @@ def test_bf16_compute_changes_the_loss_by_rounding_only(step_parts):
   loss = {}
   for dtype in ("float32", "bfloat16"):
     bound = dict(graphdef=graphdef, config=_with(c, train__compute_dtype=dtype), target_mean=mean)
-    loss_fn = jax.jit(functools.partial(train.loss_fn, train=False, **bound))
+    loss_fn = jax.jit(functools.partial(train_steps.loss_fn, train=False, **bound))
     loss[dtype] = float(loss_fn(state["params"], batch, None)[0])
   assert loss["bfloat16"] != loss["float32"]
   np.testing.assert_allclose(loss["bfloat16"], loss["float32"], rtol=5e-2)
@@ -227,7 +237,7 @@ def test_spec_augment_masks_change_the_training_loss_and_nothing_else(step_parts
     cs = c.copy_and_resolve_references()
     cs.train.spec_augment.update(spec)
     loss_fn = functools.partial(
-      train.loss_fn, graphdef=graphdef, config=cs, target_mean=mean, train=True
+      train_steps.loss_fn, graphdef=graphdef, config=cs, target_mean=mean, train=True
     )
     loss[name] = float(jax.jit(loss_fn)(state["params"], batch, jax.random.key(0))[0])
   assert loss["on"] != loss["off"]
@@ -255,6 +265,42 @@ def test_sigterm_saves_and_resume_matches_uninterrupted(prepared_config, tmp_pat
   assert summary["steps"] == 12 and not summary["preempted"]
   for a, b in zip(_params(c, str(tmp_path / "full")), _params(c, str(tmp_path / "resumed"))):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_resumed_run_keeps_the_history_up_to_its_checkpoint(prepared_config, tmp_path, monkeypatch):
+  """train_history.json after a kill and a resume: the killed run's entries up to the checkpoint
+  resumed from (evaluator figures included) stay as recorded, the steps after it appear once.
+
+  The killed run saves steps 4 and 6; step 6's checkpoint is then removed, as when a kill cuts
+  its save short, so the resumed run starts from 4 and records steps 6 and 8 anew.
+  """
+  c = _with(prepared_config, train__steps=8, train__log_every=2, train__checkpoint_every=4)
+  c.eval.every_steps, c.eval.during_training = 2, ("retrieval",)
+  workdir = str(tmp_path / "run")
+  real_iterator = input_pipeline.train_iterator
+
+  def killed_after_5(*args, **kwargs):
+    for i, batch in enumerate(real_iterator(*args, **kwargs)):
+      if i == 5:
+        os.kill(os.getpid(), signal.SIGTERM)
+      yield batch
+
+  monkeypatch.setattr(input_pipeline, "train_iterator", killed_after_5)
+  assert train.train_and_evaluate(c, workdir)["steps"] == 6
+  killed = _history(workdir)
+  assert [e["step"] for e in killed["evaluators"]] == [2, 4, 6]
+  assert [e["step"] for e in killed["valid"]] == [4, 6]
+  shutil.rmtree(os.path.join(workdir, "checkpoints", "6"))
+
+  monkeypatch.setattr(input_pipeline, "train_iterator", real_iterator)
+  summary = train.train_and_evaluate(c, workdir)
+  assert summary["steps"] == 8 and not summary["preempted"]
+  resumed = _history(workdir)
+  for section, steps in (("train", [2, 4, 6, 8]), ("evaluators", [2, 4, 6, 8]), ("valid", [4, 8])):
+    assert [e["step"] for e in resumed[section]] == steps, section
+    kept = [e for e in killed[section] if e["step"] <= 4]
+    assert resumed[section][: len(kept)] == kept, section
+  assert resumed["summary"]["valid"] == resumed["valid"][-1]
 
 
 def test_nonfinite_updates_are_skipped_then_the_run_stops(prepared_config, tmp_path, monkeypatch):
@@ -314,7 +360,7 @@ def test_warm_start_loads_the_encoder_and_keeps_skipped_params_fresh(prepared_co
   train.train_and_evaluate(asr, asr_dir)
   c = _with(prepared_config, train__steps=1, train__log_every=1)
   c.init_from, c.init_skip = asr_dir, ("pool_",)
-  assert float(train.make_schedule(c)(0)) == 0.0
+  assert float(train_optimizer.make_schedule(c)(0)) == 0.0
   train.train_and_evaluate(c, warm_dir)
   dim, _ = layout.read_teacher_stats(c.data_dir)
   fresh = dict(nnx.to_flat_state(nnx.state(student_lib.build(c, dim, c.seed))))
@@ -328,9 +374,11 @@ def test_warm_start_loads_the_encoder_and_keeps_skipped_params_fresh(prepared_co
   assert {("pool_out", "kernel"), ("frontend", "kernel"), ("ctc_head", "bias")} <= differ
 
   # The workdir's own checkpoint wins: `init_from` (here a missing folder) is not read.
+  first = _history(warm_dir)["train"]
   c.init_from, c.train.steps = str(tmp_path / "missing"), 2
   assert train.train_and_evaluate(c, warm_dir)["steps"] == 2
-  assert [h["step"] for h in _history(warm_dir)["train"]] == [2]
+  history = _history(warm_dir)["train"]
+  assert [h["step"] for h in history] == [1, 2] and history[0] == first[0]  # Resumed at 1.
 
 
 def test_mse_distillation_is_the_squared_error_to_centred_or_raw_targets(step_parts):
@@ -339,7 +387,7 @@ def test_mse_distillation_is_the_squared_error_to_centred_or_raw_targets(step_pa
   for centre in (True, False):
     cm = _with(c, loss__distill="mse", loss__centre_targets=centre)
     loss_fn = functools.partial(
-      train.loss_fn, graphdef=graphdef, config=cm, target_mean=mean, train=False
+      train_steps.loss_fn, graphdef=graphdef, config=cm, target_mean=mean, train=False
     )
     _, (parts, outputs) = jax.jit(loss_fn)(state["params"], batch, None)
     target = batch["teacher"] - (mean if centre else 0.0)
@@ -418,10 +466,12 @@ def test_evaluators_in_training_match_the_evaluation_driver_on_the_same_params(s
   c, graphdef, _, mean, state, _ = step_parts
   c = _with(c, eval__during_training=("retrieval", "geometry"))
   jit_eval = jax.jit(
-    functools.partial(train.eval_step, graphdef=graphdef, config=c, target_mean=mean)
+    functools.partial(train_steps.eval_step, graphdef=graphdef, config=c, target_mean=mean)
   )
   dim = mean.shape[-1]
-  got = train.run_evaluators(jit_eval, state["params"], c, sharding.make_mesh(c.mesh), dim, mean)
+  got = train_validation.run_evaluators(
+    jit_eval, state["params"], c, sharding.make_mesh(c.mesh), dim, mean
+  )
   emb = evaluate.embed_split(api.Model(c, graphdef, state["params"], mean), "valid")
   results = {name: evaluators.get(name)(emb) for name in c.eval.during_training}
   want = {f"valid/{k}": v for k, v in utils.flatten_dict(results).items()}

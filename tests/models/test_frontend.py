@@ -17,6 +17,7 @@ import stalign
 from stalign import config as config_lib
 from stalign import prepare
 from stalign import train
+from stalign import train_optimizer
 from stalign.data import audio
 from stalign.data import layout
 from stalign.data import tfrecords
@@ -80,11 +81,11 @@ def test_pretrained_blocks_learn_at_their_factor_of_the_rate(weights, tmp_path):
   c.train.pretrained_lr_factor = 0.25
   params = nnx.state(student.build(c, embed_dim=16))
   grads = jax.tree.map(jnp.ones_like, params)
-  mask = train.is_pretrained(params)
+  mask = train_optimizer.is_pretrained(params)
   assert any(jax.tree.leaves(mask)) and not all(jax.tree.leaves(mask))
 
   def first_update(config):
-    tx = train.make_optimizer(config, train.make_schedule(config))
+    tx = train_optimizer.make_optimizer(config, train_optimizer.make_schedule(config))
     updates, _ = tx.update(grads, tx.init(params), params)
     return updates
 
@@ -142,7 +143,7 @@ def test_data_train_and_inference_agree_on_whisper_frames(weights, tmp_path):
   train.train_and_evaluate(c, workdir)
   model = stalign.load(workdir)
   clip = testdata.fsdd_files("nicolas", range(1))[0]
-  from_file = model.embed_speech([clip])
+  from_file = model.encode_speech([clip])
   records = tfrecords.iterate_records(layout.list_shards(c.data_dir, "test"))
   stored = next(r for r in records if r["id"] == "test.jsonl:1")["features"]
   from_record = model.embed_windows([[stored.astype(np.float32)]])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from configs import demo
-from stalign import train
+from stalign import train_optimizer
 from stalign.models import hf_loader
 from stalign.models import student as student_lib
 
@@ -47,7 +47,7 @@ def test_the_head_starts_as_the_teachers_last_layers_and_tunes_at_the_pretrained
   )
   # The pretrained rate covers every warm-started parameter, and not the fresh projection.
   params = nnx.state(model, nnx.Param)
-  mask = train.is_pretrained(params)
+  mask = train_optimizer.is_pretrained(params)
   flat = {
     tuple(getattr(k, "key", getattr(k, "idx", k)) for k in path): bool(leaf)
     for path, leaf in jax.tree_util.tree_leaves_with_path(mask)

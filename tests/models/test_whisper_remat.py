@@ -1,7 +1,7 @@
 """`model.remat` over the tuned Whisper blocks: the same loss and gradients, less kept memory.
 
 On the tiny random Hugging Face checkpoint (tests/fixtures/whisper_tiny_hf, 2 blocks of width
-64): the blocks alone, and the whole student's training loss through `train.loss_fn`. Equal
+64): the blocks alone, and the whole student's training loss through `train_steps.loss_fn`. Equal
 numbers alone would also pass if the flag were ignored, so each test also counts the
 rematerialised calls (the primitive of `jax.checkpoint` / `nnx.remat`: `remat2` in JAX 0.10, whose
 gradient program recomputes each one in the backward pass) in the program: one per tuned block.
@@ -17,7 +17,7 @@ import pytest
 
 from configs import demo
 from stalign import config as config_lib
-from stalign import train
+from stalign import train_steps
 from stalign.data import text as text_lib
 from stalign.models import student
 from stalign.models import whisper
@@ -104,7 +104,7 @@ def test_student_passes_model_remat_to_its_tuned_whisper_blocks(scan_blocks):
     assert model.whisper.remat is remat
     graphdef, params = nnx.split(model)
     kwargs = dict(graphdef=graphdef, config=c, target_mean=jnp.zeros(embed_dim), train=False)
-    return _loss_and_grads(lambda p: train.loss_fn(p, batch, None, **kwargs)[0], params)
+    return _loss_and_grads(lambda p: train_steps.loss_fn(p, batch, None, **kwargs)[0], params)
 
   (*plain, plain_remats), (*remat, remats) = run(False), run(True)
   _assert_same(plain, remat)
