@@ -13,7 +13,9 @@ batch one process would see, every process pads to the same bucket at every
 step, and no data moves between hosts. Utterances are grouped by length and
 padded up to a small set of bucket lengths: padding stays low and `jax.jit`
 compiles once per bucket. Every batch carries the epoch it came from, so the
-loop can save `(epoch, batches seen in it)` with a checkpoint.
+loop can save `(epoch, batches seen in it)` with a checkpoint. A record's
+teacher embedding is joined to it here, by its transcript, from the table the
+data stage stores once per distinct transcript (`layout.read_teacher_table`).
 """
 
 import collections
@@ -22,7 +24,6 @@ import itertools
 
 from absl import logging
 import jax
-from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 import tensorflow as tf
@@ -57,6 +58,36 @@ def max_label_length(config: ml_collections.ConfigDict) -> int:
   return features.ctc_frames(features.bucket_lengths(config)[-1], config.model)
 
 
+def _teacher_lookup(config: ml_collections.ConfigDict, teacher_dim: int):
+  """transcript (tf.string) -> its teacher embedding [teacher_dim], from the data stage's table."""
+  texts, embeddings = layout.read_teacher_table(config.data_dir)
+  if embeddings.shape[1] != teacher_dim:
+    raise ValueError(
+      f"{layout.teacher_table_path(config.data_dir)} holds {embeddings.shape[1]}-wide "
+      f"embeddings, the run's teacher {teacher_dim}-wide; rebuild it with "
+      f"`{layout.PREPARE_COMMAND}`"
+    )
+  rows = tf.lookup.StaticHashTable(
+    tf.lookup.KeyValueTensorInitializer(
+      tf.constant(texts, tf.string), tf.range(len(texts), dtype=tf.int64)
+    ),
+    default_value=-1,
+  )
+  table = tf.constant(embeddings, tf.float32)
+
+  def lookup(text):
+    row = rows.lookup(text)
+    check = tf.debugging.assert_non_negative(
+      row,
+      message=f"a transcript missing from {layout.teacher_table_path(config.data_dir)}: "
+      f"rebuild the data with `{layout.PREPARE_COMMAND}`",
+    )
+    with tf.control_dependencies([check]):
+      return tf.gather(table, row)
+
+  return lookup
+
+
 def _parse_fn(config: ml_collections.ConfigDict, teacher_dim: int):
   num_mels = frontend.feature_dim(config.features)
   max_labels = max_label_length(config)
@@ -67,8 +98,7 @@ def _parse_fn(config: ml_collections.ConfigDict, teacher_dim: int):
     "ctc_labels": tf.io.VarLenFeature(tf.int64),
     "duration": tf.io.FixedLenFeature([], tf.float32),
   }
-  if teacher_dim:
-    spec["teacher_embedding"] = tf.io.FixedLenFeature([teacher_dim], tf.float32)
+  teacher = _teacher_lookup(config, teacher_dim) if teacher_dim else None
 
   def parse(raw):
     ex = tf.io.parse_single_example(raw, spec)
@@ -83,8 +113,8 @@ def _parse_fn(config: ml_collections.ConfigDict, teacher_dim: int):
       "duration": ex["duration"],
       "text": ex["text"],
     }
-    if teacher_dim:
-      out["teacher"] = ex["teacher_embedding"]
+    if teacher:
+      out["teacher"] = teacher(ex["text"])
     return out
 
   return parse
@@ -133,24 +163,7 @@ def local_batch_size(global_batch: int) -> int:
 
 
 def record_index(config: ml_collections.ConfigDict, split: str) -> tfrecords.RecordIndex:
-  """The split's record index; a data folder written before indexes existed gets one here.
-
-  Building it reads the split once (as one epoch would) on process 0, which
-  writes it beside the shards, so this happens once per data folder.
-  """
-  try:
-    return tfrecords.read_index(config.data_dir, split)
-  except tfrecords.MissingIndexError as e:
-    logging.warning(
-      "no usable record index for split %s (%s): building it now, one pass over the split; "
-      "`%s` writes it ahead of training",
-      split,
-      e,
-      layout.PREPARE_COMMAND,
-    )
-  if jax.process_index() == 0:
-    tfrecords.write_index(config.data_dir, split)
-  multihost_utils.sync_global_devices("record index built on demand")  # None reads half of it.
+  """The split's record index, written by the data stage beside its shards."""
   return tfrecords.read_index(config.data_dir, split)
 
 

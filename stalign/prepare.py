@@ -1,33 +1,37 @@
-"""Data preparation: every split the run needs, as TFRecords with teacher embeddings.
+"""Data preparation: every split the run needs, as TFRecords, and the teacher's embeddings.
 
 The `data` stage of `stalign.main`. A split is written once from any source
 (synthetic corpus, user manifest, FSDD, LibriSpeech, AN4, TFDS): audio is checked and turned into
-features (log-mel, or frozen Whisper frames) by the front end inference uses, bad input is skipped
-with a counted reason, and `stalign.precompute` then adds the teacher
-embeddings. Shards appear only when complete (a rename, or one upload to an
-object store: `stalign.fs`), and a split counts as written only once its `{split}.summary.json`
-exists, so a killed job never leaves a half-written split that looks finished.
-Evaluators only read: every split they use is built here. With several
-processes, process 0 writes the splits while the others wait at a barrier
-(no shared POSIX disk is assumed: the data folder may be a `gs://` URL), then
-all of them share the teacher embeddings (`stalign.precompute`). Last, the
-train split's record index is written (`tfrecords.write_index`), from which the
-training input plans its epochs and resumes without replaying them.
+features (log-mel, or frozen Whisper frames) by the front end inference uses, and bad input is
+skipped with a counted reason. Then `stalign.precompute` embeds each distinct transcript once.
+Evaluators only read: every split they use is built here.
+
+Every process writes its share of every split's shards (shard i: process i mod processes)
+straight to their final place, local or `gs://` (no shared POSIX disk is assumed). A shard
+appears only when complete (a rename, or one upload: `stalign.fs`), and then its marker: what went
+in, each record's offset and frames, its transcripts. A killed or preempted stage resumes shard by
+shard, rewriting none that has its marker. Once every process has written its shards, process 0
+merges the markers into the split's record index (from which training plans its epochs and
+resumes without replaying them) and, last, its `{split}.summary.json`: a split counts as written
+only then, so a killed job never leaves a half-written split that looks finished. No shard is
+read back or written twice.
 """
 
 import collections
+from collections.abc import Callable
 from collections.abc import Iterable
 from collections.abc import Iterator
-import contextlib
+import dataclasses
+import functools
 import itertools
 import json
+import os
 
 from absl import logging
 import jax
 from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
-import tensorflow as tf
 import tqdm
 
 from stalign import data
@@ -84,50 +88,162 @@ def _featurize(
     }
 
 
-def write_split(
-  examples: Iterable[dict],
-  config: ml_collections.ConfigDict,
-  split: str,
-  num_shards: int,
-  total: int | None = None,
-) -> dict:
-  """Writes a split atomically and returns (and stores) its summary of what went in and out."""
-  fs.makedirs(layout.tfrecords_dir(config.data_dir))
-  for stale in fs.glob(layout.tfrecords_dir(config.data_dir), f"{split}-*"):
-    fs.remove(stale)  # Leftovers of a killed write: the split is rewritten whole.
-  names = [layout.shard_path(config.data_dir, split, i, num_shards) for i in range(num_shards)]
+@dataclasses.dataclass
+class SplitExamples:
+  """A split's examples, cut into shards without featurising any of them.
+
+  Listed examples (file-backed sources: a list of paths and transcripts) go round-robin, example
+  k to shard k mod n, so every shard mixes every source. A source that reads its own shards
+  (`sources.READS_OWN_SHARDS`: decoded audio that cannot be listed up front) adds its i-th range
+  to shard i.
+  """
+
+  listed: list[dict] = dataclasses.field(default_factory=list)
+  ranged: list[Callable[[int, int], Iterable[dict]]] = dataclasses.field(default_factory=list)
+
+  def shard(self, index: int, num_shards: int) -> Iterator[dict]:
+    return itertools.chain(
+      *(read(index, num_shards) for read in self.ranged), self.listed[index::num_shards]
+    )
+
+
+def split_examples(config: ml_collections.ConfigDict, split: str) -> SplitExamples:
+  """Where each example of `split` comes from: its source, and the train split's extras."""
+  if config.data.real_sources and split == data.real_split(config.eval.split):
+    # Each real source's speakers held out for eval.split; train_extra trains on the others.
+    parts = [(name, config.eval.split, ()) for name in config.data.real_sources]
+  else:
+    parts = [(config.data.source, split, ())]
+  if split == "train":
+    # The reader's shuffle mixes them.
+    parts += [(name, split, config.data.train_extra_speeds) for name in config.data.train_extra]
+  examples = SplitExamples()
+  for name, source_split, speeds in parts:
+    source = sources.get(name)
+    if name in sources.READS_OWN_SHARDS:
+      read = functools.partial(_read_shard, source, config, source_split, speeds)
+      examples.ranged.append(read)
+    else:
+      examples.listed.extend(with_speed_copies(source(config, source_split), speeds))
+  return examples
+
+
+def _read_shard(source, config, split, speeds, index, num_shards) -> Iterator[dict]:
+  return with_speed_copies(source(config, split, shard=(index, num_shards)), speeds)
+
+
+def _write_shard(examples: Iterable[dict], config: ml_collections.ConfigDict, path: str) -> dict:
+  """Writes one shard of featurised examples; returns its marker: what went in and where."""
   skipped, skip_examples = collections.Counter(), {}
   speakers = collections.Counter()  # Evaluation tells seen voices from unseen ones by these.
-  written = unalignable = 0
-  seconds = 0.0
-  stream = tqdm.tqdm(
-    examples, total=total, desc=f"tfrecords/{split}", unit="utt", mininterval=2, disable=None
-  )
-  # A shard appears only once the whole split is written (`fs.staged`), so a killed or failed
-  # write leaves no shard that looks finished.
-  with contextlib.ExitStack() as stack:
-    writers = [
-      stack.enter_context(tf.io.TFRecordWriter(stack.enter_context(fs.staged(n)))) for n in names
-    ]
-    for record in _featurize(stream, config, skipped, skip_examples):
-      writers[written % num_shards].write(tfrecords.serialize(record))
-      written += 1
+  texts, num_frames = set(), []
+  counts = {"unalignable": 0, "seconds": 0.0}
+
+  def serialized():
+    for record in _featurize(examples, config, skipped, skip_examples):
       labels = record["ctc_labels"]
-      output_frames = features.ctc_frames(record["features"].shape[0], config.model)
-      unalignable += not text_lib.ctc_alignable(
+      num_frames.append(record["features"].shape[0])
+      output_frames = features.ctc_frames(num_frames[-1], config.model)
+      counts["unalignable"] += not text_lib.ctc_alignable(
         labels[None], np.array([len(labels)]), np.array([output_frames])
       )[0]
-      seconds += record["duration"]
+      counts["seconds"] += record["duration"]
+      texts.add(record["text"])
       if "speaker" in record["labels"]:
         speakers[str(record["labels"]["speaker"])] += 1
+      yield tfrecords.serialize(record)
+
+  lengths = tfrecords.write_shard(path, serialized())
+  offsets = tfrecords.offsets(lengths)
+  return {
+    "written": len(lengths),
+    "skipped": dict(skipped),
+    "skipped_example": skip_examples,
+    "ctc_unalignable": counts["unalignable"],
+    "seconds": counts["seconds"],
+    "speakers": dict(speakers),
+    "texts": sorted(texts),
+    "offset": offsets[:-1],
+    "length": lengths,
+    "num_frames": num_frames,
+    "bytes": offsets[-1],
+  }
+
+
+def _marker(
+  config: ml_collections.ConfigDict, split: str, index: int, num_shards: int
+) -> dict | None:
+  """The shard's marker if it is finished for this config, else None (it is to be written)."""
+  path = layout.shard_marker_path(config.data_dir, split, index, num_shards)
+  if not fs.exists(path):
+    return None
+  marker = json.loads(fs.read_text(path))
+  return marker if marker["built_with"] == layout.built_with_record(config, split) else None
+
+
+def write_shards(
+  examples: SplitExamples, config: ml_collections.ConfigDict, split: str, num_shards: int
+) -> None:
+  """Writes this process's shards of the split (i mod processes) that have no marker yet."""
+  fs.makedirs(layout.tfrecords_dir(config.data_dir))
+  mine = range(jax.process_index(), num_shards, jax.process_count())
+  todo = [i for i in mine if _marker(config, split, i, num_shards) is None]
+  if len(todo) < len(mine):
+    logging.info(
+      "split %s: %d of this process's shards already written", split, len(mine) - len(todo)
+    )
+  known = None if examples.ranged else sum(len(examples.listed[i::num_shards]) for i in todo)
+  with tqdm.tqdm(
+    total=known, desc=f"tfrecords/{split}", unit="utt", mininterval=2, disable=None
+  ) as progress:
+    for i in todo:
+      marker = _write_shard(
+        _counted(examples.shard(i, num_shards), progress),
+        config,
+        layout.shard_path(config.data_dir, split, i, num_shards),
+      )
+      marker["built_with"] = layout.built_with_record(config, split)
+      with fs.atomic_write(layout.shard_marker_path(config.data_dir, split, i, num_shards)) as f:
+        json.dump(marker, f)
+
+
+def _counted(examples: Iterable[dict], progress: tqdm.tqdm) -> Iterator[dict]:
+  for ex in examples:
+    yield ex
+    progress.update()
+
+
+def finish_split(config: ml_collections.ConfigDict, split: str, num_shards: int) -> dict:
+  """Merges the shards' markers into the split's index and then its summary (written last)."""
+  markers = [_marker(config, split, i, num_shards) for i in range(num_shards)]
+  if None in markers:
+    missing = [i for i, marker in enumerate(markers) if marker is None]
+    raise RuntimeError(
+      f"split {split}: shards {missing[:5]} of {num_shards} are unfinished after every process "
+      f"wrote its share; rerun `{layout.PREPARE_COMMAND}` to write them"
+    )
+  files = [layout.shard_path(config.data_dir, split, i, num_shards) for i in range(num_shards)]
+  columns = {
+    "shard": [i for i, marker in enumerate(markers) for _ in range(marker["written"])],
+    **{name: sum((m[name] for m in markers), []) for name in ("offset", "length", "num_frames")},
+  }
+  tfrecords.save_index(config.data_dir, split, files, columns, [m["bytes"] for m in markers])
+  skipped, skip_examples, speakers = collections.Counter(), {}, collections.Counter()
+  for marker in markers:
+    skipped.update(marker["skipped"])
+    speakers.update(marker["speakers"])
+    for reason, name in marker["skipped_example"].items():
+      skip_examples.setdefault(reason, name)
+  written = sum(m["written"] for m in markers)
   summary = {
     "split": split,
+    "format": layout.DATA_FORMAT,
     "read": written + sum(skipped.values()),
     "written": written,
     "skipped": dict(skipped),
     "skipped_example": skip_examples,
-    "ctc_unalignable": unalignable,
-    "hours": seconds / 3600,
+    "ctc_unalignable": sum(m["ctc_unalignable"] for m in markers),
+    "hours": sum(m["seconds"] for m in markers) / 3600,
     "shards": num_shards,
     "speakers": dict(sorted(speakers.items())),
     **layout.built_with_record(config, split),
@@ -140,30 +256,39 @@ def write_split(
     summary["read"],
     written,
     dict(skipped) or "none",
-    unalignable,
+    summary["ctc_unalignable"],
   )
   return summary
 
 
+def write_split(
+  examples: SplitExamples | Iterable[dict],
+  config: ml_collections.ConfigDict,
+  split: str,
+  num_shards: int,
+) -> dict:
+  """Writes a split in one process: every shard, then its index and summary (returned)."""
+  if not isinstance(examples, SplitExamples):
+    examples = SplitExamples(listed=list(examples))
+  _remove_other_shardings(config, split, num_shards)
+  write_shards(examples, config, split, num_shards)
+  return finish_split(config, split, num_shards)
+
+
+def _remove_other_shardings(config: ml_collections.ConfigDict, split: str, num_shards: int) -> None:
+  """Removes a split's shards and markers of another shard count (a changed data.num_shards)."""
+  suffix = f"-of-{num_shards:05d}"
+  for path in fs.glob(layout.tfrecords_dir(config.data_dir), f"{split}-*-of-*"):
+    if not os.path.basename(path).split(".")[0].endswith(suffix):
+      fs.remove(path)
+
+
 def prepare(config: ml_collections.ConfigDict) -> dict:
-  """Idempotent: splits whose summary exists are kept; returns each split's summary."""
-  if jax.process_index() == 0:
-    write_splits(config)
-  multihost_utils.sync_global_devices("data splits written")  # No host reads one half-written.
+  """Idempotent and resumable: splits whose summary exists are kept, and so are finished shards
+  of the others; then the teacher's embeddings. Returns each split's summary."""
+  write_splits(config)
   precompute.precompute(config, layout.splits(config))
-  if jax.process_index() == 0:
-    ensure_index(config, "train")  # After precompute, which rewrites the shards.
-  multihost_utils.sync_global_devices("record index written")
   return {split: layout.read_summary(config.data_dir, split) for split in layout.splits(config)}
-
-
-def ensure_index(config: ml_collections.ConfigDict, split: str) -> None:
-  """Writes the split's record index unless an up-to-date one exists (a rerun reuses it)."""
-  try:
-    tfrecords.read_index(config.data_dir, split)
-  except tfrecords.MissingIndexError as e:
-    logging.info("indexing split %s (%s)", split, e)
-    tfrecords.write_index(config.data_dir, split)
 
 
 def with_speed_copies(examples: Iterable[dict], speeds: Iterable[float]) -> Iterator[dict]:
@@ -181,29 +306,27 @@ def with_speed_copies(examples: Iterable[dict], speeds: Iterable[float]) -> Iter
 
 
 def write_splits(config: ml_collections.ConfigDict) -> dict:
-  """Writes every split that has no summary yet; returns each split's summary."""
-  source = sources.get(config.data.source)
-  summaries = {}
+  """Writes every split that has no summary yet, each process its shards; returns the summaries."""
+  num_shards = config.data.num_shards
+  todo = []
   for split in layout.splits(config):
     if fs.exists(layout.summary_path(config.data_dir, split)):
-      summaries[split] = layout.read_summary(config.data_dir, split)
-      layout.check_built_with(config, split, summaries[split])
+      summary = layout.read_summary(config.data_dir, split)
+      layout.check_built_with(config, split, summary)
       logging.info(
-        "split %s: reusing %d examples in %s", split, summaries[split]["written"], config.data_dir
-      )
-      continue
-    if config.data.real_sources and split == data.real_split(config.eval.split):
-      # Each real source's speakers held out for eval.split; train_extra trains on the others.
-      examples = itertools.chain(
-        *(sources.get(name)(config, config.eval.split) for name in config.data.real_sources)
+        "split %s: reusing %d examples in %s", split, summary["written"], config.data_dir
       )
     else:
-      examples = source(config, split)
-    if split == "train" and config.data.train_extra:
-      extra = [
-        with_speed_copies(sources.get(name)(config, split), config.data.train_extra_speeds)
-        for name in config.data.train_extra
-      ]
-      examples = itertools.chain(examples, *extra)  # The reader's shuffle mixes them.
-    summaries[split] = write_split(examples, config, split, config.data.num_shards)
-  return summaries
+      todo.append(split)
+  if todo and jax.process_index() == 0:
+    for split in todo:
+      _remove_other_shardings(config, split, num_shards)
+  multihost_utils.sync_global_devices("stale shards removed")
+  for split in todo:
+    write_shards(split_examples(config, split), config, split, num_shards)
+  multihost_utils.sync_global_devices("every process's shards written")  # Markers complete.
+  if jax.process_index() == 0:
+    for split in todo:
+      finish_split(config, split, num_shards)
+  multihost_utils.sync_global_devices("data splits written")  # No host reads one half-written.
+  return {split: layout.read_summary(config.data_dir, split) for split in layout.splits(config)}

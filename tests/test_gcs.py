@@ -163,14 +163,15 @@ def test_tiny_pipeline_on_gcs_trains_resumes_and_evaluates(gcs, trained):
   assert "train: step 6 of 6" in second.stdout and "speech to text R@1" in second.stdout
 
   listing = {os.path.basename(p) for p in bucket.ls(f"{BUCKET}/one/data/tfrecords")}
-  assert {"train.summary.json", "teacher_stats.npz"} <= listing
+  assert {"train.summary.json", "teacher_stats.npz", "teacher_table.npz"} <= listing
   assert {"train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord"} <= listing
   assert not any(name.endswith(".tmp") for name in listing)
   report = _json(bucket, f"{workdir}/report.json")
   assert report["utterances"] == 20 and report["step"] == 6
   assert bucket.exists(f"{BUCKET}/one/run/similarity.png")
   history = _json(bucket, f"{workdir}/train_history.json")
-  assert [v["step"] for v in history["valid"]] == [6]  # This run's own checkpoints.
+  # The first run's validation at its checkpoint, kept by the resumed run, then the second's.
+  assert [v["step"] for v in history["valid"]] == [3, 6]
   assert bucket.ls(f"{BUCKET}/one/run/tensorboard")
   assert sorted(int(os.path.basename(p)) for p in bucket.ls(f"{BUCKET}/one/run/checkpoints")) == [
     3,
@@ -197,6 +198,23 @@ def test_all_stages_in_two_processes_on_gcs_match_one_process_with_two_devices(g
 
   env_one = dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=2")
   _main(env_one, f"--config={config}", f"--workdir={one}")
+  # The data stage of one process, in a folder of its own: the two processes' shards, markers,
+  # indexes, summaries and teacher table are its files, byte for byte.
+  alone = f"gs://{BUCKET}/multi/data_one"
+  _main(
+    env,
+    f"--config={config}",
+    f"--workdir={one}_data",
+    "--stages=data",
+    f"--config.data_dir={alone}",
+  )
+  built = [
+    {os.path.basename(p): bucket.cat_file(p) for p in bucket.ls(f"{d[5:]}/tfrecords")}
+    for d in (data, alone)
+  ]
+  assert sorted(built[0]) == sorted(built[1]) and any(".tfrecord" in n for n in built[0])
+  for name, content in built[1].items():
+    assert built[0][name] == content, name
 
   histories = [_json(bucket, f"{d}/train_history.json") for d in (one, two)]
   np.testing.assert_allclose(*[[h["loss"] for h in hist["train"]] for hist in histories], rtol=1e-5)
@@ -275,7 +293,7 @@ files, rows, skipped = embed.run(exported, {export!r}, {manifest!r}, out, chunk_
 assert files == [out, out[: -len(".npy")] + ".json"] and (rows, skipped) == (20, 0), files
 vectors, rows, info = embed.read_embeddings(out)
 assert info["model"] == {export!r} and rows[0]["path"].startswith("gs://")
-np.testing.assert_allclose(vectors, run.embed_speech([r["path"] for r in rows]), atol=1e-6)
+np.testing.assert_allclose(vectors, run.encode_speech([r["path"] for r in rows]), atol=1e-6)
 clips, _ = embed.list_inputs({audio!r}, "speech")
 assert len(clips) == 90 and clips[0]["path"].startswith({audio!r}), clips[:2]
 
@@ -303,11 +321,20 @@ records = [
   )
   for i in range(40)
 ]
-for shard in range(2):
-  tfrecords.write_shard(layout.shard_path(data, "train", shard, 2), records[shard::2])
+files = [layout.shard_path(data, "train", shard, 2) for shard in range(2)]
+columns = {{"shard": [], "offset": [], "length": [], "num_frames": []}}
+sizes = []
+for shard, path in enumerate(files):
+  lengths = tfrecords.write_shard(path, records[shard::2])
+  offsets = tfrecords.offsets(lengths)
+  columns["shard"] += [shard] * len(lengths)
+  columns["offset"] += offsets[:-1]
+  columns["length"] += lengths
+  columns["num_frames"] += list(range(20 + shard, 60, 2))
+  sizes.append(offsets[-1])
 with fs.atomic_write(layout.summary_path(data, "train")) as f:
   f.write("{{}}")
-tfrecords.write_index(data, "train")
+tfrecords.save_index(data, "train", files, columns, sizes)
 index = tfrecords.read_index(data, "train")
 stored = [raw for path in index.files for raw in tfrecords.read_raw(path)]  # Numbered as the index.
 
@@ -337,3 +364,58 @@ def test_records_are_read_from_the_bucket_one_ranged_get_of_their_bytes_each(gcs
   assert [method for method, _, _ in result["requests"]] == ["GET"] * len(rows)
   assert all("alt=media" in url for _, url, _ in result["requests"]), result["requests"]
   assert sum(size for _, _, size in result["requests"]) == result["framed"]
+
+
+_KILLED_DATA_STAGE = """
+import contextlib, importlib.util, json
+from unittest import mock
+from stalign import fs, prepare
+
+spec = importlib.util.spec_from_file_location("config", {config!r})
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+config = module.get_config()
+config.data.num_shards = 4
+committed, staged = [], fs.staged
+
+@contextlib.contextmanager
+def counted(path):
+  with staged(path) as local:
+    yield local
+  committed.append(path)
+
+featurize, seen = prepare._featurize, []
+def dies(examples, *args):
+  for record in featurize(examples, *args):
+    seen.append(record["id"])
+    if len(seen) == 20:  # 60 train clips in 4 shards: inside the second.
+      raise KeyboardInterrupt
+    yield record
+
+with mock.patch.object(fs, "staged", counted), mock.patch.object(prepare, "_featurize", dies):
+  try:
+    prepare.write_splits(config)
+  except KeyboardInterrupt:
+    pass
+first = list(committed)
+committed.clear()
+with mock.patch.object(fs, "staged", counted):
+  prepare.write_splits(config)
+print(json.dumps({{"first": first, "second": committed}}))
+"""
+
+
+def test_a_data_stage_killed_on_the_bucket_resumes_shard_by_shard(gcs, tmp_path):
+  """Killed inside a shard, with its data folder on the bucket: the shards already uploaded (and
+  their markers) are kept, the rerun uploads the rest, and no object is written twice."""
+  bucket, env = gcs
+  data = f"gs://{BUCKET}/killed/data"
+  config = _config_file(tmp_path, data, _upload_manifests(bucket, "killed"))
+  out = _python(env, "-c", _KILLED_DATA_STAGE.format(config=str(config)), timeout=300).stdout
+  result = json.loads(out.strip().splitlines()[-1])
+  first, second = result["first"], result["second"]
+  names = sorted(os.path.basename(p) for p in first)
+  assert names == ["train-00000-of-00004.json", "train-00000-of-00004.tfrecord"], names
+  assert not set(first) & set(second) and len(second) == len(set(second))
+  assert any(p.endswith("train.summary.json") for p in second)
+  assert all(p.startswith(data) for p in first + second)

@@ -1,6 +1,5 @@
 import contextlib
 import dataclasses
-import logging
 import os
 import shutil
 from unittest import mock
@@ -186,26 +185,40 @@ def _copy_of_data(config, tmp_path):
   return c
 
 
-def test_a_data_folder_without_an_index_gets_one_on_first_use(prepared_config, tmp_path, caplog):
+def test_a_data_folder_without_an_index_is_refused_naming_the_fix(prepared_config, tmp_path):
+  """The data stage writes every split's index beside its shards; a folder without one (copied
+  in part) is named with the command that rebuilds it, not read without a plan."""
   c = _copy_of_data(prepared_config, tmp_path)
   os.remove(layout.index_path(c.data_dir, "train"))
-  with caplog.at_level(logging.WARNING):
-    got = _take(input_pipeline.train_iterator(c, "train", 384, {"epoch": 2, "batch": 1}), 3)
-  assert "no usable record index" in caplog.text and "--stages=data" in caplog.text
-  tfrecords.read_index(c.data_dir, "train")  # Written for the next run.
-  expected = input_pipeline.train_iterator(prepared_config, "train", 384, {"epoch": 2, "batch": 1})
-  for batch, want in zip(got, _take(expected, 3)):
-    np.testing.assert_array_equal(batch["features"], want["features"])
+  with pytest.raises(
+    tfrecords.MissingIndexError, match=r"train.index.npz does not exist.*--stages=data"
+  ):
+    input_pipeline.train_iterator(c, "train", 384)
 
 
-def test_an_index_of_other_shards_is_rebuilt_not_trusted(prepared_config, tmp_path):
+def test_an_index_of_other_shards_is_refused_not_trusted(prepared_config, tmp_path):
   c = _copy_of_data(prepared_config, tmp_path)
   shard = layout.list_shards(c.data_dir, "train")[0]
   tfrecords.write_shard(shard, list(tfrecords.read_raw(shard))[:-1])  # One record fewer.
-  with pytest.raises(tfrecords.MissingIndexError, match="other shards"):
-    tfrecords.read_index(c.data_dir, "train")
-  before = tfrecords.read_index(prepared_config.data_dir, "train").num_frames.size
-  assert input_pipeline.record_index(c, "train").num_frames.size == before - 1
+  fix = r"other shards than those now beside it.*train.summary.json.*--stages=data"
+  with pytest.raises(tfrecords.MissingIndexError, match=fix):
+    input_pipeline.record_index(c, "train")
+
+
+def test_the_index_the_writers_noted_is_where_the_records_are(prepared_config):
+  """The data stage writes each split's index from its writers' lengths, reading nothing back:
+  every record is where it says, with its frames."""
+  for split in layout.splits(prepared_config):
+    index = tfrecords.read_index(prepared_config.data_dir, split)
+    records = list(tfrecords.iterate_records(index.files))
+    assert (
+      len(records)
+      == index.num_frames.size
+      == layout.read_summary(prepared_config.data_dir, split)["written"]
+    )
+    read = [tfrecords.deserialize(raw) for raw in index.read(np.arange(len(records)))]
+    assert [r["id"] for r in read] == [r["id"] for r in records]
+    assert index.num_frames.tolist() == [len(r["features"]) for r in records]
 
 
 def test_a_record_whose_data_fails_its_crc_is_refused_naming_the_shard_and_the_fix(

@@ -1,4 +1,5 @@
-"""Tests for stalign.precompute: resuming after a kill, the no-op rerun, verify, processes.
+"""Tests for stalign.precompute: resuming after a kill, the no-op rerun, no shard rewritten,
+processes.
 
 The data is real FSDD speech written to TFRecords through the manifest source
 (without precompute), copied fresh for each test. Chunks are shrunk to three
@@ -11,14 +12,11 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from unittest import mock
 
-from jax.experimental import multihost_utils
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from stalign import precompute
 from stalign import prepare
@@ -108,50 +106,31 @@ def _kill_on_second_chunk(embed):
   return killing, calls
 
 
-def _kill_after_first_shard(rewrite):
-  def killing(shard, table):
-    rewrite(shard, table)
-    raise _Killed
+def _teacher_files(data_dir: str) -> dict[str, bytes]:
+  return {
+    name: data
+    for name, data in _snapshot(data_dir).items()
+    if name.startswith("teacher_cache") or "teacher" in name or "text_bank" in name
+  }
 
-  return killing
 
-
-@pytest.mark.parametrize("kill", ["second_chunk", "after_first_shard"])
-def test_resumed_run_equals_uninterrupted_run(make_config, teacher, pristine, monkeypatch, kill):
+def test_resumed_run_equals_uninterrupted_run(make_config, teacher, pristine):
   whole = make_config("whole")
   counts = precompute.precompute(whole, _SPLITS)
 
   resumed = make_config("resumed")
-  texts_embedded = []
-  if kill == "second_chunk":
-    embed, texts_embedded = _kill_on_second_chunk(teacher.embed)
-    with mock.patch.object(teacher, "embed", embed), pytest.raises(_Killed):
-      precompute.precompute(resumed, _SPLITS)
-    cached = os.listdir(os.path.join(resumed.data_dir, "teacher_cache"))
-    assert len([f for f in cached if f.endswith(".npz")]) == 1, cached
-  else:
-    with (
-      mock.patch.object(
-        precompute, "_rewrite_shard", _kill_after_first_shard(precompute._rewrite_shard)
-      ),
-      pytest.raises(_Killed),
-    ):
-      precompute.precompute(resumed, _SPLITS)
-    done = [
-      precompute._has_embeddings(f)
-      for s in _SPLITS
-      for f in layout.list_shards(resumed.data_dir, s)
-    ]
-    assert sum(done) == 1, done
-  with pytest.raises(RuntimeError, match="without a teacher embedding"):
-    precompute.verify(resumed, _SPLITS)
+  embed, texts_embedded = _kill_on_second_chunk(teacher.embed)
+  with mock.patch.object(teacher, "embed", embed), pytest.raises(_Killed):
+    precompute.precompute(resumed, _SPLITS)
+  cached = os.listdir(os.path.join(resumed.data_dir, "teacher_cache"))
+  assert len([f for f in cached if f.endswith(".npz")]) == 1, cached
+  assert not os.path.exists(layout.teacher_table_path(resumed.data_dir))
 
   with mock.patch.object(teacher, "embed", wraps=teacher.embed) as embed:
     assert precompute.precompute(resumed, _SPLITS) == counts
   resumed_texts = [t for call in embed.call_args_list for t in call.args[0]]
-  if kill == "second_chunk":  # The finished chunk is reused, not embedded again.
-    embedded = texts_embedded[0] + resumed_texts
-    assert len(embedded) == len(set(embedded)) == 10
+  embedded = texts_embedded[0] + resumed_texts  # The finished chunk is reused, not redone.
+  assert len(embedded) == len(set(embedded)) == 10
 
   got, want = _snapshot(resumed.data_dir), _snapshot(whole.data_dir)
   assert not [f for f in got if ".tmp" in f]
@@ -159,20 +138,18 @@ def test_resumed_run_equals_uninterrupted_run(make_config, teacher, pristine, mo
   for name in want:
     assert got[name] == want[name], name
 
-  # Equal to each other is not enough: every example, once, with its own text's embedding.
-  before = _records(pristine)
-  after = _records(resumed)
-  texts = sorted({r["text"] for rs in after.values() for r in rs})
+  # Equal to each other is not enough: every distinct transcript once, with its own embedding,
+  # and not one shard rewritten.
+  records = _records(pristine)
+  texts = sorted({r["text"] for rs in records.values() for r in rs})
   table = dict(zip(texts, teacher.embed(texts, 256)))
-  assert len(texts) == 10
-  for split in _SPLITS:
-    assert [r["id"] for r in after[split]] == [r["id"] for r in before[split]]
-    assert len(after[split]) == counts[split] > 0
-    for old, new in zip(before[split], after[split]):
-      np.testing.assert_array_equal(new["features"], old["features"])
-      np.testing.assert_allclose(new["teacher_embedding"], table[new["text"]], atol=1e-6)
+  stored_texts, stored = layout.read_teacher_table(resumed.data_dir)
+  assert stored_texts.tolist() == texts and len(texts) == 10
+  np.testing.assert_allclose(stored, [table[t] for t in texts], atol=1e-6)
+  shards = {n: d for n, d in _snapshot(pristine.data_dir).items() if n.endswith(".tfrecord")}
+  assert shards and all(got[name] == data for name, data in shards.items())
   # The bank of loss.bank_weight: every distinct training transcript once, and nothing else.
-  train_texts = sorted({r["text"] for r in after["train"]})
+  train_texts = sorted({r["text"] for r in records["train"]})
   bank = layout.read_text_bank(resumed.data_dir)
   np.testing.assert_allclose(bank, [table[t] for t in train_texts], atol=1e-6)
 
@@ -188,60 +165,34 @@ def test_finished_dataset_is_left_alone(make_config):
   assert {f: os.stat(os.path.join(config.data_dir, f)).st_mtime_ns for f in before} == times
 
 
-def _strip_embeddings(shard: str, drop_last: bool = False) -> None:
-  records = list(tfrecords.iterate_records([shard]))
-  with tf.io.TFRecordWriter(shard) as writer:
-    for record in records[:-1] if drop_last else records:
-      writer.write(tfrecords.serialize(dict(record, teacher_embedding=None)))
-
-
-def test_verify_says_which_split_lacks_embeddings(make_config, pristine):
-  with pytest.raises(RuntimeError, match=r"split train: 20 examples .* 20 without a teacher"):
-    precompute.verify(pristine, _SPLITS)
-  config = make_config("broken")
+def test_a_table_without_some_transcript_is_completed_not_trusted(make_config, teacher):
+  """A table written for fewer transcripts (a split added to the folder since) is rebuilt."""
+  config = make_config("partial")
   precompute.precompute(config, _SPLITS)
-  shard = layout.list_shards(config.data_dir, "valid")[1]
-  _strip_embeddings(shard)
-  with pytest.raises(
-    RuntimeError,
-    match=r"split valid: 10 examples .* 5 without a teacher "
-    r"embedding \(e\.g\. \['valid\.jsonl:",
-  ):
-    precompute.verify(config, _SPLITS)
-  _strip_embeddings(shard, drop_last=True)  # A lost row is caught too.
-  with pytest.raises(RuntimeError, match=r"split valid: 9 examples \(summary says 10\)"):
-    precompute.verify(config, _SPLITS)
+  texts, embeddings = layout.read_teacher_table(config.data_dir)
+  with open(layout.teacher_table_path(config.data_dir), "wb") as f:
+    np.savez(f, texts=texts[1:], embeddings=embeddings[1:])
+  with mock.patch.object(teacher, "embed", wraps=teacher.embed) as embed:
+    precompute.precompute(config, _SPLITS)
+  assert embed.call_count == 0  # Every chunk was cached: the table is rebuilt from them.
+  again, rebuilt = layout.read_teacher_table(config.data_dir)
+  assert again.tolist() == texts.tolist()
+  np.testing.assert_array_equal(rebuilt, embeddings)
 
 
 def test_work_split_by_process_index_is_disjoint_and_waits_for_the_stats(
   make_config, teacher, monkeypatch
 ):
-  """precompute's own split of the work, given two process indices: disjoint chunks and shards,
-  and no one returning before process 0's stats are written.
-
-  Threads in one process stand in for the processes (`jax.process_index` and the barrier are
-  patched): this checks precompute's arithmetic and ordering, not jax.distributed, which the
-  two-process tests of stalign.main (tests/test_main.py) run for real.
-  """
+  """precompute's own split of the work, given two process indices (`testdata.as_processes`):
+  disjoint chunks, and no one returning before process 0's stats are written."""
   config = make_config("two")
-  local = threading.local()
-  barrier = threading.Barrier(2, timeout=60)
-  embedded, rewritten, errors = [], [], []
-  rewrite, savez = precompute._rewrite_shard, np.savez
+  embedded, savez = [], np.savez
 
   def slow_savez(*args, **kwargs):
     time.sleep(0.5)  # Process 0 is late with the stats; process 1 must not run ahead.
     savez(*args, **kwargs)
 
-  monkeypatch.setattr("jax.process_count", lambda: 2)
-  monkeypatch.setattr("jax.process_index", lambda: local.index)
-  monkeypatch.setattr(multihost_utils, "sync_global_devices", lambda name: barrier.wait())
   monkeypatch.setattr(np, "savez", slow_savez)
-  monkeypatch.setattr(
-    precompute,
-    "_rewrite_shard",
-    lambda shard, table: rewritten.append(shard) or rewrite(shard, table),
-  )
   monkeypatch.setattr(
     teacher,
     "embed",
@@ -251,24 +202,11 @@ def test_work_split_by_process_index_is_disjoint_and_waits_for_the_stats(
   )
 
   def process(index):
-    local.index = index
-    try:
-      precompute.precompute(config, _SPLITS)
-      assert os.path.exists(os.path.join(config.data_dir, "tfrecords", "teacher_stats.npz"))
-    except BaseException as e:  # pylint: disable=broad-except
-      errors.append(e)
-      barrier.abort()
+    precompute.precompute(config, _SPLITS)
+    assert os.path.exists(os.path.join(config.data_dir, "tfrecords", "teacher_stats.npz"))
 
-  threads = [threading.Thread(target=process, args=(i,)) for i in range(2)]
-  for t in threads:
-    t.start()
-  for t in threads:
-    t.join()
-  if errors:
-    raise errors[0]
+  testdata.as_processes(monkeypatch, process)
   assert sorted(embedded) == sorted(set(embedded)) and len(embedded) == 10
-  shards = [f for s in _SPLITS for f in layout.list_shards(config.data_dir, s)]
-  assert sorted(rewritten) == sorted(shards)
 
 
 def test_teacher_batches_span_all_local_devices(pristine, teacher):
@@ -324,9 +262,13 @@ def test_command_line_embeds_every_split_and_refuses_a_missing_data_folder(prist
   out = _precompute_cli(f"--config={config_file}")
   assert out.returncode == 0, out.stderr[-3000:]
   assert out.stdout.strip().splitlines()[-1] == "{'train': 20, 'valid': 10, 'test': 10}"
-  config = pristine.copy_and_resolve_references()
-  config.data_dir = data_dir
-  assert precompute.verify(config, _SPLITS) == {"train": 20, "valid": 10, "test": 10}
+  assert len(layout.read_teacher_table(data_dir)[0]) == 10
+
+  # A stray positional argument: one line naming it and where settings go.
+  out = _precompute_cli(f"--config={config_file}", "data")
+  assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
+  [line] = out.stderr.strip().splitlines()
+  assert "unexpected arguments ['data']" in line and "--config.KEY=VALUE" in line, line
 
   # A data folder with no splits yet: one line naming it and the command that builds them.
   out = _precompute_cli(f"--config={config_file}", f"--config.data_dir={tmp_path / 'empty'}")

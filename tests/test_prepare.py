@@ -1,13 +1,17 @@
+import contextlib
 import glob
 import json
 import os
+from unittest import mock
 
 from flax import nnx
+import jax
 import numpy as np
 import pytest
 import soundfile as sf
 
 import stalign
+from stalign import fs
 from stalign import prepare
 from stalign import train
 from stalign.data import layout
@@ -15,11 +19,13 @@ from stalign.data import sources
 from stalign.data import text
 from stalign.data import tfrecords
 
+import testdata
 from testdata import fsdd_files
 from testdata import tiny_config
 from testdata import write_an4
 from testdata import write_librispeech
 from testdata import write_manifest
+from testdata import write_tone
 
 
 def test_prepared_split_summary_and_round_trip(prepared_config):
@@ -32,8 +38,10 @@ def test_prepared_split_summary_and_round_trip(prepared_config):
   r = records[0]
   assert r["text"] in sources.DIGIT_WORDS
   assert r["features"].shape[1] == prepared_config.features.num_mels
-  assert r["teacher_embedding"].shape == (384,)
-  assert abs(np.linalg.norm(r["teacher_embedding"]) - 1) < 1e-4  # MiniLM normalises.
+  # The teacher's embedding of each distinct transcript, stored once, beside the shards.
+  texts, embeddings = layout.read_teacher_table(prepared_config.data_dir)
+  assert set(texts) >= {r["text"] for r in records} and embeddings.shape == (len(texts), 384)
+  assert np.allclose(np.linalg.norm(embeddings, axis=1), 1, atol=1e-4)  # MiniLM normalises.
   assert len(set(r["id"] for r in records)) == len(records)
 
 
@@ -52,13 +60,15 @@ def test_bad_inputs_are_skipped_counted_and_named(tmp_path):
     f.write(json.dumps({"audio_filepath": good[1]}) + "\n")  # Line 8: no text.
     f.write(json.dumps({"text": "three"}) + "\n")  # Line 9: no audio.
     f.write(json.dumps({"audio_filepath": "gone.wav", "text": "four"}) + "\n")
+    f.write("[1, 2]\n")  # Line 11: JSON, but not an object: the same reason, counted twice.
   config = tiny_config(str(tmp_path / "data"))
   config.data.manifests["train"] = manifest
   summary = prepare.write_split(sources.get("manifest")(config, "train"), config, "train", 2)
-  assert summary["read"] == 10 and summary["written"] == 3
+  assert summary["read"] == 11 and summary["written"] == 3
   assert summary["speakers"] == {"jackson": 3}  # Written records with a speaker label.
-  # Each reason is counted once, under its own name, with the input that first had it.
-  assert sum(summary["skipped"].values()) == 7 and set(summary["skipped"].values()) == {1}
+  # Each reason is counted, under its own name, with the input that first had it.
+  assert summary["skipped"].pop("ManifestError: not a JSON object") == 2
+  assert sum(summary["skipped"].values()) == 6 and set(summary["skipped"].values()) == {1}
   assert summary["skipped_example"] == {
     "AudioError: audio is silent (peak below 0.0001)": silent,
     "AudioError: cannot decode audio": garbage,
@@ -174,9 +184,6 @@ def test_speed_copies_of_real_clips_are_written_beside_the_clip(tmp_path):
   config.data.train_extra, config.data.source = ("fsdd",), "fsdd"
   with pytest.raises(ValueError, match=r"built with data.source='manifest' but.*'fsdd'"):
     prepare.write_splits(config)
-  # A summary written before sources were recorded had no one source: it is trusted on them.
-  summary = {k: v for k, v in summary.items() if k not in ("source", "train_extra")}
-  layout.check_built_with(config, "train", summary)
   # README "Your own voice": a manifest of one's own clips joins FSDD's in a new folder.
   config.data_dir, config.data.train_extra = str(tmp_path / "own_voice"), ("manifest",)
   summary = prepare.write_splits(config)["train"]
@@ -194,17 +201,10 @@ def test_every_stage_refuses_a_data_folder_built_with_other_features(prepared_co
     prepare.write_splits(config)
   with pytest.raises(ValueError, match=refused):
     train.train_and_evaluate(config, str(tmp_path / "run"))
-  # A summary from before the values were recorded was built with the only values there were,
-  # which for the DC offset was to keep it: such a folder is refused by today's default.
-  before = {"split": "train"}
-  older = r"built with features.remove_dc=False.*asks for True.*delete it and rerun"
+  # A folder of an older layout (teacher embeddings inside the records) is refused by name.
+  older = r"data format 1, written by an older stalign.*delete .*tfrecords and rerun"
   with pytest.raises(ValueError, match=older):
-    layout.check_built_with(prepared_config, "train", before)
-  kept = prepared_config.copy_and_resolve_references()  # The fixture is shared: not changed.
-  config.features.remove_dc = kept.features.remove_dc = False
-  layout.check_built_with(kept, "train", before)
-  with pytest.raises(ValueError, match=refused):
-    layout.check_built_with(config, "train", before)
+    layout.check_built_with(prepared_config, "train", {"split": "train"})
 
 
 def _real_speech_config(tmp_path):
@@ -275,3 +275,103 @@ def test_real_sources_train_on_some_speakers_and_evaluate_the_held_out_ones(tmp_
   layout.check_built_with(config, "real_test", layout.read_summary(config.data_dir, "real_test"))
   with pytest.raises(ValueError, match=r"data.real_held_out=\{'valid'"):
     layout.check_built_with(config, "train", layout.read_summary(config.data_dir, "train"))
+
+
+def _tone_config(tmp_path, name: str, clips: int = 12):
+  """Tiny config of generated tones (no real speech needed), 4 shards per split."""
+  config = tiny_config(str(tmp_path / name))
+  config.data.num_shards = 4
+  for split in ("train", "valid", "test"):
+    manifest = tmp_path / f"{split}.jsonl"  # Shared: a record's id names its manifest.
+    with open(manifest, "w") as f:
+      for i in range(clips):
+        path = write_tone(str(tmp_path / "tones" / f"{split}{i}.wav"), i)
+        f.write(json.dumps({"audio_filepath": path, "text": sources.DIGIT_WORDS[i % 10]}) + "\n")
+    config.data.manifests[split] = str(manifest)
+  return config
+
+
+@contextlib.contextmanager
+def _counting_commits():
+  """Every file the data stage commits, in order: `fs.staged`, which shards and `fs.atomic_write`
+  both go through, makes a file appear only when its block succeeds."""
+  committed, staged = [], fs.staged
+
+  @contextlib.contextmanager
+  def counted(path):
+    with staged(path) as local:
+      yield local
+    committed.append(os.path.relpath(path, os.path.dirname(os.path.dirname(path))))
+
+  with mock.patch.object(fs, "staged", counted):
+    yield committed
+
+
+def _files(data_dir) -> dict[str, bytes]:
+  root = os.path.join(data_dir, "tfrecords")
+  return {name: open(os.path.join(root, name), "rb").read() for name in sorted(os.listdir(root))}
+
+
+def test_a_killed_data_stage_resumes_shard_by_shard_writing_no_file_twice(tmp_path):
+  """Killed inside its third shard, the stage keeps the two finished ones; the rerun writes only
+  the rest, and in all no file is committed twice; the result is the uninterrupted build's."""
+  whole = _tone_config(tmp_path, "whole")
+  with _counting_commits() as committed:
+    prepare.write_splits(whole)
+  assert len(committed) == len(set(committed)), committed
+  want = _files(whole.data_dir)
+  assert not [name for name in want if ".tmp" in name]
+
+  config = _tone_config(tmp_path, "killed")
+  featurize, seen = prepare._featurize, []
+
+  def dies_in_third_shard(examples, *args):
+    for record in featurize(examples, *args):
+      seen.append(record["id"])
+      if len(seen) == 7:  # Shards of 3: the third is under way.
+        raise KeyboardInterrupt
+      yield record
+
+  with (
+    _counting_commits() as first,
+    mock.patch.object(prepare, "_featurize", dies_in_third_shard),
+    pytest.raises(KeyboardInterrupt),
+  ):
+    prepare.write_splits(config)
+  assert sorted(os.path.basename(p) for p in first) == [
+    f"train-0000{i}-of-00004.{ext}" for i in range(2) for ext in ("json", "tfrecord")
+  ]
+  with _counting_commits() as second:
+    prepare.write_splits(config)
+  assert not set(first) & set(second) and len(second) == len(set(second))
+  assert sorted(first + second) == sorted(committed)
+  got = _files(config.data_dir)
+  assert sorted(got) == sorted(want)
+  for name in want:  # Markers and summaries hold no paths or times: byte for byte.
+    assert got[name] == want[name], name
+
+
+def test_processes_write_disjoint_shards_that_make_the_one_process_build(tmp_path, monkeypatch):
+  """Two processes (threads with patched process indices and barrier) each write their shards
+  (i mod 2), process 0 then the index and summary: the files are the one-process build's.
+
+  The real thing, two jax.distributed processes on a GCS emulator, is in tests/test_gcs.py."""
+  one = _tone_config(tmp_path, "one")
+  prepare.write_splits(one)
+  two = _tone_config(tmp_path, "two")
+  written, write_shard = {0: [], 1: []}, tfrecords.write_shard
+  monkeypatch.setattr(
+    tfrecords,
+    "write_shard",
+    lambda path, records: (
+      written[jax.process_index()].append(os.path.basename(path)) or write_shard(path, records)
+    ),
+  )
+  testdata.as_processes(monkeypatch, lambda index: prepare.write_splits(two))
+  for index in (0, 1):
+    assert {int(name.split("-")[1]) % 2 for name in written[index]} == {index}
+  assert len(written[0]) == len(written[1]) == 3 * 4 / 2
+  want, got = _files(one.data_dir), _files(two.data_dir)
+  assert sorted(got) == sorted(want)
+  for name in want:
+    assert got[name] == want[name], name

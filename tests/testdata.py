@@ -1,6 +1,7 @@
 """Small data builders shared by the tests (real FSDD clips, manifests, generated LibriSpeech
 and AN4 folders, tiny configs, tiny random Whisper weights)."""
 
+from collections.abc import Callable
 from collections.abc import Mapping
 import json
 import os
@@ -377,3 +378,37 @@ def write_tiny_whisper(path: str, dims: whisper_weights.Dims = TINY_WHISPER, see
   with open(path, "wb") as f:
     f.write(ct2_bytes(random_ct2_variables(dims, seed), CT2_ALIASES))
   return path
+
+
+def as_processes(monkeypatch, work: Callable[[int], None], count: int = 2) -> None:
+  """Runs `work(index)` in `count` threads that stand in for processes: `jax.process_index`,
+  `jax.process_count` and the barrier (`sync_global_devices`) are patched to theirs.
+
+  This checks a stage's own split of the work and its ordering, not jax.distributed, which the
+  two-process tests of stalign.main (tests/test_main.py, tests/test_gcs.py) run for real. The
+  first error in any thread is raised here, after the barrier has released the others.
+  """
+  import threading
+
+  from jax.experimental import multihost_utils
+
+  local, barrier, errors = threading.local(), threading.Barrier(count, timeout=60), []
+  monkeypatch.setattr("jax.process_count", lambda: count)
+  monkeypatch.setattr("jax.process_index", lambda: local.index)
+  monkeypatch.setattr(multihost_utils, "sync_global_devices", lambda name: barrier.wait())
+
+  def process(index):
+    local.index = index
+    try:
+      work(index)
+    except BaseException as e:  # pylint: disable=broad-except
+      errors.append(e)
+      barrier.abort()
+
+  threads = [threading.Thread(target=process, args=(i,)) for i in range(count)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  if errors:
+    raise errors[0]

@@ -3,9 +3,12 @@
   DATA_DIR/corpus/                          the synthetic corpus (stalign.data.corpus; for a
                                             gs:// DATA_DIR a local cache, sources.corpus_dir)
   DATA_DIR/tfrecords/{split}-i-of-n.tfrecord shards of a split (stalign.data.tfrecords)
+  DATA_DIR/tfrecords/{split}-i-of-n.json    written after its shard: the shard is finished; what
+                                            went in, its records' offsets and frames, its texts
   DATA_DIR/tfrecords/{split}.summary.json   written last: a split without it is unfinished
   DATA_DIR/tfrecords/{split}.index.npz      where each record of the split's shards starts, and
                                             its frames (stalign.data.tfrecords.RecordIndex)
+  DATA_DIR/tfrecords/teacher_table.npz      the teacher embedding of every distinct transcript
   DATA_DIR/tfrecords/teacher_stats.npz      teacher width and mean embedding (stalign.precompute)
   DATA_DIR/teacher_cache/                   finished chunks of teacher embeddings
 
@@ -29,6 +32,9 @@ from stalign import fs
 
 # The command that builds (or rebuilds) every split and the teacher statistics.
 PREPARE_COMMAND = "python -m stalign.main --config=CONFIG --workdir=RUN --stages=data"
+# What a split's summary calls the layout its records follow. 2: teacher embeddings in one table
+# beside the shards (`teacher_table_path`), not inside every record; every shard has its marker.
+DATA_FORMAT = 2
 
 
 def splits(config: ml_collections.ConfigDict) -> tuple[str, ...]:
@@ -49,6 +55,10 @@ def shard_path(data_dir: str, split: str, index: int, num_shards: int) -> str:
   return os.path.join(tfrecords_dir(data_dir), f"{split}-{index:05d}-of-{num_shards:05d}.tfrecord")
 
 
+def shard_marker_path(data_dir: str, split: str, index: int, num_shards: int) -> str:
+  return shard_path(data_dir, split, index, num_shards).removesuffix(".tfrecord") + ".json"
+
+
 def summary_path(data_dir: str, split: str) -> str:
   return os.path.join(tfrecords_dir(data_dir), f"{split}.summary.json")
 
@@ -61,6 +71,10 @@ def teacher_stats_path(data_dir: str) -> str:
   return os.path.join(tfrecords_dir(data_dir), "teacher_stats.npz")
 
 
+def teacher_table_path(data_dir: str) -> str:
+  return os.path.join(tfrecords_dir(data_dir), "teacher_table.npz")
+
+
 def text_bank_path(data_dir: str) -> str:
   return os.path.join(tfrecords_dir(data_dir), "train_text_bank.npy")
 
@@ -69,19 +83,51 @@ def teacher_cache_dir(data_dir: str) -> str:
   return os.path.join(data_dir, "teacher_cache")
 
 
+def _unfinished(data_dir: str, split: str) -> FileNotFoundError:
+  return FileNotFoundError(
+    f"no finished TFRecords for split {split!r} under {tfrecords_dir(data_dir)}; build them "
+    f"with `{PREPARE_COMMAND}` (a data folder from an older stalign may lack this split)"
+  )
+
+
 def list_shards(data_dir: str, split: str) -> list[str]:
   """Shards of a finished split, or a FileNotFoundError that says how to make them."""
   files = fs.glob(tfrecords_dir(data_dir), f"{split}-*-of-*.tfrecord")
   if not files or not fs.exists(summary_path(data_dir, split)):
-    raise FileNotFoundError(
-      f"no finished TFRecords for split {split!r} under {tfrecords_dir(data_dir)}; build them "
-      f"with `{PREPARE_COMMAND}` (a data folder from an older stalign may lack this split)"
-    )
+    raise _unfinished(data_dir, split)
   return files
 
 
 def read_summary(data_dir: str, split: str) -> dict:
+  """A finished split's summary, or a FileNotFoundError that says how to make it."""
+  if not fs.exists(summary_path(data_dir, split)):
+    raise _unfinished(data_dir, split)
   return json.loads(fs.read_text(summary_path(data_dir, split)))
+
+
+def read_shard_markers(data_dir: str, split: str) -> list[dict]:
+  """The markers of a finished split's shards, in shard order."""
+  num_shards = read_summary(data_dir, split)["shards"]
+  return [
+    json.loads(fs.read_text(shard_marker_path(data_dir, split, i, num_shards)))
+    for i in range(num_shards)
+  ]
+
+
+def split_texts(data_dir: str, split: str) -> set[str]:
+  """The distinct transcripts a finished split holds, from its shards' markers (no record read)."""
+  return set().union(*(marker["texts"] for marker in read_shard_markers(data_dir, split)))
+
+
+def read_teacher_table(data_dir: str) -> tuple[np.ndarray, np.ndarray]:
+  """(distinct transcripts, sorted [texts] str; their teacher embeddings, [texts, dim] float32)."""
+  path = teacher_table_path(data_dir)
+  if not fs.exists(path):
+    raise FileNotFoundError(
+      f"{path} not found: the teacher's embeddings are written by `{PREPARE_COMMAND}`"
+    )
+  with np.load(io.BytesIO(fs.read_bytes(path))) as table:
+    return table["texts"], table["embeddings"]
 
 
 # Feature settings the stored log-mels and CTC labels are computed with.
@@ -96,28 +142,6 @@ _FEATURE_KEYS = (
   "whisper_weights",
   "whisper_layers",
 )
-# What a split whose summary predates recording a value was built with (the only value then);
-# None where there was no single value: such a summary is trusted on it.
-_BUILT_BEFORE_RECORDED = {
-  "sample_rate": 16_000,
-  "num_mels": 80,
-  "win_ms": 25.0,
-  "hop_ms": 10.0,
-  "remove_dc": False,
-  "ctc_targets": "chars",
-  "frontend": "logmel",
-  "whisper_weights": None,  # Meaningless for log-mel folders: trusted.
-  "whisper_layers": None,
-  "train_extra_speeds": (),
-  "source": None,
-  "train_extra": None,
-  "real_sources": (),  # No real_* split was built before it was recorded.
-  "real_held_out": None,
-  "librispeech_dir": None,
-  "an4_manifest": None,
-}
-
-
 # The real-speech splits (`data.real_split`) and the split of held-out speakers each holds.
 _REAL_SPLITS = {data.real_split(split): split for split in ("valid", "test")}
 
@@ -184,12 +208,15 @@ def built_with_record(config: ml_collections.ConfigDict, split: str) -> dict:
 
 def check_built_with(config: ml_collections.ConfigDict, split: str, summary: dict) -> None:
   """ValueError naming the first setting the written split was built with other than `config`."""
+  if summary.get("format", 1) != DATA_FORMAT:
+    raise ValueError(
+      f"{summary_path(config.data_dir, split)} is data format {summary.get('format', 1)}, "
+      f"written by an older stalign (teacher embeddings inside every record); this one reads "
+      f"format {DATA_FORMAT}: delete {tfrecords_dir(config.data_dir)} and rerun "
+      f"`{PREPARE_COMMAND}` (the synthetic corpus and the teacher cache are reused)"
+    )
   for key, value in built_with(config, split).items():
-    name = _summary_field(key)
-    stored = summary.get(name, _BUILT_BEFORE_RECORDED[name])
-    if stored is None:
-      continue
-    stored = _from_json(stored)  # JSON lists tuples.
+    stored = _from_json(summary[_summary_field(key)])  # JSON lists tuples.
     if stored != value:
       raise ValueError(
         f"{config.data_dir} was built with {key}={stored!r} but the config asks for "

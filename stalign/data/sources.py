@@ -349,14 +349,45 @@ def _pcm_to_float(wave: np.ndarray) -> np.ndarray:
   return wave.astype(np.float32)
 
 
+# Sources that hold decoded audio, which cannot be listed up front: the data stage asks them
+# for one shard's examples at a time (`shard=(i, n)`), so each process decodes only its shards.
+READS_OWN_SHARDS = frozenset({"tfds"})
+
+
+def _tfds_shard(builder, tfds_split: str, index: int, num_shards: int) -> tuple[str, int]:
+  """(TFDS split string of shard `index` of `num_shards`: a contiguous range, its first position).
+
+  TFDS writes a dataset's examples in a shuffled order, so a range mixes its speakers.
+  """
+  import tensorflow_datasets as tfds  # Imported here: only this source needs it.
+
+  parts = []  # (TFDS split, first example, end), absolute.
+  for spec in tfds_split.split("+"):
+    part = tfds.core.ReadInstruction.from_spec(spec).to_absolute(builder.info.splits)[0]
+    end = builder.info.splits[part.splitname].num_examples if part.to is None else part.to
+    parts.append((part.splitname, part.from_ or 0, end))
+  total = sum(end - first for _, first, end in parts)
+  low, high = index * total // num_shards, (index + 1) * total // num_shards
+  ranges, seen = [], 0
+  for name, first, end in parts:
+    start, stop = max(low - seen, 0), min(high - seen, end - first)
+    if start < stop:
+      ranges.append(f"{name}[{first + start}:{first + stop}]")
+    seen += end - first
+  return "+".join(ranges), low
+
+
 @register("tfds")
-def tfds_source(config: ml_collections.ConfigDict, split: str) -> Iterator[dict]:
+def tfds_source(
+  config: ml_collections.ConfigDict, split: str, shard: tuple[int, int] | None = None
+) -> Iterator[dict]:
   """A prepared TensorFlow Datasets speech dataset: `data.tfds_name`, read from `data.tfds_dir`.
 
   Nothing is downloaded here: a dataset that was never built is an error that
   says how to build it, so a training job never starts a multi-GB download.
   `data.tfds_splits.<split>` overrides the default TFDS split of each split
-  (any TFDS split string, e.g. "train_clean360" or "train[:5%]").
+  (any TFDS split string, e.g. "train_clean360" or "train[:5%]"). `shard=(i, n)` reads the
+  i-th of n contiguous ranges of it only (`READS_OWN_SHARDS`).
   """
   import tensorflow_datasets as tfds  # Imported here: only this source needs it.
 
@@ -384,8 +415,13 @@ def tfds_source(config: ml_collections.ConfigDict, split: str) -> Iterator[dict]
   sample_rate = features[dataset.audio_key].sample_rate
   names = tuple(features["label"].names) if "label" in features else ()
   skipped = collections.Counter()
-  ds = builder.as_dataset(split=tfds_split, shuffle_files=False)
-  for index, ex in enumerate(tfds.as_numpy(ds)):
+  read, first = tfds_split, 0
+  if shard is not None and shard[1] > 1:
+    read, first = _tfds_shard(builder, tfds_split, *shard)
+    if not read:
+      return  # More shards than examples: this one is empty.
+  ds = builder.as_dataset(split=read, shuffle_files=False)
+  for index, ex in enumerate(tfds.as_numpy(ds), start=first):
     fields = dataset.fields(ex, names)
     if isinstance(fields, str):
       skipped[fields] += 1

@@ -1,11 +1,13 @@
 """The TFRecord example format: the one on-disk format training and evaluation read.
 
-A record holds an utterance's log-mel features (so training never recomputes
-them), transcript, CTC label ids, duration and analysis labels, and, once
-`stalign.precompute` has run, the teacher embedding of its transcript.
-`stalign.prepare` writes splits with `serialize`; `stalign.input_pipeline`
-parses the same fields inside tf.data; `deserialize` is the numpy reader for
-precompute and analysis. Where the shards live: `stalign.data.layout`.
+A record holds an utterance's features (so training never recomputes them),
+transcript, CTC label ids, duration and analysis labels. The teacher embedding
+of its transcript is not in it: transcripts repeat across records, so the data
+stage stores each distinct one's embedding once (`layout.teacher_table_path`)
+and the readers join it by transcript, and no shard is rewritten once the
+teacher has run. `stalign.prepare` writes splits with `serialize`;
+`stalign.input_pipeline` parses the same fields inside tf.data; `deserialize`
+is the numpy reader for analysis. Where the shards live: `stalign.data.layout`.
 
 Shards are read and written through `stalign.fs`, never by TensorFlow's own
 file system (whose GCS client cannot be pointed at an emulator, so no test
@@ -14,8 +16,9 @@ could hold it to a `gs://` data folder): `read_raw` parses the TFRecord framing
 any file object, and `write_shard` writes with `tf.io.TFRecordWriter` to a
 local file that becomes the shard in one rename or upload.
 
-A split's `RecordIndex` (written by the data stage, `write_index`) holds where
-every record starts and its number of frames. The training input plans an
+A split's `RecordIndex` (written by the data stage from what each shard's writer
+noted, `save_index`: no shard is read back) holds where every record starts and
+its number of frames. The training input plans an
 epoch from the index alone and reads each record at its offset (`RecordIndex.read`),
 so resuming at batch k reads nothing before it: TFRecord has no seek of its
 own, but its framing (12-byte header, data, 4-byte CRC) is all a reader needs,
@@ -26,6 +29,7 @@ from collections.abc import Iterable
 from collections.abc import Iterator
 import dataclasses
 import io
+import itertools
 import json
 import os
 import struct
@@ -68,13 +72,14 @@ def serialize(record: dict) -> bytes:
     "duration": _floats([record["duration"]]),
     "labels": _bytes(json.dumps(record["labels"], sort_keys=True).encode()),
   }
-  if record.get("teacher_embedding") is not None:
-    feats["teacher_embedding"] = _floats(record["teacher_embedding"])
-  return tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString()
+  # Map fields in key order: protobuf otherwise orders them by a per-process hash, and the same
+  # split built by other processes (or again) would differ in bytes.
+  example = tf.train.Example(features=tf.train.Features(feature=feats))
+  return example.SerializeToString(deterministic=True)
 
 
 def deserialize(raw: bytes) -> dict:
-  """Inverse of `serialize`, in numpy; for precompute and analysis, not the hot path."""
+  """Inverse of `serialize`, in numpy; for analysis, not the hot path."""
   f = tf.train.Example.FromString(raw).features.feature
   num_frames = f["num_frames"].int64_list.value[0]
   record = {
@@ -86,16 +91,8 @@ def deserialize(raw: bytes) -> dict:
     "ctc_labels": np.array(f["ctc_labels"].int64_list.value, np.int32),
     "duration": f["duration"].float_list.value[0],
     "labels": json.loads(f["labels"].bytes_list.value[0]),
-    "teacher_embedding": None,
   }
-  if "teacher_embedding" in f:
-    record["teacher_embedding"] = np.array(f["teacher_embedding"].float_list.value, np.float32)
   return record
-
-
-def read_text(raw: bytes) -> str:
-  """An example's transcript alone: parsing no other field, for reading every transcript fast."""
-  return tf.train.Example.FromString(raw).features.feature["text"].bytes_list.value[0].decode()
 
 
 def iterate_records(files: Iterable[str]) -> Iterator[dict]:
@@ -198,39 +195,34 @@ class RecordIndex:
     return out
 
 
-def _num_frames(raw: bytes) -> int:
-  return tf.train.Example.FromString(raw).features.feature["num_frames"].int64_list.value[0]
+def offsets(lengths: list[int]) -> list[int]:
+  """Where each record of a shard starts, given its records' lengths (`write_shard`), and last
+  the shard's size."""
+  return [0, *itertools.accumulate(length + _FRAMING for length in lengths)]
 
 
-def write_index(data_dir: str, split: str) -> RecordIndex:
-  """Indexes a finished split (one pass over its records) and writes the index beside it.
+def save_index(
+  data_dir: str, split: str, files: list[str], columns: dict[str, list], shard_bytes: list[int]
+) -> RecordIndex:
+  """Writes the split's index from what its shards' writers noted (no record is read back).
 
-  Run after anything that rewrites the shards (`stalign.precompute` adds the
-  teacher embeddings), since offsets move. Each shard's size is stored too, so
-  an index that no longer matches its shards is noticed before any read.
+  Args:
+    data_dir: the data folder.
+    split: the split.
+    files: its shards, in `layout.list_shards` order.
+    columns: `shard`, `offset`, `length`, `num_frames` of every record, shard by shard.
+    shard_bytes: each shard's size, so an index that no longer matches its shards is noticed
+      before any read.
   """
-  files = layout.list_shards(data_dir, split)
-  columns = {"shard": [], "offset": [], "length": [], "num_frames": []}
-  sizes = []
-  for shard, path in enumerate(files):
-    with fs.open(path, "rb") as f:
-      while True:
-        offset = f.tell()
-        raw = _read_framed(f, path)
-        if raw is None:
-          break
-        for name, value in zip(columns, (shard, offset, len(raw), _num_frames(raw))):
-          columns[name].append(value)
-      sizes.append(offset)
   dtypes = {"shard": np.int32, "offset": np.int64, "length": np.int64, "num_frames": np.int32}
-  arrays = {name: np.array(values, dtypes[name]) for name, values in columns.items()}
+  arrays = {name: np.array(columns[name], dtype) for name, dtype in dtypes.items()}
   path = layout.index_path(data_dir, split)
   with fs.atomic_write(path, "wb") as f:
     np.savez(
       f,
       version=INDEX_VERSION,
       shards=np.array([os.path.basename(p) for p in files]),
-      shard_bytes=np.array(sizes, np.int64),
+      shard_bytes=np.array(shard_bytes, np.int64),
       **arrays,
     )
   return RecordIndex(path, tuple(files), **arrays)
@@ -240,7 +232,9 @@ def read_index(data_dir: str, split: str) -> RecordIndex:
   """The split's index, or a `MissingIndexError` if it is absent or its shards have changed."""
   path = layout.index_path(data_dir, split)
   if not fs.exists(path):
-    raise MissingIndexError(f"{path} does not exist")
+    raise MissingIndexError(
+      f"{path} does not exist; rebuild the split with `{layout.PREPARE_COMMAND}`"
+    )
   stored = np.load(io.BytesIO(fs.read_bytes(path)))
   if int(stored["version"]) != INDEX_VERSION:
     raise MissingIndexError(f"{path} is version {int(stored['version'])}, not {INDEX_VERSION}")
@@ -248,16 +242,23 @@ def read_index(data_dir: str, split: str) -> RecordIndex:
   if list(stored["shards"]) != [os.path.basename(p) for p in files] or list(
     stored["shard_bytes"]
   ) != [fs.size(p) for p in files]:
-    raise MissingIndexError(f"{path} was written for other shards than those now beside it")
+    raise MissingIndexError(
+      f"{path} was written for other shards than those now beside it; "
+      + _rebuild_hint(files[0] if files else path)
+    )
   columns = ("shard", "offset", "length", "num_frames")
   return RecordIndex(path, tuple(files), **{name: stored[name] for name in columns})
 
 
-def write_shard(path: str, records: Iterable[bytes]) -> int:
-  """Writes serialized records as the shard `path`, which appears only once complete."""
-  count = 0
+def write_shard(path: str, records: Iterable[bytes]) -> list[int]:
+  """Writes serialized records as the shard `path`, which appears only once complete.
+
+  Returns each record's length, from which its offset follows (`framed_size`): the split's
+  index is made of these, without reading the shard back.
+  """
+  lengths = []
   with fs.staged(path) as local, tf.io.TFRecordWriter(local) as writer:
     for raw in records:
       writer.write(raw)
-      count += 1
-  return count
+      lengths.append(len(raw))
+  return lengths

@@ -5,7 +5,7 @@ two functions: `embed_speech` (a batch of the split's rows -> their student
 embeddings and pooled layers) and `embed_text` (transcripts -> raw teacher
 embeddings). The evaluation driver passes an `api.Model`'s (`stalign.evaluate`);
 training passes its own compiled eval step over the batches it validates on
-(`stalign.train.run_evaluators`). So the evaluators, and this bridge, know
+(`stalign.train_validation.run_evaluators`). So the evaluators, and this bridge, know
 neither the model nor the reader nor the devices that made the vectors, and the
 training loop needs neither the inference API nor the evaluation CLI.
 
@@ -21,6 +21,7 @@ import json
 import numpy as np
 
 from stalign import evaluators
+from stalign import fs
 from stalign.data import layout
 from stalign.data import tfrecords
 
@@ -31,8 +32,15 @@ EmbedText = Callable[[list[str]], np.ndarray]
 
 
 def read_split(data_dir: str, split: str) -> list[dict]:
-  """Every record of `split` in `data_dir`, in file order (`tfrecords.deserialize`'s dicts)."""
-  return list(tfrecords.iterate_records(layout.list_shards(data_dir, split)))
+  """Every record of `split` in `data_dir`, in file order (`tfrecords.deserialize`'s dicts), with
+  its transcript's `teacher_embedding` where the data folder has the teacher's table."""
+  records = list(tfrecords.iterate_records(layout.list_shards(data_dir, split)))
+  table = {}
+  if fs.exists(layout.teacher_table_path(data_dir)):
+    table = dict(zip(*layout.read_teacher_table(data_dir)))
+  for record in records:
+    record["teacher_embedding"] = table.get(record["text"])
+  return records
 
 
 def as_batch(records: Sequence[dict]) -> dict:

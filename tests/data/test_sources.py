@@ -302,3 +302,22 @@ def test_a_missing_real_speech_set_is_named_with_where_to_get_it(tmp_path, monke
   config.data.real_sources = ()
   shutil.rmtree(tmp_path / "fsdd")
   sources.check_real_speech(config)  # Synthetic speech only: no real set is read.
+
+
+@pytest.mark.parametrize("spec", ["train_clean100+train_clean360+train_other500", "dev_clean[2:]"])
+def test_tfds_shards_are_contiguous_ranges_that_make_the_split_once(tmp_path, spec):
+  """The data stage reads a TFDS split shard by shard (each process its own): the shards' examples,
+  in shard order, are the split's, each once, under the same ids, also across `+` and slices."""
+  from test_tpu_configs import write_librispeech
+
+  write_librispeech(str(tmp_path / "tfds"))
+  config = _config(tmp_path, "librispeech")
+  config.data.tfds_splits.train = spec
+  ids = lambda examples: [ex["id"] for ex in examples]
+  whole = ids(sources.get("tfds")(config, "train"))
+  shards = [ids(sources.get("tfds")(config, "train", shard=(i, 4))) for i in range(4)]
+  assert sum(shards, []) == whole and len(set(whole)) == len(whole) > 3
+  assert max(map(len, shards)) - min(map(len, shards)) <= 1
+  # More shards than examples: the extra shards are empty, not an error.
+  many = [ids(sources.get("tfds")(config, "train", shard=(i, 40))) for i in range(40)]
+  assert sum(many, []) == whole
