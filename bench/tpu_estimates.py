@@ -8,6 +8,7 @@ the input reader's throughput measured on this machine. Every figure is
 labelled with its formula in the output.
 """
 
+import functools
 import time
 from typing import Any
 
@@ -24,6 +25,7 @@ ASSUMED_MFU = 0.4
 READER_BATCHES = 60
 
 
+@functools.cache  # bench/input_reader.py asks for the same count in the same process.
 def step_flops_per_utterance(seconds: float = 12.0) -> float:
   """Model FLOPs of the TPU config's train step on one utterance of `seconds`.
 

@@ -5,6 +5,7 @@ here from the timings and counts the benchmark reports), and each count from
 XLA agrees with one made independently of the benchmark.
 """
 
+import json
 import os
 import statistics
 
@@ -199,6 +200,71 @@ def test_tpu_estimates_count_the_step_flops_and_state_their_formulas():
   out = tpu_estimates.run()
   assert out["train_step_flops_per_12s_utterance"] > 6 * 100e6 * 150  # 6 x params x frames.
   assert out["v4_32_epoch_compute_seconds_estimate"] > 0 and "MFU" in out["v4_32_formula"]
+
+
+def test_input_reader_benchmark_divides_the_readers_audio_rate_by_the_chips_consumption(tmp_path):
+  """On a tiny folder at runlocal's shapes: the reader's figure is its rounds' real audio over
+  their time, the consumer is chips x peak x MFU / FLOPs per audio second, each ratio divides the
+  two, and a measured accelerator result adds a row naming its device."""
+  from bench import input_reader
+  from bench import tpu_estimates
+  from configs import tpu_multitask
+
+  results = tmp_path / "results"
+  results.mkdir()
+  per_chip = lambda batch, rate, mfu: {"batch": batch, "audio_seconds_per_s": rate, **mfu}
+  accelerator = {
+    "device_kind": "NVIDIA H200",
+    "configs": {  # docs/performance.md's figures; runlocal is not the full model: never chosen.
+      "runlocal": per_chip(8, 9e9, {}),
+      "per chip, batch 64": per_chip(64, 6308.0, {"mfu_over_matmul_peak": 0.11}),
+      "per chip, batch 256": per_chip(256, 8907.0, {"mfu_over_matmul_peak": 0.15}),
+    },
+  }
+  (results / "accelerator.json").write_text(json.dumps(accelerator))
+  flops = 8e9
+  kwargs = dict(
+    utterances=12,
+    seconds=(1.0, 1.9),
+    batches=3,
+    repeats=2,
+    data_dir=str(tmp_path / "data"),
+    config=tpu_multitask.get_config("runlocal"),
+    rows=4,
+  )
+  out = input_reader.run(**kwargs, results_dir=str(results), flops_per_audio_second=flops)
+  assert out["build_s"] > 0 and out["rows_per_step"] == 4
+  rounds = out["reader"]["rounds"]
+  assert len(rounds) == 2 and out["reader"]["batch_shapes"] == [(4, 200, 80)]
+  for r in rounds:  # 3 batches of 4 clips of 1-1.9 s, padded to runlocal's 200-frame bucket.
+    assert 12 * 1.0 <= r["audio_seconds"] <= 12 * 1.9
+    assert r["padded_audio_seconds"] == pytest.approx(12 * 2.0)
+    assert r["audio_seconds_per_s"] == pytest.approx(r["audio_seconds"] / r["seconds"])
+  rate = statistics.median(r["audio_seconds_per_s"] for r in rounds)
+  assert out["reader_audio_seconds_per_s"] == pytest.approx(rate)
+  assert out["reader"]["load"]["other_processes_cores_busy"] >= 0  # Shared cores, recorded.
+  # float16 log-mel, 100 frames of 80 bands a second (16 kB), plus text, labels and framing.
+  stored = out["stored_bytes_per_audio_second"]
+  assert 16_000 < stored < 20_000
+  assert out["reader_stored_bytes_per_s"] == pytest.approx(rate * stored)
+  # One v4 host: 4 chips of 275 TFLOP/s.
+  target = 4 * 275e12 * 0.4 / flops
+  assert out["consumer_estimates_audio_seconds_per_s"]["0.4"] == pytest.approx(target)
+  assert out["consumer_estimates_audio_seconds_per_s"]["0.15"] == pytest.approx(target * 0.15 / 0.4)
+  assert out["reader_over_target_consumer"] == pytest.approx(rate / target)
+  assert out["reader_at_least_2x_ahead_at_target_mfu"] == (rate / target >= 2)
+  measured = out["measured_consumer"]
+  assert (measured["device_kind"], measured["batch"]) == ("NVIDIA H200", 256)
+  assert out["reader_over_measured_consumer"] == pytest.approx(rate / 8907.0)
+  _assert_ratios(out, 2)
+  assert "estimate" in out["ratios"][0]["name"] and "H200" in out["ratios"][1]["name"]
+
+  # The folder is kept; without a measured step, one row; FLOPs as tpu_estimates counts them.
+  again = input_reader.run(**{**kwargs, "batches": 1, "repeats": 1}, results_dir=str(tmp_path))
+  assert again["build_s"] == 0 and again["measured_consumer"].startswith("none")
+  per_second = tpu_estimates.step_flops_per_utterance(12.0) / 12.0
+  assert again["model_flops_per_audio_second"] == per_second
+  _assert_ratios(again, 1)
 
 
 def test_accelerator_variants_flip_scanning_and_remat_against_the_config_as_written(monkeypatch):

@@ -113,7 +113,9 @@ def test_every_cli_with_a_config_flag_runs_through_cli_run():
 
   for path in glob.glob(os.path.join(REPO, "stalign", "*.py")):
     source = open(path).read()
-    if "DEFINE_config_file" in source:
+    if ("DEFINE_config_file" in source or "cli.define_run_flags(" in source) and not path.endswith(
+      "cli.py"
+    ):
       assert "cli.run(" in source and "app.run(" not in source, path
 
 
@@ -268,7 +270,8 @@ def test_end_to_end_tiny_demo_offline_learns_reports_and_reruns_without_rework(t
 @pytest.mark.slow
 def test_two_processes_match_one_process_with_two_devices(prepared_config, tmp_path):
   """`stalign.main` as users launch it on two hosts (jax.distributed on localhost, one device
-  each) trains the same model as one process with two devices and the same global batch."""
+  each) trains the same model as one process with two devices and the same global batch, and its
+  evaluators during training (every process embeds its rows of the valid split) agree."""
   import numpy as np
 
   import stalign
@@ -281,6 +284,7 @@ def test_two_processes_match_one_process_with_two_devices(prepared_config, tmp_p
     train__steps=6,
     train__log_every=1,
     train__checkpoint_every=3,
+    eval__every_steps=3,
   )
   args = [f"--config={config_file}", "--stages=train"]
 
@@ -305,6 +309,13 @@ def test_two_processes_match_one_process_with_two_devices(prepared_config, tmp_p
   np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
   valid = [[v["valid_loss"] for v in hist["valid"]] for hist in histories]
   np.testing.assert_allclose(valid[0], valid[1], rtol=1e-5)
+  evaluated = [hist["evaluators"] for hist in histories]
+  assert [e["step"] for e in evaluated[0]] == [e["step"] for e in evaluated[1]] == [3, 6]
+  for ours, theirs in zip(*evaluated):
+    assert ours.keys() == theirs.keys() and "valid/retrieval.speech_to_text.recall_at_1" in ours
+    np.testing.assert_allclose(
+      [ours[k] for k in sorted(ours)], [theirs[k] for k in sorted(ours)], rtol=1e-4, atol=1e-5
+    )
   testdata.assert_same_params(
     *(testdata.flat_params(stalign.load(str(d), config=prepared_config).params) for d in (one, two))
   )

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from stalign import config as config_lib
+from stalign import data
 from stalign.data import features as features_lib
 from stalign.models import student as student_lib
 from stalign.models import whisper
@@ -114,6 +115,133 @@ def test_full_config_fits_the_slices_it_is_sized_for(slice_name):
   # The longest LibriSpeech utterance (35 s) fits the last bucket; buckets stack whole frames.
   buckets = features_lib.bucket_lengths(c)
   assert buckets[-1] >= 3500 and all(b % c.model.subsample == 0 for b in buckets)
+
+
+# ------------------------------------------------- none of the demo's tuning for 8 kHz digits
+
+EVERY_TPU_CONFIG = (*CONFIGS, "tpu_whisper")
+
+# The keys every full TPU config may share with configs/demo.py, each for a reason that holds on
+# LibriSpeech: what the demo does is what the TPU recipe means, or the key is not read here.
+# Every other inherited value is demo tuning (for FSDD's 8 kHz digits, the espeak-ng corpus, ten
+# CPU minutes): a key added to the demo fails the test below until it is set or listed here.
+SHARED_WITH_DEMO = {
+  "seed",
+  # Unread with data.source="tfds", or TFDS's own default folder.
+  "data.manifests.train",
+  "data.manifests.valid",
+  "data.manifests.test",
+  "data.tfds_dir",
+  "data.train_extra_speeds",
+  "data.fsdd_speakers.valid",  # (): the demo's too; train's FSDD speakers are not.
+  "data.fsdd_speakers.test",
+  # The standard front end: 80 log-mel bands, 25 ms windows every 10 ms at 16 kHz (Park et al.'s
+  # and the Conformer's), DC removed as Kaldi does; characters for CTC. The Whisper keys are read
+  # only with features.frontend="whisper", which tpu_whisper sets with its own.
+  "features.sample_rate",
+  "features.num_mels",
+  "features.win_ms",
+  "features.hop_ms",
+  "features.remove_dc",
+  "features.ctc_targets",
+  "features.frontend",
+  "features.whisper_weights",
+  "features.whisper_layers",
+  # The model's shape not sized in tpu_multitask: 80 ms frames, 20 ms CTC slots, mean pooling.
+  "model.subsample",
+  "model.ctc_upsample",
+  "model.ctc_layer",
+  "model.pooling",
+  "model.teacher_layers",
+  "model.whisper_tuned_layers",
+  # The recipe's losses (set in tpu_multitask, tpu_distill and asr_pretrain.ctc_only).
+  "loss.distill",
+  "loss.distill_weight",
+  "loss.centre_targets",
+  "loss.contrastive_weight",
+  "loss.bank_weight",
+  "loss.ctc_weight",
+  "loss.temperature",
+  "teacher.path",  # The packaged all-MiniLM-L6-v2, the teacher the TPU docstrings name.
+  # The optimiser's generic settings (train.lr is set in tpu_multitask).
+  "train.lr",
+  "train.schedule",
+  "train.grad_clip",
+  "train.grad_accumulation",
+  "train.max_nonfinite_steps",
+  "train.pretrained_lr_factor",
+  "train.channel_augment.lowpass_hz",  # Unread: lowpass_prob is 0.
+  "init_from",
+  "init_skip",
+  "mesh.data",
+  "mesh.model",
+  "sharding_rules",
+  # Evaluation: the final report's evaluators and split, and those run during training (at each
+  # checkpoint here); templates are unread without zero_shot.
+  "eval.split",
+  "eval.evaluators",
+  "eval.during_training",
+  "eval.zero_shot_templates",
+}
+# tpu_whisper's own choices that happen to equal the demo's: a 15-frame kernel (1.2 s at 80 ms),
+# and no frequency masks (they would hit Whisper channels).
+SHARED_WITH_DEMO_WHISPER = SHARED_WITH_DEMO | {"model.conv_kernel", "train.spec_augment.freq_masks"}
+
+
+def _flat(config, prefix: str = "") -> dict:
+  out = {}
+  for key, value in config.items():
+    if isinstance(value, dict):
+      out.update(_flat(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+@pytest.mark.parametrize("arg", ["", "runlocal"])
+@pytest.mark.parametrize("name", EVERY_TPU_CONFIG)
+def test_tpu_configs_use_no_demo_only_augmentation_or_data(name, arg):
+  """SpecAugment as published for LibriSpeech, none of the demo's channel augmentation (tuned to
+  carry synthetic speech over to FSDD's 8 kHz digits), and nothing read from the demo's data."""
+  c = _config(name, arg)
+  channel = c.train.channel_augment
+  assert (channel.warp, channel.eq_db, channel.lowpass_prob) == (0, 0, 0), channel.to_dict()
+  # Park et al. (2019), LibriSpeech-double: 2 time masks of up to 1 s (T=100 at 10 ms) and, on
+  # log-mel, 2 frequency masks of up to 27 of 80 bands. runlocal's short clips get shorter masks.
+  spec = c.train.spec_augment
+  assert spec.time_masks == 2 and spec.time_width > 0, spec.to_dict()
+  if not arg:
+    assert spec.time_width * features_lib.frame_ms(c.features) == 1000, spec.to_dict()
+  if c.features.frontend == "logmel":
+    assert (spec.freq_masks, spec.freq_width, c.features.num_mels) == (2, 27, 80), spec.to_dict()
+    assert c.model.dropout == 0.1  # The Conformer's (Gulati et al., 2020); the demo's is 0.
+  else:
+    assert spec.freq_masks == 0
+  assert c.features.sample_rate == 16_000
+  # Data: LibriSpeech through TFDS only; no FSDD, no demo real-speech folders, no espeak corpus.
+  assert c.data.source == "tfds" and c.data.tfds_name == "librispeech"
+  assert not c.data.train_extra and not c.data.real_sources
+  assert not c.eval.zero_shot and not c.eval.fsdd_held_out_speakers, c.eval.to_dict()
+  held = (*c.data.fsdd_speakers.values(), *c.data.real_held_out.values())
+  assert not any(held), held
+  corpus = c.corpus
+  sizes = {k: corpus[k] for k in ("num_train", "num_valid", "num_test", "num_zero_shot")}
+  assert not any(sizes.values()) and not corpus.wordnet_sentences, sizes
+  shared_data = os.path.normpath(data.real_data_dir(""))
+  paths = [v for k, v in _flat(c.to_dict()).items() if isinstance(v, str) and "corpus." not in k]
+  assert not [p for p in paths if p and os.path.normpath(p).startswith(shared_data)], paths
+  assert "data/demo" not in c.data_dir and "data/tiny" not in c.data_dir
+
+
+@pytest.mark.parametrize("name", EVERY_TPU_CONFIG)
+def test_tpu_configs_share_with_the_demo_only_the_keys_listed(name):
+  """Every value a full TPU config has in common with configs/demo.py is one that
+  `SHARED_WITH_DEMO` gives a reason for (the corpus section is unread: data.source is tfds)."""
+  full, demo = _flat(_config(name).to_dict()), _flat(_config("demo").to_dict())
+  assert full["data.source"] != "synthetic"
+  same = {k for k, v in full.items() if k in demo and demo[k] == v and not k.startswith("corpus.")}
+  allowed = SHARED_WITH_DEMO_WHISPER if name == "tpu_whisper" else SHARED_WITH_DEMO
+  assert not same - allowed, f"demo values {sorted(same - allowed)} inherited unreviewed"
 
 
 # ------------------------------------------------- configs/tpu_whisper.py (Hugging Face Whisper)
