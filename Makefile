@@ -71,3 +71,9 @@ bench: $(BENCH_STAMP)
 
 clean:
 	rm -rf runs data bench/results
+
+# Whether requirements.lock installs on the Pythons Colab runs (3.11, 3.12), as the notebooks install
+# it: asks PyPI through pip (--dry-run; nothing installed). Needs network; not part of `make test`.
+.PHONY: colab-check
+colab-check: $(STAMP)
+	$(PY) tools/colab_check.py

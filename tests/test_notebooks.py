@@ -50,6 +50,26 @@ def test_every_notebook_starts_with_the_same_colab_install_cell():
     assert step in first, step
 
 
+def test_every_notebook_has_a_colab_badge_that_opens_it_from_the_readmes_repository():
+  """The README gives the repository's URL once; each notebook's badge opens that notebook there,
+  so a renamed notebook or a moved repository fails here (`python tools/colab_badges.py` rewrites
+  the badges from the README)."""
+  with open(os.path.join(REPO, "README.md")) as f:
+    urls = re.findall(r"\[repository\]\((https://github\.com/[^)\s]+)\)", f.read())
+  assert len(urls) == 1, f"README.md: {urls}; give the URL once, as [repository](URL)"
+  owner_repo = urls[0].removeprefix("https://github.com/").removesuffix(".git").strip("/")
+  assert re.fullmatch(r"[\w.-]+/[\w.-]+", owner_repo), urls
+  for path in NOTEBOOKS:
+    name = os.path.basename(path)
+    with open(path) as f:
+      first = json.load(f)["cells"][0]
+    text = "".join(first["source"])
+    links = re.findall(r"\]\((https://colab\.research\.google\.com/(?!assets/)[^)\s]+)\)", text)
+    want = f"https://colab.research.google.com/github/{owner_repo}/blob/main/notebooks/{name}"
+    assert first["cell_type"] == "markdown" and links == [want], (name, links)
+    assert "[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]" in text
+
+
 @pytest.mark.slow
 def test_quickstart_trains_embeds_and_searches(prepared_config, tmp_path, monkeypatch):
   """Run as a user runs it (the CLI for training and search), with the run in a temporary folder."""
