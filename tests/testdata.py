@@ -220,6 +220,8 @@ def make_run(config, workdir: str) -> str:
 
 
 def free_port() -> int:
+  """A port nothing listens on now; another process may take it before it is bound (the caller
+  retries: `two_process_main`)."""
   import socket
 
   with socket.socket() as s:
@@ -229,25 +231,33 @@ def free_port() -> int:
 
 def two_process_main(args: list[str], env: dict, timeout: int = 500) -> list[tuple[str, str]]:
   """`python -m stalign.main ARGS` as two hosts joined by jax.distributed on localhost, one device
-  each, as users launch it; [(stdout, stderr)] per process, after checking both succeeded."""
+  each, as users launch it; [(stdout, stderr)] per process, after checking both succeeded.
+
+  The coordinator's port is free when chosen but bound only later; if another test's process
+  took it meanwhile, the launch is repeated on a new port (the run resumes what it wrote).
+  """
   import subprocess
   import sys
 
-  port = free_port()
   env = dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=1")
-  procs = [
-    subprocess.Popen(
-      [sys.executable, "-m", "stalign.main", *args, f"--coordinator_address=127.0.0.1:{port}"]
-      + ["--num_processes=2", f"--process_id={i}"],
-      cwd=REPO,
-      env=env,
-      stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE,
-      text=True,
-    )
-    for i in range(2)
-  ]
-  outs = [p.communicate(timeout=timeout) for p in procs]
+  for attempt in range(3):
+    port = free_port()
+    procs = [
+      subprocess.Popen(
+        [sys.executable, "-m", "stalign.main", *args, f"--coordinator_address=127.0.0.1:{port}"]
+        + ["--num_processes=2", f"--process_id={i}"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+      )
+      for i in range(2)
+    ]
+    outs = [p.communicate(timeout=timeout) for p in procs]
+    taken = any("address already in use" in stderr.lower() for _, stderr in outs)
+    if not (taken and attempt < 2 and any(p.returncode for p in procs)):
+      break
   for p, (_, stderr) in zip(procs, outs):
     assert p.returncode == 0, stderr[-4000:]
   return outs
