@@ -32,7 +32,6 @@ again from its start (which reproduces the wavs it already had).
 """
 
 from collections.abc import Iterator
-from collections.abc import Sequence
 import dataclasses
 import json
 import multiprocessing
@@ -53,6 +52,7 @@ import tqdm
 
 from stalign import data
 from stalign import fs
+from stalign.data import corpus_stats
 from stalign.data import espeak
 from stalign.data import grammar
 from stalign.data import wordnet
@@ -249,101 +249,6 @@ def _render_pool(chunks: list[list[Utterance]], seed: int, out_dir: str, workers
 
 
 # --------------------------------------------------------------------------
-# Statistics for summary.json.
-
-
-def _wildcards(words: tuple[str, ...]) -> Iterator[tuple[str, ...]]:
-  for i in range(len(words)):
-    yield words[:i] + ("*",) + words[i + 1 :]
-
-
-def _deletions(words: tuple[str, ...]) -> Iterator[tuple[str, ...]]:
-  for i in range(len(words)):
-    yield words[:i] + words[i + 1 :]
-
-
-def _near_duplicates(texts: Sequence[str], reference: Sequence[str]) -> dict[str, float]:
-  """Fractions of `texts` equal to, or one word edit from, a reference text.
-
-  Hash lookups of every one-word substitution and deletion replace an
-  all-pairs edit distance, which would take minutes for the demo sizes.
-  """
-  ref = {tuple(t.split()) for t in reference}
-  substituted = {k for words in ref for k in _wildcards(words)}
-  shortened = {k for words in ref for k in _deletions(words)}
-  exact = near = 0
-  for text in texts:
-    words = tuple(text.split())
-    exact += words in ref
-    near += (
-      words in ref
-      or words in shortened
-      or any(k in substituted for k in _wildcards(words))
-      or any(k in ref for k in _deletions(words))
-    )
-  n = max(len(texts), 1)
-  return {"exact": exact / n, "within_one_word": near / n}
-
-
-def _lexicon_stats(texts: dict[str, list[str]]) -> dict[str, Any]:
-  train_counts: dict[str, int] = {}
-  for text in texts["train"]:
-    for word in text.split():
-      train_counts[word] = train_counts.get(word, 0) + 1
-  all_words = {w for split in texts.values() for t in split for w in t.split()}
-  frequencies = sorted(train_counts.values()) or [0]
-  return {
-    "word_types": len(all_words),
-    "train_word_types": len(train_counts),
-    "train_tokens": sum(frequencies),
-    "median_train_word_frequency": float(np.median(frequencies)),
-    "min_train_word_frequency": frequencies[0],
-    "words_unseen_in_train": {
-      split: sorted({w for t in texts[split] for w in t.split()} - train_counts.keys())
-      for split in texts
-      if split != "train"
-    },
-  }
-
-
-def _summary(
-  manifests: dict[str, list[dict[str, Any]]],
-  settings: dict[str, Any],
-  wall: float,
-  rendered_seconds: float,
-  rendered: int,
-) -> dict[str, Any]:
-  splits = tuple(manifests)
-  texts = {s: [m["text"] for m in manifests[s]] for s in splits}
-  seconds = {s: sum(m["duration"] for m in manifests[s]) for s in splits}
-  total = sum(seconds.values())
-  domains = {s: {} for s in splits}
-  for split in splits:
-    for m in manifests[split]:
-      d = m["labels"]["domain"]
-      domains[split][d] = domains[split].get(d, 0) + 1
-  descriptions = grammar.intent_descriptions()
-  return {
-    "counts": {s: len(manifests[s]) for s in splits},
-    "hours": {**{s: seconds[s] / 3600 for s in splits}, "total": total / 3600},
-    "mean_duration_seconds": total / max(sum(map(len, texts.values())), 1),
-    "domains": domains,
-    "wall_seconds": wall,
-    "rendered_utterances": rendered,
-    # Audio rendered by this call per second of its wall time.
-    "real_time_factor": rendered_seconds / wall,
-    "distinct_sentences": len({t for ts in texts.values() for t in ts}),
-    "lexicon": _lexicon_stats(texts),
-    "near_duplicates_of_train": {
-      s: _near_duplicates(texts[s], texts["train"]) for s in splits if s != "train"
-    },
-    "held_out_intents": {i: descriptions[i] for i in grammar.HELD_OUT_INTENTS},
-    "intent_descriptions": descriptions,
-    "config": settings,
-  }
-
-
-# --------------------------------------------------------------------------
 # Building.
 
 
@@ -431,7 +336,7 @@ def build_corpus(config: ml_collections.ConfigDict, out_dir: str) -> dict[str, A
     ]
     _write_json(os.path.join(out_dir, f"{split}.jsonl"), manifests[split], lines=True)
   wall = time.time() - start
-  summary = _summary(manifests, settings, wall, rendered_seconds, rendered)
+  summary = corpus_stats.summary(manifests, settings, wall, rendered_seconds, rendered)
   _write_json(summary_path, summary)
   logging.info(
     "Corpus: %.2f h of audio; rendered %.0f s in %.1f s (real-time factor %.0f).",
