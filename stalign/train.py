@@ -169,6 +169,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # resumes (up to its checkpoint): train_history.json holds all three.
   history = train_log.History(workdir, first_step)
   compile_s = None
+
+  def summarize(step: int) -> dict:
+    """What the run did up to `step`: train_history.json's `summary`, and what this returns."""
+    return {
+      "steps": step,
+      "preempted": preempted["flag"],
+      "compile_s": compile_s,
+      "last": history.last("train"),
+      "valid": history.last("valid"),
+      "num_params": num_params,
+    }
+
   step = first_step
   try:
     while step < total_steps:
@@ -222,6 +234,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         history.add("valid", step, valid)
         checkpoints.save(mgr, step, state, position, valid)
         tensorboard.flush()
+        # With each checkpoint, so a hard kill (SIGKILL, out of memory) loses no recorded step
+        # that its resume will not record again.
+        history.write(summarize(step))
       if stop:
         logging.warning(
           "SIGTERM received: saved step %d, exiting; rerun the same command to resume", step
@@ -236,13 +251,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     mgr.close()
     signal.signal(signal.SIGTERM, previous_handler)
     tensorboard.flush()
-  summary = {
-    "steps": step,
-    "preempted": preempted["flag"],
-    "compile_s": compile_s,
-    "last": history.last("train"),
-    "valid": history.last("valid"),
-    "num_params": num_params,
-  }
+  summary = summarize(step)
   history.write(summary)
   return summary

@@ -303,6 +303,31 @@ def test_resumed_run_keeps_the_history_up_to_its_checkpoint(prepared_config, tmp
   assert resumed["summary"]["valid"] == resumed["valid"][-1]
 
 
+def test_a_hard_kill_keeps_the_history_up_to_the_last_checkpoint(
+  prepared_config, tmp_path, monkeypatch
+):
+  """A run that dies without a chance to finish (an error out of its input here; SIGKILL or
+  running out of memory alike) has written train_history.json with its last checkpoint."""
+  c = _with(prepared_config, train__steps=8, train__log_every=2, train__checkpoint_every=4)
+  c.eval.every_steps, c.eval.during_training = 2, ("retrieval",)
+  workdir = str(tmp_path / "run")
+  real_iterator = input_pipeline.train_iterator
+
+  def dies_after_5(*args, **kwargs):
+    for i, batch in enumerate(real_iterator(*args, **kwargs)):
+      if i == 5:
+        raise MemoryError("killed")
+      yield batch
+
+  monkeypatch.setattr(input_pipeline, "train_iterator", dies_after_5)
+  with pytest.raises(MemoryError):
+    train.train_and_evaluate(c, workdir)
+  history = _history(workdir)
+  for section, steps in (("train", [2, 4]), ("evaluators", [2, 4]), ("valid", [4])):
+    assert [e["step"] for e in history[section]] == steps, section
+  assert history["summary"]["steps"] == 4
+
+
 def test_nonfinite_updates_are_skipped_then_the_run_stops(prepared_config, tmp_path, monkeypatch):
   """Clean steps 1-2, then NaN input: steps 3-4 are skipped, step 5 (the 3rd) stops the run.
 
