@@ -286,9 +286,9 @@ def _remove_other_shardings(config: ml_collections.ConfigDict, split: str, num_s
 def prepare(config: ml_collections.ConfigDict) -> dict:
   """Idempotent and resumable: splits whose summary exists are kept, and so are finished shards
   of the others; then the teacher's embeddings. Returns each split's summary."""
-  write_splits(config)
+  summaries = write_splits(config)
   precompute.precompute(config, layout.splits(config))
-  return {split: layout.read_summary(config.data_dir, split) for split in layout.splits(config)}
+  return summaries
 
 
 def with_speed_copies(examples: Iterable[dict], speeds: Iterable[float]) -> Iterator[dict]:

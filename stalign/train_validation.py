@@ -90,7 +90,7 @@ def run_evaluators(
   The split is read and embedded as `run_validation` reads and runs it (one
   reader, one compiled program), then bundled by `evaluators.split.embed`, the
   seam `stalign.evaluate` embeds its splits through with an `api.Model`. The
-  teacher embeddings come from the records, so no teacher is loaded.
+  teacher embeddings come from the data stage's table, so no teacher is loaded.
   """
 
   def embed_speech(whole: dict) -> tuple[np.ndarray, np.ndarray]:

@@ -1,3 +1,4 @@
+from collections.abc import Callable
 import functools
 import json
 import os
@@ -244,20 +245,37 @@ def test_spec_augment_masks_change_the_training_loss_and_nothing_else(step_parts
   assert loss["empty"] == loss["off"]
 
 
+def _input_interrupted(at: int, interrupt: Callable[[], None]):
+  """The training input, calling `interrupt` (a signal, an error) as it reads batch `at`."""
+  real_iterator = input_pipeline.train_iterator
+
+  def interrupted(*args, **kwargs):
+    for i, batch in enumerate(real_iterator(*args, **kwargs)):
+      if i == at:
+        interrupt()
+      yield batch
+
+  return interrupted
+
+
+def _sigterm() -> None:
+  os.kill(os.getpid(), signal.SIGTERM)  # What a preempted VM receives.
+
+
+def _history_config(config):
+  """8 steps logged every 2, checkpointed every 4, with an evaluator every 2."""
+  c = _with(config, train__steps=8, train__log_every=2, train__checkpoint_every=4)
+  c.eval.every_steps, c.eval.during_training = 2, ("retrieval",)
+  return c
+
+
 def test_sigterm_saves_and_resume_matches_uninterrupted(prepared_config, tmp_path, monkeypatch):
   c = prepared_config.copy_and_resolve_references()
   c.train.steps, c.train.checkpoint_every = 12, 100
   train.train_and_evaluate(c, str(tmp_path / "full"))
 
   real_iterator = input_pipeline.train_iterator
-
-  def killed_after_5(*args, **kwargs):
-    for i, batch in enumerate(real_iterator(*args, **kwargs)):
-      if i == 5:
-        os.kill(os.getpid(), signal.SIGTERM)  # What a preempted VM receives.
-      yield batch
-
-  monkeypatch.setattr(input_pipeline, "train_iterator", killed_after_5)
+  monkeypatch.setattr(input_pipeline, "train_iterator", _input_interrupted(5, _sigterm))
   summary = train.train_and_evaluate(c, str(tmp_path / "resumed"))
   assert summary["preempted"] and summary["steps"] == 6
   monkeypatch.setattr(input_pipeline, "train_iterator", real_iterator)
@@ -274,18 +292,10 @@ def test_resumed_run_keeps_the_history_up_to_its_checkpoint(prepared_config, tmp
   The killed run saves steps 4 and 6; step 6's checkpoint is then removed, as when a kill cuts
   its save short, so the resumed run starts from 4 and records steps 6 and 8 anew.
   """
-  c = _with(prepared_config, train__steps=8, train__log_every=2, train__checkpoint_every=4)
-  c.eval.every_steps, c.eval.during_training = 2, ("retrieval",)
+  c = _history_config(prepared_config)
   workdir = str(tmp_path / "run")
   real_iterator = input_pipeline.train_iterator
-
-  def killed_after_5(*args, **kwargs):
-    for i, batch in enumerate(real_iterator(*args, **kwargs)):
-      if i == 5:
-        os.kill(os.getpid(), signal.SIGTERM)
-      yield batch
-
-  monkeypatch.setattr(input_pipeline, "train_iterator", killed_after_5)
+  monkeypatch.setattr(input_pipeline, "train_iterator", _input_interrupted(5, _sigterm))
   assert train.train_and_evaluate(c, workdir)["steps"] == 6
   killed = _history(workdir)
   assert [e["step"] for e in killed["evaluators"]] == [2, 4, 6]
@@ -308,18 +318,13 @@ def test_a_hard_kill_keeps_the_history_up_to_the_last_checkpoint(
 ):
   """A run that dies without a chance to finish (an error out of its input here; SIGKILL or
   running out of memory alike) has written train_history.json with its last checkpoint."""
-  c = _with(prepared_config, train__steps=8, train__log_every=2, train__checkpoint_every=4)
-  c.eval.every_steps, c.eval.during_training = 2, ("retrieval",)
+  c = _history_config(prepared_config)
   workdir = str(tmp_path / "run")
-  real_iterator = input_pipeline.train_iterator
 
-  def dies_after_5(*args, **kwargs):
-    for i, batch in enumerate(real_iterator(*args, **kwargs)):
-      if i == 5:
-        raise MemoryError("killed")
-      yield batch
+  def out_of_memory():
+    raise MemoryError("killed")
 
-  monkeypatch.setattr(input_pipeline, "train_iterator", dies_after_5)
+  monkeypatch.setattr(input_pipeline, "train_iterator", _input_interrupted(5, out_of_memory))
   with pytest.raises(MemoryError):
     train.train_and_evaluate(c, workdir)
   history = _history(workdir)

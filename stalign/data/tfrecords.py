@@ -82,7 +82,7 @@ def deserialize(raw: bytes) -> dict:
   """Inverse of `serialize`, in numpy; for analysis, not the hot path."""
   f = tf.train.Example.FromString(raw).features.feature
   num_frames = f["num_frames"].int64_list.value[0]
-  record = {
+  return {
     "id": f["id"].bytes_list.value[0].decode(),
     "text": f["text"].bytes_list.value[0].decode(),
     "features": np.frombuffer(f["features"].bytes_list.value[0], np.float16).reshape(
@@ -92,7 +92,6 @@ def deserialize(raw: bytes) -> dict:
     "duration": f["duration"].float_list.value[0],
     "labels": json.loads(f["labels"].bytes_list.value[0]),
   }
-  return record
 
 
 def iterate_records(files: Iterable[str]) -> Iterator[dict]:
@@ -253,7 +252,7 @@ def read_index(data_dir: str, split: str) -> RecordIndex:
 def write_shard(path: str, records: Iterable[bytes]) -> list[int]:
   """Writes serialized records as the shard `path`, which appears only once complete.
 
-  Returns each record's length, from which its offset follows (`framed_size`): the split's
+  Returns each record's length, from which its offset follows (`offsets`): the split's
   index is made of these, without reading the shard back.
   """
   lengths = []

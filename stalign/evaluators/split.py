@@ -46,8 +46,8 @@ def read_split(data_dir: str, split: str) -> list[dict]:
 def as_batch(records: Sequence[dict]) -> dict:
   """Records (`read_split`) as one batch of columns for `embed`, features as a list of arrays.
 
-  `teacher` is there only when every record carries its teacher embedding, so a
-  split written without them is embedded by `embed_text` as a whole.
+  `teacher` is there only when every record carries its teacher embedding (`read_split` found
+  the data folder's teacher table), else the transcripts are embedded by `embed_text` as a whole.
   """
   batch = {key: [r[key] for r in records] for key in ("features", "text", "labels", "id")}
   if all(r["teacher_embedding"] is not None for r in records):
