@@ -27,6 +27,7 @@ The aim is a reader at least 2x ahead of the consumer at the target MFU.
 """
 
 import glob
+import itertools
 import json
 import os
 import shutil
@@ -185,6 +186,33 @@ def measure_reader(config: ml_collections.ConfigDict, batches: int, repeats: int
   }
 
 
+def measure_serial_read(config: ml_collections.ConfigDict, batches: int) -> dict:
+  """Audio s/s of the reader's Python part alone: `RecordIndex.read` of the first planned batches.
+
+  That part holds the interpreter lock (only its `pread` calls release it), so however many cores
+  a host has it reads no faster than this; the parsing, padding and batching around it run in
+  tf.data's own threads and scale with the cores. Timed on one thread over the epochs' plans,
+  after one untimed batch.
+  """
+  index = input_pipeline.record_index(config, "train")
+  plans = (input_pipeline.epoch_plan(index, config, epoch) for epoch in itertools.count())
+  plan = np.concatenate(list(itertools.islice(itertools.chain.from_iterable(plans), batches + 1)))
+  plan = plan.reshape(batches + 1, -1)
+  index.read(plan[0])
+  start = time.perf_counter()
+  for rows in plan[1:]:
+    index.read(rows)
+  seconds = time.perf_counter() - start
+  records = plan[1:].size
+  audio = float(np.sum(index.num_frames[plan[1:]])) * config.features.hop_ms / 1000
+  return {
+    "batches": batches,
+    "records": records,
+    "us_per_record": seconds / records * 1e6,
+    "audio_seconds_per_s": audio / seconds,
+  }
+
+
 def consumer(mfu: float, flops_per_audio_second: float, chips: int, peak: float) -> float:
   """Audio seconds per second `chips` of `peak` FLOP/s take at `mfu`: an estimate."""
   return chips * peak * mfu / flops_per_audio_second
@@ -231,6 +259,7 @@ def run(
   """
   config = reader_config(data_dir, rows, config)
   build_s = ensure_data(config, utterances, seconds)
+  serial = measure_serial_read(config, batches)  # First: tf.data's threads outlive the reader.
   reader = measure_reader(config, batches, repeats)
   rate = reader["audio_seconds_per_s"]
   if flops_per_audio_second is None:
@@ -283,6 +312,23 @@ def run(
       f"kept {reader['load']['other_processes_cores_busy']} cores busy)",
     )
   ]
+  ceiling = serial["audio_seconds_per_s"]
+  out["serial_read"] = serial
+  out["ratios"].append(
+    _common.ratio(
+      f"the reader's Python part alone (audio s/s) / one v4 host's chips at MFU {TARGET_MFU} "
+      "(estimate)",
+      ceiling / target,
+      ("Python part's audio s/s, one thread", ceiling),
+      ("consumed audio s/s (estimate)", target),
+      "the ceiling of one host's reader whatever its cores: that part holds the interpreter "
+      f"lock ({serial['us_per_record']:.0f} us a record); the rest runs in tf.data's threads",
+    )
+  )
+  busy = reader["load"]["benchmark_cores_busy"]
+  if busy:
+    # An extrapolation: that the native part scales past this host's cores is not measured here.
+    out["cores_for_2x_at_target_mfu"] = AHEAD * target / (rate / busy)
   measured = measured_consumer(results_dir)
   out["measured_consumer"] = measured or (
     f"none: no measured step in {os.path.join(results_dir, 'accelerator.json')} "

@@ -107,7 +107,7 @@ def read_bytes(path: str) -> bytes:
   return epath.Path(path).read_bytes()
 
 
-def read_ranges(ranges: Sequence[tuple[str, int, int]]) -> list[bytes]:
+def read_ranges(ranges: Sequence[tuple[str, int, int]]) -> Iterator[bytes]:
   """The bytes `[offset, offset + length)` of each `(path, offset, length)`, in the order given.
 
   For reading records at known offsets (`stalign.data.tfrecords.RecordIndex`);
@@ -116,25 +116,28 @@ def read_ranges(ranges: Sequence[tuple[str, int, int]]) -> list[bytes]:
   of them sent concurrently. A file object would fetch more: opening one costs
   a metadata request, and gcsfs's read cache turns each record into several
   small GETs (header, data, checksum) and, once reads look sequential,
-  prefetches past the record. Local files are opened once each and read with
-  seek and read, front to back.
+  prefetches past the record. Local files are opened once each and each range
+  is read with `os.pread` when the caller asks for it: one copy from the page
+  cache, and a caller that is done with each before the next holds one at a
+  time, whose memory the next reuses (holding a whole batch of fresh buffers
+  made the training reader's Python part 3x slower).
   """
   if not ranges:
-    return []
+    return
   if is_remote(ranges[0][0]):
     filesystem, _ = _filesystem(ranges[0][0])
     paths, starts, ends = zip(*((path, offset, offset + length) for path, offset, length in ranges))
-    return filesystem.cat_ranges(list(paths), list(starts), list(ends), on_error="raise")
-  out = [b""] * len(ranges)
-  with contextlib.ExitStack() as stack:
-    files = {}
-    for i in sorted(range(len(ranges)), key=lambda i: ranges[i][:2]):
-      path, offset, length = ranges[i]
+    yield from filesystem.cat_ranges(list(paths), list(starts), list(ends), on_error="raise")
+    return
+  files = {}
+  try:
+    for path, offset, length in ranges:
       if path not in files:
-        files[path] = stack.enter_context(builtins.open(path, "rb"))
-      files[path].seek(offset)
-      out[i] = files[path].read(length)
-  return out
+        files[path] = os.open(path, os.O_RDONLY)
+      yield os.pread(files[path], length, offset)
+  finally:
+    for fd in files.values():
+      os.close(fd)
 
 
 @contextlib.contextmanager

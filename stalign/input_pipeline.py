@@ -20,7 +20,6 @@ data stage stores once per distinct transcript (`layout.read_teacher_table`).
 
 import collections
 from collections.abc import Iterator
-import itertools
 
 from absl import logging
 import jax
@@ -89,27 +88,42 @@ def _teacher_lookup(config: ml_collections.ConfigDict, teacher_dim: int):
 
 
 def _parse_fn(config: ml_collections.ConfigDict, teacher_dim: int):
+  """`parse(raws, frames)`: serialized records [n] -> the fields a step reads, as one batch.
+
+  One call parses a whole planned batch (one length bucket): each record's features are
+  zero-padded to `frames` frames as they are decoded, and its CTC targets cut or padded to the
+  most labels those frames can align (`features.ctc_frames`), so no per-record step or padding
+  pass follows. `frames=None` keeps the records' own length, which must then be the same for all
+  (evaluation parses one record at a time and pads in its length buckets). `num_labels` counts a
+  record's targets up to the most the longest bucket aligns: longer ones are masked out of the
+  loss.
+  """
   num_mels = frontend.feature_dim(config.features)
   max_labels = max_label_length(config)
   spec = {
     "text": tf.io.FixedLenFeature([], tf.string),
     "features": tf.io.FixedLenFeature([], tf.string),
     "num_frames": tf.io.FixedLenFeature([], tf.int64),
-    "ctc_labels": tf.io.VarLenFeature(tf.int64),
+    "ctc_labels": tf.io.RaggedFeature(tf.int64),
     "duration": tf.io.FixedLenFeature([], tf.float32),
   }
   teacher = _teacher_lookup(config, teacher_dim) if teacher_dim else None
 
-  def parse(raw):
-    ex = tf.io.parse_single_example(raw, spec)
-    feats = tf.io.decode_raw(ex["features"], tf.float16)
-    feats = tf.cast(tf.reshape(feats, [-1, num_mels]), tf.float32)
-    labels = tf.cast(tf.sparse.to_dense(ex["ctc_labels"]), tf.int32)[:max_labels]
+  def parse(raws, frames=None):
+    ex = tf.io.parse_example(raws, spec)
+    bytes_per_frame = num_mels * 2  # float16
+    fixed = None if frames is None else frames * bytes_per_frame
+    # As uint16, bit-cast to float16: the padding decoder has no float16 of its own.
+    feats = tf.bitcast(tf.io.decode_raw(ex["features"], tf.uint16, fixed_length=fixed), tf.float16)
+    feats = tf.cast(tf.reshape(feats, [tf.shape(raws)[0], -1, num_mels]), tf.float32)
+    labels = tf.cast(ex["ctc_labels"], tf.int32)
+    # The most labels `frames` can align: plain arithmetic, so a tensor works as an int does.
+    width = max_labels if frames is None else features.ctc_frames(frames, config.model)
     out = {
       "features": feats,
       "num_frames": tf.cast(ex["num_frames"], tf.int32),
-      "ctc_labels": tf.pad(labels, [[0, max_labels - tf.shape(labels)[0]]]),
-      "num_labels": tf.shape(labels)[0],
+      "ctc_labels": labels.to_tensor(shape=tf.stack([tf.shape(raws)[0], width])),
+      "num_labels": tf.minimum(tf.cast(labels.row_lengths(), tf.int32), max_labels),
       "duration": ex["duration"],
       "text": ex["text"],
     }
@@ -238,27 +252,30 @@ def train_iterator(
   start_epoch = position["epoch"] if position else 0
   skip = position["batch"] if position else 0
 
-  def planned():
-    for e in itertools.count(start_epoch):
-      for batch in epoch_plan(index, config, e)[skip if e == start_epoch else 0 :]:
-        yield e, batch[rows]
+  padded = _padded_lengths(index, config)
 
-  def read(epoch, batch):
+  def plan(epoch):
+    """This process's rows of each planned batch of `epoch`, and the length it is padded to."""
+    batches = epoch_plan(index, config, int(epoch))[skip if epoch == start_epoch else 0 :]
+    return batches[:, rows], padded[batches[:, 0]]  # A planned batch is one length bucket.
+
+  def epoch_batches(epoch):
+    batches, frames = tf.numpy_function(plan, [epoch], (tf.int64, tf.int64), stateful=False)
+    batches = tf.ensure_shape(batches, [None, batch_size])
+    return tf.data.Dataset.from_tensor_slices((tf.fill(tf.shape(frames), epoch), batches, frames))
+
+  def read(epoch, batch, frames):
     raw = tf.numpy_function(
       lambda r: np.array(index.read(r), object), [batch], tf.string, stateful=False
     )
-    return tf.fill([batch_size], epoch), tf.ensure_shape(raw, [batch_size])
+    out = parse(tf.ensure_shape(raw, [batch_size]), tf.cast(frames, tf.int32))
+    return {**out, "epoch": tf.fill([batch_size], epoch)}
 
-  lengths = features.bucket_lengths(config)
-  ds = tf.data.Dataset.from_generator(
-    planned,
-    output_signature=(tf.TensorSpec([], tf.int64), tf.TensorSpec([batch_size], tf.int64)),
-  )
-  ds = ds.map(read, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
-  ds = ds.map(lambda e, raw: {**parse(raw), "epoch": e}, num_parallel_calls=tf.data.AUTOTUNE)
-  # Every planned batch is one bucket's `batch_size` records: this regroups exactly those.
-  ds = ds.padded_batch(batch_size, drop_remainder=True)
-  ds = ds.map(lambda b: _pad_to_bucket(b, lengths, config.model)).prefetch(config.input.prefetch)
+  # The plan is made in the graph, one Python call an epoch: a Python generator of batches
+  # (`from_generator`) waited for the interpreter lock while the reads held it, and halved the
+  # reader's rate (docs/performance.md).
+  ds = tf.data.Dataset.range(start_epoch, np.iinfo(np.int64).max).flat_map(epoch_batches)
+  ds = ds.map(read, num_parallel_calls=tf.data.AUTOTUNE).prefetch(config.input.prefetch)
   options = tf.data.Options()
   options.deterministic = True
   # tf.data's autotuner otherwise buffers read-ahead batches up to half the host's memory: with
@@ -285,7 +302,8 @@ def eval_batches(
   described = {k: tf.io.FixedLenFeature([], tf.string) for k in ("id", "labels")}
 
   def parse_row(position, raw):
-    return {**parse(raw), **tf.io.parse_single_example(raw, described), "position": position}
+    record = {k: v[0] for k, v in parse(raw[None]).items()}
+    return {**record, **tf.io.parse_single_example(raw, described), "position": position}
 
   ds = tf.data.Dataset.from_tensor_slices(files).flat_map(_records).enumerate().map(parse_row)
   ds = _bucketed(ds, config, batch_size, drop_remainder=False).prefetch(2)

@@ -272,15 +272,21 @@ def test_input_reader_benchmark_divides_the_readers_audio_rate_by_the_chips_cons
   measured = out["measured_consumer"]
   assert (measured["device_kind"], measured["batch"]) == ("NVIDIA H200", 256)
   assert out["reader_over_measured_consumer"] == pytest.approx(rate / 8907.0)
-  _assert_ratios(out, 2)
-  assert "estimate" in out["ratios"][0]["name"] and "H200" in out["ratios"][1]["name"]
+  # The Python part alone: the records of the first 3 planned batches, over epochs as needed.
+  serial = out["serial_read"]
+  assert (serial["batches"], serial["records"]) == (3, 12)
+  assert serial["audio_seconds_per_s"] > 0
+  assert out["cores_for_2x_at_target_mfu"] > 0
+  _assert_ratios(out, 3)
+  names = [r["name"] for r in out["ratios"]]
+  assert "estimate" in names[0] and "Python part" in names[1] and "H200" in names[2]
 
   # The folder is kept; without a measured step, one row; FLOPs as tpu_estimates counts them.
   again = input_reader.run(**{**kwargs, "batches": 1, "repeats": 1}, results_dir=str(tmp_path))
   assert again["build_s"] == 0 and again["measured_consumer"].startswith("none")
   per_second = tpu_estimates.step_flops_per_utterance(12.0) / 12.0
   assert again["model_flops_per_audio_second"] == per_second
-  _assert_ratios(again, 1)
+  _assert_ratios(again, 2)
 
 
 def test_accelerator_variants_flip_scanning_and_remat_against_the_config_as_written(monkeypatch):

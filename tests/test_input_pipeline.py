@@ -44,6 +44,26 @@ def test_train_batches_pad_to_their_utterances_bucket_and_cut_ctc_targets_to_it(
   assert len(seen) >= 2, f"every batch fell in one bucket {seen}: the test crosses none"
 
 
+def test_a_train_batch_holds_its_planned_records_stored_features_zero_padded(prepared_config):
+  """A planned batch is parsed in one call (features padded as they are decoded): each row is its
+  record's stored float16 frames, then zeros; its label count is capped where the longest bucket
+  aligns no more."""
+  c = with_buckets(prepared_config)
+  index = input_pipeline.record_index(c, "train")
+  plan = input_pipeline.epoch_plan(index, c, 0)
+  it = input_pipeline.train_iterator(c, "train", 384)
+  cap = input_pipeline.max_label_length(c)
+  for rows in plan[:4]:
+    batch = next(it)
+    for i, record in enumerate(tfrecords.deserialize(raw) for raw in index.read(rows)):
+      n = len(record["features"])
+      assert batch["num_frames"][i] == n and batch["text"][i].decode() == record["text"]
+      np.testing.assert_array_equal(batch["features"][i, :n], record["features"])
+      assert not batch["features"][i, n:].any()
+      assert batch["num_labels"][i] == min(len(record["ctc_labels"]), cap)
+      assert batch["duration"][i] == np.float32(record["duration"])
+
+
 def test_eval_batches_pad_to_their_utterances_bucket_and_cut_ctc_targets_to_it(prepared_config):
   c = with_buckets(prepared_config)
   seen = set()

@@ -117,25 +117,36 @@ def _rebuild_hint(path: str) -> str:
   )
 
 
-def _read_framed(f: IO[bytes], path: str) -> bytes | None:
-  """The record at `f`'s position, checked against its CRCs; None at the end of the file."""
-  header = f.read(_HEADER)
-  if not header:
-    return None
-  # The length is trusted only once its CRC matches: a corrupt one could ask for any size.
-  if len(header) < _HEADER or _masked_crc(header[:8]) != struct.unpack("<I", header[8:])[0]:
+def _record_length(header: bytes, path: str) -> int:
+  """The data length a record's 12-byte header gives, once the header's own CRC matches.
+
+  The length is trusted only then: a corrupt one could ask for any size.
+  """
+  if len(header) < _HEADER or _masked_crc(header[:8]) != struct.unpack_from("<I", header, 8)[0]:
     raise ValueError(
       f"{path}: truncated or corrupt TFRecord (a record header's CRC does not match); "
       + _rebuild_hint(path)
     )
-  data = f.read(struct.unpack("<Q", header[:8])[0])
-  footer = f.read(4)
+  return struct.unpack_from("<Q", header)[0]
+
+
+def _checked_data(data: bytes, footer: bytes, path: str) -> bytes:
+  """`data`, once its length and the CRC in the 4-byte `footer` after it match."""
   if len(footer) < 4 or _masked_crc(data) != struct.unpack("<I", footer)[0]:
     raise CorruptRecordError(
       f"{path}: truncated or corrupt TFRecord (a record's data does not match its CRC); "
       + _rebuild_hint(path)
     )
   return data
+
+
+def _read_framed(f: IO[bytes], path: str) -> bytes | None:
+  """The record at `f`'s position, checked against its CRCs; None at the end of the file."""
+  header = f.read(_HEADER)
+  if not header:
+    return None
+  data = f.read(_record_length(header, path))
+  return _checked_data(data, f.read(4), path)
 
 
 def read_raw(path: str) -> Iterator[bytes]:
@@ -178,19 +189,20 @@ class RecordIndex:
     )
     out = []
     for path, raw, row in zip(shards, framed, rows):
+      length = int(self.length[row])
       try:
-        data = _read_framed(io.BytesIO(raw), path)
-      except CorruptRecordError:
-        raise  # The record is where the index says, but damaged: the shard needs rebuilding.
+        fits = _record_length(raw, path) == length and len(raw) == length + _FRAMING
       except ValueError:
-        data = None
-      if data is None or len(data) != self.length[row]:
+        fits = False
+      if not fits:
         raise ValueError(
-          f"{path} has no record of {self.length[row]} bytes at offset {self.offset[row]}: the "
+          f"{path} has no record of {length} bytes at offset {self.offset[row]}: the "
           f"shards changed after {self.path} was written; rebuild it with "
           f"`{layout.PREPARE_COMMAND}`"
         )
-      out.append(data)
+      # The record is where the index says: a CRC mismatch now means it is damaged, and the
+      # shard needs rebuilding (CorruptRecordError).
+      out.append(_checked_data(raw[_HEADER : _HEADER + length], raw[_HEADER + length :], path))
     return out
 
 
