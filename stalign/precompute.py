@@ -61,7 +61,7 @@ def _is_done(config: ml_collections.ConfigDict, texts: set[str]) -> bool:
     )
   ):
     return False
-  return texts <= set(layout.read_teacher_table(data_dir)[0])
+  return texts <= set(layout.read_teacher_table(data_dir, embeddings=False)[0])
 
 
 def precompute(config: ml_collections.ConfigDict, splits: tuple[str, ...]) -> dict:

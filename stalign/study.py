@@ -5,8 +5,9 @@ r"""The regime study: do ASR pretraining and multitask CTC aid alignment, with e
 
 Trains every run of the grid that configs/study.py describes (regimes (a)-(d) x loss families
 `ours` and `paper` x seeds, every cell on the same number of update steps), evaluates each with
-the full suite (the `train` and `evaluate` stages of `stalign.main`, on one shared data_dir that
-the data stage builds if it is missing) and aggregates the reports:
+the full suite (the `train` and `evaluate` stages of `stalign.main`, on the same utterances: one
+data folder, or one per front end (configs/study_whisper.py), that the data stage builds if it is
+missing) and aggregates the reports:
 
   WORKDIR/asr_pretrain/seed<k>/        CTC-only pretraining, shared by (b) and (d) of both families
   WORKDIR/<regime>-<family>/seed<k>/   one run folder, as stalign.main writes it (report.json, ...)
@@ -68,10 +69,11 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
   study_plan.validate_study(config)
   runs = study_plan.plan(config, workdir)
   is_main = jax.process_index() == 0
-  summaries = prepare.prepare(study_plan.recipe(config))
-  if is_main:
-    sizes = ", ".join(f"{split} {s['written']}" for split, s in summaries.items())
-    print(f"data: {config.data_dir} ({sizes} utterances)", flush=True)
+  for data_config in study_plan.data_configs(runs):
+    summaries = prepare.prepare(data_config)
+    if is_main:
+      sizes = ", ".join(f"{split} {s['written']}" for split, s in summaries.items())
+      print(f"data: {data_config.data_dir} ({sizes} utterances)", flush=True)
   for i, run in enumerate(runs, 1):
     status, preempted = study_runs.execute(run)
     if is_main:

@@ -16,8 +16,11 @@ import ml_collections
 from stalign import config as config_lib
 
 PRETRAIN = "asr_pretrain"  # Folder of the shared pretraining runs.
-# Sections whose settings decide the data folder: every run of a study reads the same one.
-DATA_KEYS = ("data_dir", "corpus", "data", "features")
+# Sections that decide which utterances a run reads: the recipe's, the same for every run.
+UTTERANCE_KEYS = ("corpus", "data")
+# What a regime may change of its data: another front end of the same utterances (configs/
+# study_whisper.py: log-mel against Whisper's frames), in a data folder of its own.
+FRONT_END_KEYS = ("data_dir", "features")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,10 +53,15 @@ def validate_study(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
   s = config.study
   if s.seeds < 1:
     raise config_lib.ConfigError(f"study.seeds={s.seeds} must be >= 1")
-  if not 0 < s.pretrain_steps < config.train.steps:
+  if _warm_starts(config) and not 0 < s.pretrain_steps < config.train.steps:
     raise config_lib.ConfigError(
       f"study.pretrain_steps={s.pretrain_steps} must be in 1..train.steps-1 "
       f"({config.train.steps - 1}): it is part of every cell's train.steps"
+    )
+  if not _warm_starts(config) and s.pretrain_steps:
+    raise config_lib.ConfigError(
+      f"study.pretrain_steps={s.pretrain_steps}, but no regime warm-starts (init_from): set it "
+      "to 0, or every cell's budget would count pretraining that never runs"
     )
   if config.train.warmup_steps >= config.train.steps - s.pretrain_steps:
     raise config_lib.ConfigError(
@@ -73,13 +81,35 @@ def validate_study(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
   for where, changes in [("study.pretrain", s.pretrain)] + [
     (f"study.regimes.{name}", c) for name, c in s.regimes.items()
   ]:
-    shared = sorted(set(changes) & set(DATA_KEYS))
+    shared = sorted(set(changes) & set(UTTERANCE_KEYS))
     if shared:
       raise config_lib.ConfigError(
-        f"{where} changes {shared}: every run of a study reads one data folder, so the data "
+        f"{where} changes {shared}: every run of a study reads the same utterances, so these "
         "settings are the recipe's (top-level keys)"
       )
+    if "features" in changes and "data_dir" not in changes:
+      raise config_lib.ConfigError(
+        f"{where} changes features but not data_dir: a front end of its own needs a data "
+        "folder of its own (features are stored in it)"
+      )
+    if where == "study.pretrain" and set(changes) & set(FRONT_END_KEYS):
+      raise config_lib.ConfigError(
+        f"{where} changes {sorted(set(changes) & set(FRONT_END_KEYS))}: the pretraining run "
+        "reads the recipe's data folder"
+      )
   return config
+
+
+def _warm_starts(config: ml_collections.ConfigDict) -> bool:
+  return any(r.get("init_from") for r in config.study.regimes.values())
+
+
+def data_configs(runs: list[Run]) -> list[ml_collections.ConfigDict]:
+  """One run config per data folder the runs read, in the runs' order: what to build first."""
+  folders = {}
+  for run in runs:
+    folders.setdefault(run.config.data_dir, run.config)
+  return list(folders.values())
 
 
 def _apply(node: ml_collections.ConfigDict, changes: ml_collections.ConfigDict, where: str) -> None:
@@ -109,7 +139,7 @@ def plan(config: ml_collections.ConfigDict, workdir: str) -> list[Run]:
   """
   s = config.study
   total, pretrain_steps = config.train.steps, s.pretrain_steps
-  warm = any(r.get("init_from") for r in s.regimes.values())
+  warm = _warm_starts(config)
   runs = []
   for seed in seeds(config):
     pretrain_dir = os.path.join(workdir, PRETRAIN, f"seed{seed}")

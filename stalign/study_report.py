@@ -18,7 +18,15 @@ from stalign import fs
 from stalign import study_plan
 
 CURVE_FIGURE = "valid_r1"
-OVERVIEW = ("s2t_r1", "t2s_r1", "zero_shot_intents", "zero_shot_fsdd_unseen", "probe_transfer")
+OVERVIEW = (
+  "s2t_r1",
+  "t2s_r1",
+  "real_librispeech_s2t_r1",
+  "real_an4_s2t_r1",
+  "zero_shot_intents",
+  "zero_shot_fsdd_unseen",
+  "probe_transfer",
+)
 
 
 def _summary_text(m: Mapping | None, interval: bool = True) -> str:
@@ -43,10 +51,11 @@ def _paired_text(p: Mapping | None) -> str:
 
 def overview(study: Mapping) -> str:
   """A few headline metrics per cell, mean ± std over seeds (what the CLI prints last)."""
-  labels = [study["metrics"][n] for n in OVERVIEW]
-  lines = [f"| cell | {' | '.join(labels)} |", "|---" * (len(OVERVIEW) + 1) + "|"]
+  names = [n for n in OVERVIEW if n in study["metrics"]]  # Those the reports have.
+  labels = [study["metrics"][n] for n in names]
+  lines = [f"| cell | {' | '.join(labels)} |", "|---" * (len(names) + 1) + "|"]
   for cell, c in study["cells"].items():
-    row = [_summary_text(c["metrics"].get(n), interval=False) for n in OVERVIEW]
+    row = [_summary_text(c["metrics"].get(n), interval=False) for n in names]
     lines.append(f"| {cell} | {' | '.join(row)} |")
   return "\n".join(lines)
 
@@ -58,9 +67,15 @@ def markdown(study: Mapping) -> str:
   families = sorted({c["family"] for c in study["cells"].values()})
   out = [
     f"# Regime study: {study['workdir']}\n",
-    f"Every cell: {b['total_steps']} update steps of {b['batch_size']} utterances. Regimes that "
-    f"start from ASR pretraining spend {b['pretrain_steps']} of them on the CTC-only run of their "
-    f"seed (shared by both loss families) and fine-tune for {b['finetune_steps']}. Seeds: "
+    f"Every cell: {b['total_steps']} update steps of {b['batch_size']} utterances. "
+    + (
+      f"Regimes that start from ASR pretraining spend {b['pretrain_steps']} of them on the "
+      f"CTC-only run of their seed (shared by both loss families) and fine-tune for "
+      f"{b['finetune_steps']}. "
+      if b["pretrain_steps"]
+      else "No regime warm-starts from a pretraining run of the study's own. "
+    )
+    + "Seeds: "
     f"{', '.join(map(str, study['seeds']))}. Figures: each run's final checkpoint on the "
     f"{study['split']} split, mean ± sample std over seeds and [95% Student-t interval]; nothing "
     f"is selected on it. FSDD unseen voices: {', '.join(study['unseen_voices']) or '-'}. "

@@ -27,6 +27,15 @@ METRICS = {
   "modality_gap": ("modality gap", "geometry.modality_gap"),
   "zero_shot_intents": ("zero-shot, held-out intents", "zero_shot.synthetic.accuracy"),
   "zero_shot_fsdd_unseen": ("zero-shot FSDD, unseen voices", "zero_shot.fsdd.held_out_accuracy"),
+  # The report's "real speech, unseen speakers" (configs/study_whisper.py's data has them).
+  "real_librispeech_s2t_r1": (
+    "unseen LibriSpeech readers, speech->text R@1",
+    "real_speech.domains.librispeech.retrieval.speech_to_text.recall_at_1",
+  ),
+  "real_an4_s2t_r1": (
+    "unseen AN4 speakers, speech->text R@1",
+    "real_speech.domains.an4.retrieval.speech_to_text.recall_at_1",
+  ),
   "probe_speech": ("probe speech (task mean)", "probing.<task>.speech"),
   "probe_text": ("probe text (task mean)", "probing.<task>.text"),
   "probe_transfer": ("probe text->speech (task mean)", "probing.<task>.text_to_speech_transfer"),
@@ -167,7 +176,12 @@ def aggregate(
     }
   )
   return {
-    "metrics": {name: label for name, (label, _) in METRICS.items()},
+    # The headline metrics some report has (a study without real speech has no real-speech one).
+    "metrics": {
+      name: label
+      for name, (label, _) in METRICS.items()
+      if any(m.get(name) is not None for by_seed in per_run.values() for m in by_seed.values())
+    },
     "cells": cells,
     "paired": comparisons,
     "curves": {study_plan.cell_name(*k): mean_curve(v) for k, v in sorted(curves.items())},

@@ -145,6 +145,8 @@ def test_resumed_run_equals_uninterrupted_run(make_config, teacher, pristine):
   table = dict(zip(texts, teacher.embed(texts, 256)))
   stored_texts, stored = layout.read_teacher_table(resumed.data_dir)
   assert stored_texts.tolist() == texts and len(texts) == 10
+  only = layout.read_teacher_table(resumed.data_dir, embeddings=False)  # What `_is_done` reads.
+  assert len(only) == 1 and only[0].tolist() == texts
   np.testing.assert_allclose(stored, [table[t] for t in texts], atol=1e-6)
   shards = {n: d for n, d in _snapshot(pristine.data_dir).items() if n.endswith(".tfrecord")}
   assert shards and all(got[name] == data for name, data in shards.items())

@@ -98,15 +98,58 @@ def test_bad_study_values_name_their_key(key, value, message):
     study_plan.validate_study(config)
 
 
-def test_a_regime_may_not_change_the_shared_data_and_unknown_keys_are_named():
+def test_a_regime_may_not_change_the_utterances_and_unknown_keys_are_named():
+  def changed(regime_changes: dict) -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict(study_config.get_config().to_dict())
+    config.study.regimes.a_distill.update(regime_changes)
+    return config
+
+  with pytest.raises(config_lib.ConfigError, match="a_distill changes \\['corpus'\\]"):
+    study_plan.validate_study(changed({"corpus": {"num_train": 10}}))
+  # Another front end of the same utterances, only in a data folder of its own.
+  with pytest.raises(config_lib.ConfigError, match="changes features but not data_dir"):
+    study_plan.validate_study(changed({"features": {"num_mels": 40}}))
+  study_plan.validate_study(changed({"features": {"num_mels": 40}, "data_dir": "data/d40"}))
   config = ml_collections.ConfigDict(study_config.get_config().to_dict())
-  config.study.regimes.a_distill.features = {"num_mels": 40}
-  with pytest.raises(config_lib.ConfigError, match="study.regimes.a_distill changes.*features"):
-    study_plan.validate_study(config)
   config = ml_collections.ConfigDict(study_config.get_config().to_dict())
   config.study.families.paper.distil = "mse"
   with pytest.raises(config_lib.ConfigError, match="study.families.paper.distil is not a key"):
     study_plan.plan(config, "W")
+
+
+def test_the_whisper_study_compares_the_pretrained_encoder_with_scratch_on_the_same_utterances():
+  """configs/study_whisper.py: (a)/(c) log-mel from scratch, (b)/(d) Whisper's frames, each
+  without and with CTC; two data folders of the same utterances, built once each; no
+  pretraining run, and a pretraining budget nothing would use is refused."""
+  from configs import real_scratch
+  from configs import study_whisper
+  from configs import whisper
+
+  for arg in ("quick", None):
+    config = study_plan.validate_study(study_whisper.get_config(arg))
+    runs = study_plan.plan(config, "W")
+    assert len(runs) == 4 * config.study.seeds and all(r.evaluated for r in runs)
+    by_regime = {r.regime: r.config for r in runs}
+    tiny = "tiny" if arg else None
+    for regime, source in [("a_distill", real_scratch), ("b_whisper_distill", whisper)]:
+      c, expected = by_regime[regime], source.get_config(tiny)
+      assert (c.data_dir, c.features.frontend) == (expected.data_dir, expected.features.frontend)
+      assert c.model.dim == expected.model.dim and c.loss.ctc_weight == 0
+    assert (
+      by_regime["c_multitask"].loss.ctc_weight
+      == by_regime["d_whisper_multitask"].loss.ctc_weight
+      > 0
+    )
+    for c in by_regime.values():  # The same utterances, the same updates.
+      assert c.corpus == config.corpus and c.data == config.data
+      assert c.train.steps == config.train.steps and c.init_from == ""
+    folders = [c.data_dir for c in study_plan.data_configs(runs)]
+    assert sorted(folders) == sorted({c.data_dir for c in by_regime.values()}) and len(folders) == 2
+
+  config = ml_collections.ConfigDict(study_whisper.get_config("quick").to_dict())
+  config.study.pretrain_steps = 4
+  with pytest.raises(config_lib.ConfigError, match="no regime warm-starts"):
+    study_plan.validate_study(config)
 
 
 def test_a_run_folder_with_other_settings_is_refused(tmp_path):
@@ -200,7 +243,9 @@ def test_aggregate_fake_reports():
   assert out["curves"]["a_distill-ours"]["mean"] == pytest.approx([0.15, 0.4])
   assert out["curves"]["b_asr_distill-ours"]["steps"] == [120]  # Only where every seed has one.
   assert out["unseen_voices"] == ["nicolas"]
-  assert set(out["metrics"]) == set(study_stats.METRICS)
+  # Only the headline metrics some report has: these have no real-speech section.
+  real = {"real_librispeech_s2t_r1", "real_an4_s2t_r1"}
+  assert set(out["metrics"]) == set(study_stats.METRICS) - real
 
 
 def test_missing_report_sections_are_none_not_errors():
@@ -271,8 +316,12 @@ def test_quick_study_writes_every_cell_and_seed_and_a_rerun_trains_nothing(quick
   }
   for cell in result["cells"].values():
     assert cell["seeds"] == [0, 1]
-    for name in study_stats.METRICS:
+    for name in result["metrics"]:
       assert cell["metrics"][name]["n"] == 2, (cell["regime"], name)
+  # The tiny recipe has no real speakers: every other headline metric is there.
+  assert set(study_stats.METRICS) - set(result["metrics"]) == {
+    "real_librispeech_s2t_r1", "real_an4_s2t_r1"
+  }  # fmt: skip
   assert set(result["paired"]) == {"ours", "paper"}
   assert set(result["paired"]["ours"]) == {"b_asr_distill", "c_multitask", "d_asr_multitask"}
   assert result["budget"] == {
@@ -286,7 +335,7 @@ def test_quick_study_writes_every_cell_and_seed_and_a_rerun_trains_nothing(quick
   assert result["unseen_voices"] == ["jackson", "nicolas"]  # The tiny recipe trains on no FSDD.
   for file in result["figures"].values():
     assert os.path.getsize(workdir / file) > 0
-  assert set(result["figures"]) == set(study_stats.METRICS) | {"valid_r1"}
+  assert set(result["figures"]) == set(result["metrics"]) | {"valid_r1"}
   md = open(workdir / "study.md").read()
   for cell in result["cells"]:
     assert f"| {cell} |" in md
@@ -332,6 +381,8 @@ def test_study_notebook_shows_the_tables_and_every_plot(quick_study, monkeypatch
   outputs = [o for c in nb.cells for o in c.get("outputs", [])]
   assert not [o for o in outputs if o.output_type == "error"]
   images = [o for o in outputs if o.output_type == "display_data" and "image/png" in o.data]
-  assert len(images) == len(study_stats.METRICS) + 1  # A bar chart per metric and the curves.
+  # A bar chart per metric the study has and the curves.
+  metrics = json.load(open(os.path.join(workdir, "study.json")))["metrics"]
+  assert len(images) == len(metrics) + 1
   shown = "".join(o.get("data", {}).get("text/markdown", "") for o in outputs)
   assert "| a_distill-ours |" in shown and "Loss family `paper`" in shown

@@ -119,15 +119,20 @@ def split_texts(data_dir: str, split: str) -> set[str]:
   return set().union(*(marker["texts"] for marker in read_shard_markers(data_dir, split)))
 
 
-def read_teacher_table(data_dir: str) -> tuple[np.ndarray, np.ndarray]:
-  """(distinct transcripts, sorted [texts] str; their teacher embeddings, [texts, dim] float32)."""
+def read_teacher_table(data_dir: str, embeddings: bool = True) -> tuple[np.ndarray, ...]:
+  """(distinct transcripts, sorted [texts] str; their teacher embeddings, [texts, dim] float32).
+
+  `embeddings=False` gives the transcripts alone, reading only their part of the file (at 960
+  hours the embeddings are some 430 MB that a check of which transcripts are done need not read).
+  """
   path = teacher_table_path(data_dir)
   if not fs.exists(path):
     raise FileNotFoundError(
       f"{path} not found: the teacher's embeddings are written by `{PREPARE_COMMAND}`"
     )
-  with np.load(io.BytesIO(fs.read_bytes(path))) as table:
-    return table["texts"], table["embeddings"]
+  keys = ("texts", "embeddings") if embeddings else ("texts",)
+  with fs.open(path, "rb") as f, np.load(f) as table:  # An .npz reads each array on demand.
+    return tuple(table[k] for k in keys)
 
 
 # Feature settings the stored log-mels and CTC labels are computed with.
