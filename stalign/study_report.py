@@ -174,10 +174,12 @@ def curve_figure(study: Mapping) -> Figure:
       for points in curve["per_seed"].values():
         ax.plot(*zip(*points), color=f"C{j}", alpha=0.3, lw=0.8)
       ax.plot(curve["steps"], curve["mean"], color=f"C{j}", marker="o", ms=3, label=regime)
-    if any(changes.get("init_from") for changes in study["regimes"].values()):
+    warm = any(changes.get("init_from") for changes in study["regimes"].values())
+    if warm:
       pretrained = study["budget"]["pretrain_steps"]
       ax.axvline(pretrained, color="0.6", ls=":", lw=1, label="end of ASR pretraining")
-    ax.set(title=f"loss family `{family}`", xlabel="update step (pretraining included)")
+    xlabel = "update step (pretraining included)" if warm else "update step"
+    ax.set(title=f"loss family `{family}`", xlabel=xlabel)
     ax.legend(fontsize=8)
   axes[0].set_ylabel("valid speech->text R@1 (thin: seeds)")
   fig.tight_layout()
