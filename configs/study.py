@@ -93,29 +93,37 @@ def _changes_of(
   return ml_collections.ConfigDict(changes(module.get_config(arg), recipe))
 
 
-def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  # `tiny` is the name every config's small variant also answers to (tests/test_config.py).
-  args = config_lib.parse_arg(arg, quick=False, tiny=False)
-  quick = args.quick or args.tiny
-  run_arg = "tiny" if quick else None
-  recipe = demo.get_config(run_arg)
-  c = demo.get_config(run_arg)  # The recipe; the overrides below are the study's own.
+def budget(c: ml_collections.ConfigDict, quick: bool) -> ml_collections.ConfigDict:
+  """A recipe on a study's budget: every cell's updates, its checkpoints and curves, and seeds.
+
+  Shared by every study config (configs/study_whisper.py too), so their grids compare alike.
+  """
   # Total optimizer updates of every cell, pretraining included (T in the docstring).
   c.train.steps = 8 if quick else 300
   # Checkpoint (+ valid loss and CER) this often: a killed run resumes from the last one.
   c.train.checkpoint_every = 4 if quick else 100
   if quick:
     c.train.warmup_steps = 2  # The tiny recipe's 5 would outlast a 4-step fine-tuning run.
-    # One padded length (the longest): one compiled step per loss and schedule, so the quick
-    # grid's time goes to running every stage rather than to compiling bucket shapes.
-    c.input.bucket_boundaries = ()
   # Valid-split retrieval this often, for the R@1-against-step curves; it divides
   # study.pretrain_steps and train.steps so that every regime is measured at the same steps.
   c.eval.every_steps = 4 if quick else 50
   c.eval.during_training = ("retrieval",)  # The curves need retrieval only.
-
   c.study = ml_collections.ConfigDict()
   c.study.seeds = 2 if quick else 3  # Runs per cell, with seeds `seed`, `seed` + 1, ...
+  return c
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  # `tiny` is the name every config's small variant also answers to (tests/test_config.py).
+  args = config_lib.parse_arg(arg, quick=False, tiny=False)
+  quick = args.quick or args.tiny
+  run_arg = "tiny" if quick else None
+  recipe = demo.get_config(run_arg)
+  c = budget(demo.get_config(run_arg), quick)  # The recipe, on the study's budget.
+  if quick:
+    # One padded length (the longest): one compiled step per loss and schedule, so the quick
+    # grid's time goes to running every stage rather than to compiling bucket shapes.
+    c.input.bucket_boundaries = ()
   c.study.pretrain_steps = 4 if quick else 100  # P: ASR pretraining steps of (b) and (d).
   c.study.baseline = "a_distill"  # The regime the others are compared with, seed by seed.
   # What each regime's config file (REGIME_CONFIGS) and configs/asr_pretrain.py change in the

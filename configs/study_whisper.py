@@ -37,16 +37,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   quick = args.quick or args.tiny
   run_arg = "tiny" if quick else None
   recipe = whisper.get_config(run_arg)
-  c = whisper.get_config(run_arg)  # The recipe; the overrides below are the study's own.
-  c.train.steps = 8 if quick else 300  # Updates of every run (T).
-  c.train.checkpoint_every = 4 if quick else 100  # A killed run resumes from the last one.
-  if quick:
-    c.train.warmup_steps = 2
-  c.eval.every_steps = 4 if quick else 50  # Valid-split retrieval for the curves.
-  c.eval.during_training = ("retrieval",)
-
-  c.study = ml_collections.ConfigDict()
-  c.study.seeds = 2 if quick else 3  # Runs per cell, with seeds `seed`, `seed` + 1, ...
+  c = study.budget(whisper.get_config(run_arg), quick)  # The recipe, on the study's budget.
   c.study.pretrain_steps = 0  # No regime warm-starts from the study's own pretraining.
   c.study.baseline = "a_distill"  # The regime the others are compared with, seed by seed.
   scratch = study.changes(real_scratch.get_config(run_arg), recipe)
