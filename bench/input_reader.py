@@ -196,8 +196,7 @@ def measure_serial_read(config: ml_collections.ConfigDict, batches: int) -> dict
   """
   index = input_pipeline.record_index(config, "train")
   plans = (input_pipeline.epoch_plan(index, config, epoch) for epoch in itertools.count())
-  plan = np.concatenate(list(itertools.islice(itertools.chain.from_iterable(plans), batches + 1)))
-  plan = plan.reshape(batches + 1, -1)
+  plan = np.stack(list(itertools.islice(itertools.chain.from_iterable(plans), batches + 1)))
   index.read(plan[0])
   start = time.perf_counter()
   for rows in plan[1:]:

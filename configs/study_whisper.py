@@ -40,11 +40,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = study.budget(whisper.get_config(run_arg), quick)  # The recipe, on the study's budget.
   c.study.pretrain_steps = 0  # No regime warm-starts from the study's own pretraining.
   c.study.baseline = "a_distill"  # The regime the others are compared with, seed by seed.
-  scratch = study.changes(real_scratch.get_config(run_arg), recipe)
+  scratch = ml_collections.ConfigDict(study.changes(real_scratch.get_config(run_arg), recipe))
   no_ctc = {"loss": {"ctc_weight": 0.0}}
+  scratch_no_ctc = scratch.copy_and_resolve_references()
+  scratch_no_ctc.update(no_ctc)  # Nested: `update` merges into sections it already has.
   c.study.regimes = ml_collections.ConfigDict(
     {
-      "a_distill": _merged(scratch, no_ctc),
+      "a_distill": scratch_no_ctc,
       "b_whisper_distill": no_ctc,
       "c_multitask": scratch,
       "d_whisper_multitask": {},
@@ -54,11 +56,3 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.study.families = ml_collections.ConfigDict()
   c.study.families.ours = ml_collections.ConfigDict()  # The recipe's loss, unchanged.
   return c
-
-
-def _merged(first: dict, second: dict) -> dict:
-  """`first`'s nested changes with `second`'s on top."""
-  out = dict(first)
-  for key, value in second.items():
-    out[key] = _merged(out.get(key, {}), value) if isinstance(value, dict) else value
-  return out

@@ -131,7 +131,7 @@ def _record_length(header: bytes, path: str) -> int:
 
 
 def _checked_data(data: bytes, footer: bytes, path: str) -> bytes:
-  """`data`, once its length and the CRC in the 4-byte `footer` after it match."""
+  """`data`, once the CRC in the 4-byte `footer` after it matches."""
   if len(footer) < 4 or _masked_crc(data) != struct.unpack("<I", footer)[0]:
     raise CorruptRecordError(
       f"{path}: truncated or corrupt TFRecord (a record's data does not match its CRC); "
