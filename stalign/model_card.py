@@ -255,8 +255,10 @@ def render(model: api.Model, manifest: dict, summaries: dict, results: dict | No
         f"| {split} | {s['written']:,} | {s['hours']:.2f} | {sum(s['skipped'].values())} "
         f"| {listed} |"
       )
-    speeds = c.data.train_extra_speeds
+    speeds, narrowband = c.data.train_extra_speeds, c.data.narrowband_copies
     copies = f" (each also at speeds {', '.join(f'{s:g}' for s in speeds)})" if speeds else ""
+    if narrowband:
+      copies += f"; {', '.join(narrowband)} also as if recorded at 8 kHz"
     lines.append(
       f"\nSource: `data.source={c.data.source}`, extra training sources "
       f"{list(c.data.train_extra) or 'none'}{copies}.\n"

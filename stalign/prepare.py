@@ -71,6 +71,8 @@ def _featurize(
         wave = audio.load_audio(ex["audio_filepath"], fcfg.sample_rate, fcfg.max_seconds)
       if ex.get("speed", 1.0) != 1.0:
         wave = audio.change_speed(wave, ex["speed"])
+      if ex.get("narrowband"):
+        wave = audio.narrowband(wave, fcfg.sample_rate)
       labels = text_lib.encode_targets(ex["text"], fcfg.ctc_targets)
     except (audio.AudioError, text_lib.TranscriptError, sources.ManifestError) as e:
       reason = type(e).__name__ + ": " + str(e).split(": ", 1)[-1].split(";")[0]
@@ -111,25 +113,33 @@ def split_examples(config: ml_collections.ConfigDict, split: str) -> SplitExampl
   """Where each example of `split` comes from: its source, and the train split's extras."""
   if config.data.real_sources and split == data.real_split(config.eval.split):
     # Each real source's speakers held out for eval.split; train_extra trains on the others.
-    parts = [(name, config.eval.split, ()) for name in config.data.real_sources]
+    parts = [(name, config.eval.split) for name in config.data.real_sources]
   else:
-    parts = [(config.data.source, split, ())]
+    parts = [(config.data.source, split)]
+  parts = [(name, source_split, Copies()) for name, source_split in parts]
   if split == "train":
     # The reader's shuffle mixes them.
-    parts += [(name, split, config.data.train_extra_speeds) for name in config.data.train_extra]
+    parts += [
+      (
+        name,
+        split,
+        Copies(tuple(config.data.train_extra_speeds), name in config.data.narrowband_copies),
+      )
+      for name in config.data.train_extra
+    ]
   examples = SplitExamples()
-  for name, source_split, speeds in parts:
+  for name, source_split, copies in parts:
     source = sources.get(name)
     if name in sources.READS_OWN_SHARDS:
-      read = functools.partial(_read_shard, source, config, source_split, speeds)
+      read = functools.partial(_read_shard, source, config, source_split, copies)
       examples.ranged.append(read)
     else:
-      examples.listed.extend(with_speed_copies(source(config, source_split), speeds))
+      examples.listed.extend(copies.of(source(config, source_split)))
   return examples
 
 
-def _read_shard(source, config, split, speeds, index, num_shards) -> Iterator[dict]:
-  return with_speed_copies(source(config, split, shard=(index, num_shards)), speeds)
+def _read_shard(source, config, split, copies, index, num_shards) -> Iterator[dict]:
+  return copies.of(source(config, split, shard=(index, num_shards)))
 
 
 def _write_shard(examples: Iterable[dict], config: ml_collections.ConfigDict, path: str) -> dict:
@@ -291,18 +301,30 @@ def prepare(config: ml_collections.ConfigDict) -> dict:
   return summaries
 
 
-def with_speed_copies(examples: Iterable[dict], speeds: Iterable[float]) -> Iterator[dict]:
-  """Each example, followed by one copy of it per factor in `speeds` (`audio.change_speed`).
+@dataclasses.dataclass(frozen=True)
+class Copies:
+  """The altered copies of each training clip of a `data.train_extra` source.
 
-  Why: the real recordings mixed into training come from a few speakers; speed-perturbed
-  copies of them are new-sounding voices saying the same words (Ko et al., 2015). A copy's
-  id says its factor, so every record stays traceable to its file.
+  Why: the real recordings mixed into training come from a few speakers and one kind of
+  microphone. A speed-perturbed copy (`data.train_extra_speeds`) sounds like a slightly different
+  speaker saying the same words (Ko et al., 2015); a narrowband one (`data.narrowband_copies`)
+  like the same speaker on an 8 kHz line (`audio.narrowband`). A copy's id says how it was made,
+  so every record stays traceable to its file.
   """
-  speeds = tuple(speeds)
-  for ex in examples:
-    yield ex
-    for speed in speeds if "error" not in ex else ():
-      yield {**ex, "id": f"{ex['id']}@speed{speed:g}", "speed": speed}
+
+  speeds: tuple[float, ...] = ()
+  narrowband: bool = False
+
+  def of(self, examples: Iterable[dict]) -> Iterator[dict]:
+    """Each example, followed by its copies: one per speed, then the narrowband one."""
+    for ex in examples:
+      yield ex
+      if "error" in ex:
+        continue
+      for speed in self.speeds:
+        yield {**ex, "id": f"{ex['id']}@speed{speed:g}", "speed": speed}
+      if self.narrowband:
+        yield {**ex, "id": f"{ex['id']}@{audio.NARROWBAND_RATE // 1000}khz", "narrowband": True}
 
 
 def write_splits(config: ml_collections.ConfigDict) -> dict:

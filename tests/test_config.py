@@ -74,6 +74,7 @@ def test_unknown_enum_value_names_the_key_and_the_allowed_values(key, value, all
     ("input.bucket_boundaries", (400, 240), "must be distinct positive frame counts"),
     ("eval.zero_shot_templates", ("the speaker says",), "each hold '{}'"),
     ("data.train_extra_speeds", (1.0, 1.1), "speed factors in \\[0.5, 2\\] other than 1"),
+    ("data.narrowband_copies", ("an4",), "names sources not in data.train_extra"),
     ("data.real_sources", ("librispeech", "fsdd"), "data.real_sources has unknown entries"),
   ],
 )

@@ -228,6 +228,29 @@ def _real_speech_config(tmp_path):
   return config
 
 
+def test_narrowband_copies_of_real_clips_join_training_only(tmp_path):
+  """`data.narrowband_copies`: each train clip of the named sources, then its 8 kHz-band copy
+  (same text, same length); held-out speakers' clips get none; the setting names the folder."""
+  config = _real_speech_config(tmp_path)
+  config.data.narrowband_copies = ("an4",)
+  summaries = prepare.write_splits(config)
+  assert summaries["train"]["speakers"]["an4/fash"] == 2
+  assert summaries["train"]["speakers"]["librispeech/32"] == 1
+  assert summaries["real_test"]["speakers"] == {"an4/mcel": 2, "librispeech/1088": 2}
+  records = {
+    r["id"]: r for r in tfrecords.iterate_records(layout.list_shards(config.data_dir, "train"))
+  }
+  clip, copy = records["an4/an000-fash-b"], records["an4/an000-fash-b@8khz"]
+  assert copy["text"] == clip["text"] and copy["features"].shape == clip["features"].shape
+  config.data.narrowband_copies = ()
+  with pytest.raises(ValueError, match=r"built with data.narrowband_copies=\('an4',\).*new folder"):
+    prepare.write_splits(config)
+  # A folder whose summary predates the setting was built without copies, and stays usable.
+  summary = layout.read_summary(config.data_dir, "train")
+  del summary["narrowband_copies"]
+  layout.check_built_with(config, "train", summary)
+
+
 def test_real_sources_train_on_some_speakers_and_evaluate_the_held_out_ones(tmp_path):
   """Held-out speakers of the real sources make real_test (and real_valid when eval.split is
   valid) and never the train split; a folder built with other held-out speakers is refused."""

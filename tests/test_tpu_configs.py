@@ -133,6 +133,7 @@ SHARED_WITH_DEMO = {
   "data.manifests.test",
   "data.tfds_dir",
   "data.train_extra_speeds",
+  "data.narrowband_copies",
   "data.fsdd_speakers.valid",  # (): the demo's too; train's FSDD speakers are not.
   "data.fsdd_speakers.test",
   # The standard front end: 80 log-mel bands, 25 ms windows every 10 ms at 16 kHz (Park et al.'s
@@ -147,6 +148,7 @@ SHARED_WITH_DEMO = {
   "features.frontend",
   "features.whisper_weights",
   "features.whisper_layers",
+  "features.whisper_min_seconds",
   # The model's shape not sized in tpu_multitask: 80 ms frames, 20 ms CTC slots, mean pooling.
   "model.subsample",
   "model.ctc_upsample",

@@ -146,6 +146,7 @@ _FEATURE_KEYS = (
   "frontend",
   "whisper_weights",
   "whisper_layers",
+  "whisper_min_seconds",
 )
 # The real-speech splits (`data.real_split`) and the split of held-out speakers each holds.
 _REAL_SPLITS = {data.real_split(split): split for split in ("valid", "test")}
@@ -158,6 +159,11 @@ def _sources(config: ml_collections.ConfigDict, split: str) -> tuple[str, ...]:
   if split == "train":
     return (config.data.source, *config.data.train_extra)
   return (config.data.source,)
+
+
+# Settings recorded by `built_with` since after folders were first written, with the value a
+# folder whose summary lacks one was built with: such folders stay usable.
+FIELDS_ADDED = {"narrowband_copies": [], "whisper_min_seconds": 0.0}
 
 
 def built_with(config: ml_collections.ConfigDict, split: str) -> dict:
@@ -174,6 +180,7 @@ def built_with(config: ml_collections.ConfigDict, split: str) -> dict:
   if split == "train":
     built["data.train_extra"] = tuple(config.data.train_extra)
     built["data.train_extra_speeds"] = tuple(config.data.train_extra_speeds)
+    built["data.narrowband_copies"] = tuple(config.data.narrowband_copies)
   sources = _sources(config, split)
   if split in _REAL_SPLITS:
     built["data.real_sources"] = sources
@@ -221,7 +228,9 @@ def check_built_with(config: ml_collections.ConfigDict, split: str, summary: dic
       f"`{PREPARE_COMMAND}` (the synthetic corpus and the teacher cache are reused)"
     )
   for key, value in built_with(config, split).items():
-    stored = _from_json(summary[_summary_field(key)])  # JSON lists tuples.
+    field = _summary_field(key)
+    # JSON lists tuples.
+    stored = _from_json(summary[field] if field in summary else FIELDS_ADDED[field])
     if stored != value:
       raise ValueError(
         f"{config.data_dir} was built with {key}={stored!r} but the config asks for "

@@ -114,6 +114,17 @@ def test_implausible_sample_rate_is_refused(tmp_path):
   assert path in str(err.value)
 
 
+def test_narrowband_keeps_the_telephone_band_and_drops_what_is_above():
+  """`audio.narrowband`: a 16 kHz clip as if recorded at 8 kHz, at its own length and rate."""
+  rate = 16_000
+  t = np.arange(rate) / rate
+  wave = (np.sin(2 * np.pi * 1000 * t) + np.sin(2 * np.pi * 6000 * t)).astype(np.float32)
+  narrow = audio.narrowband(wave, rate)
+  assert narrow.dtype == np.float32 and narrow.size == wave.size
+  spectrum = np.abs(np.fft.rfft(narrow)) / np.abs(np.fft.rfft(wave)).max()
+  assert spectrum[1000] > 0.9 and spectrum[6000] < 0.01  # 1 Hz per bin over one second.
+
+
 def test_change_speed_moves_tempo_and_pitch_together():
   rate = 16_000
   tone = np.sin(2 * np.pi * 440 * np.arange(rate) / rate).astype(np.float32)

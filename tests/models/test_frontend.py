@@ -60,6 +60,27 @@ def test_featurize_is_the_frozen_encoder_prefix_at_20_ms(weights, tmp_path):
   assert frontend.feature_dim(c.features) == 32
 
 
+def test_short_clips_are_encoded_with_silence_after_them_and_keep_their_own_frames(
+  weights, tmp_path
+):
+  """`features.whisper_min_seconds`: a clip under it is encoded as Whisper's training saw
+  clips, followed by silence, and keeps its own frame count; a longer clip is unchanged."""
+  c = whisper_config(str(tmp_path), weights)
+  wave = audio.load_audio(testdata.fsdd_files("george", range(1))[0], 16_000, 10.0)
+  wave = wave - wave.mean()
+  alone = frontend.featurize(wave, c.features)
+  c.features.whisper_min_seconds = 2.0
+  followed = frontend.featurize(wave, c.features)
+  assert followed.shape == alone.shape and not np.allclose(followed, alone, atol=2e-2)
+  with_silence = np.pad(wave, (0, 32_000 - wave.size))
+  mel = whisper.log_mel(with_silence)
+  encoder = whisper.pretrained_encoder(weights, layers=1)
+  direct, _ = encoder(jnp.asarray(mel[None]), jnp.array([mel.shape[0]]))
+  np.testing.assert_allclose(followed, direct[0, : len(alone)], atol=2e-2, rtol=1e-2)
+  c.features.whisper_min_seconds = 0.5 * wave.size / 16_000
+  np.testing.assert_array_equal(frontend.featurize(wave, c.features), alone)
+
+
 def test_student_tunes_the_next_whisper_blocks_from_the_pretrained_weights(weights, tmp_path):
   c = whisper_config(str(tmp_path), weights, whisper_tuned_layers=1)
   model = student.build(c, embed_dim=16)
@@ -103,6 +124,7 @@ def test_pretrained_blocks_learn_at_their_factor_of_the_rate(weights, tmp_path):
     ({"train.spec_augment.freq_masks": 2}, "freq_masks"),
     ({"features.whisper_layers": 3}, "exceed"),
     ({"features.max_seconds": 40.0}, "30 s"),
+    ({"features.whisper_min_seconds": -1.0}, "whisper_min_seconds=-1.0 must be in"),
     ({"features.hop_ms": 20.0}, "hop_ms"),
     ({"features.whisper_weights": "large-v9"}, "not found"),
   ],
