@@ -113,10 +113,9 @@ def change_speed(wave: np.ndarray, speed: float) -> np.ndarray:
 def narrowband(wave: np.ndarray, sample_rate: int) -> np.ndarray:
   """`wave` as if recorded at `NARROWBAND_RATE`: through that rate and back to `sample_rate`.
 
-  Why: the 16 kHz speech a model learns from carries the 4-8 kHz band that tells /s/ from
-  /th/; an 8 kHz recording (FSDD's digits, the telephone) has none of it. Band-limited copies
-  of many speakers' clips teach the head to do without it, which three 8 kHz voices saying
-  ten words cannot.
+  Why: 16 kHz training speech carries a 4-8 kHz band that an 8 kHz recording (FSDD's digits,
+  the telephone) lacks; band-limited copies of many speakers' clips show the head speech as
+  such recordings sound. (It did not help FSDD's unseen nicolas: docs/experiments.md.)
   """
   low = soxr.resample(wave, sample_rate, NARROWBAND_RATE)
   return soxr.resample(low, NARROWBAND_RATE, sample_rate).astype(np.float32)[: wave.size]

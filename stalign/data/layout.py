@@ -161,8 +161,8 @@ def _sources(config: ml_collections.ConfigDict, split: str) -> tuple[str, ...]:
   return (config.data.source,)
 
 
-# Settings recorded by `built_with` since after folders were first written, with the value a
-# folder whose summary lacks one was built with: such folders stay usable.
+# Settings `built_with` records that older folders' summaries lack, each with the value such a
+# folder was built with, so that it stays usable.
 FIELDS_ADDED = {"narrowband_copies": [], "whisper_min_seconds": 0.0}
 
 
