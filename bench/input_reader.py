@@ -325,9 +325,12 @@ def run(
     )
   )
   busy = reader["load"]["benchmark_cores_busy"]
-  if busy:
-    # An extrapolation: that the native part scales past this host's cores is not measured here.
-    out["cores_for_2x_at_target_mfu"] = AHEAD * target / (rate / busy)
+  # An extrapolation: that the native part scales past this host's cores is not measured here.
+  out["cores_for_2x_at_target_mfu"] = (
+    AHEAD * target / (rate / busy)
+    if busy
+    else "unmeasured: the rounds were shorter than /proc's CPU-time ticks resolve"
+  )
   measured = measured_consumer(results_dir)
   out["measured_consumer"] = measured or (
     f"none: no measured step in {os.path.join(results_dir, 'accelerator.json')} "

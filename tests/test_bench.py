@@ -276,7 +276,9 @@ def test_input_reader_benchmark_divides_the_readers_audio_rate_by_the_chips_cons
   serial = out["serial_read"]
   assert (serial["batches"], serial["records"]) == (3, 12)
   assert serial["audio_seconds_per_s"] > 0
-  assert out["cores_for_2x_at_target_mfu"] > 0
+  # Busy cores come from /proc's 10 ms CPU-time ticks: rounds this short may not register.
+  cores = out["cores_for_2x_at_target_mfu"]
+  assert cores > 0 if isinstance(cores, float) else cores.startswith("unmeasured")
   _assert_ratios(out, 3)
   names = [r["name"] for r in out["ratios"]]
   assert "estimate" in names[0] and "Python part" in names[1] and "H200" in names[2]
