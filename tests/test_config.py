@@ -12,6 +12,7 @@ import ml_collections
 import pytest
 
 from configs import demo
+from stalign import added_keys
 from stalign import config as config_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -151,7 +152,7 @@ def test_a_config_saved_before_keys_were_added_still_loads_and_validates():
 def test_every_added_key_is_declared_in_the_configs_with_its_default():
   """The migration table and the configs agree, so an upgraded old run builds as it was built."""
   c = demo.get_config()
-  for path, default in config_lib.ADDED_KEYS.items():
+  for path, default in added_keys.ADDED_KEYS.items():
     value = c
     for part in path.split("."):
       value = value[part]

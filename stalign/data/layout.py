@@ -27,6 +27,7 @@ import os
 import ml_collections
 import numpy as np
 
+from stalign import added_keys
 from stalign import data
 from stalign import fs
 
@@ -161,11 +162,6 @@ def _sources(config: ml_collections.ConfigDict, split: str) -> tuple[str, ...]:
   return (config.data.source,)
 
 
-# Settings `built_with` records that older folders' summaries lack, each with the value such a
-# folder was built with, so that it stays usable.
-FIELDS_ADDED = {"narrowband_copies": [], "whisper_min_seconds": 0.0}
-
-
 def built_with(config: ml_collections.ConfigDict, split: str) -> dict:
   """Config values a split's records depend on, by key: its features and where examples came from.
 
@@ -229,8 +225,8 @@ def check_built_with(config: ml_collections.ConfigDict, split: str, summary: dic
     )
   for key, value in built_with(config, split).items():
     field = _summary_field(key)
-    # JSON lists tuples.
-    stored = _from_json(summary[field] if field in summary else FIELDS_ADDED[field])
+    # JSON lists tuples; a folder written before the setting existed was built with its old value.
+    stored = _from_json(summary[field]) if field in summary else added_keys.ADDED_KEYS[key]
     if stored != value:
       raise ValueError(
         f"{config.data_dir} was built with {key}={stored!r} but the config asks for "

@@ -60,7 +60,6 @@ def whisper_frames(wave: np.ndarray, fcfg: ml_collections.ConfigDict) -> np.ndar
   digits; 0.79 when followed by silence to 1 s). With 1 s, nicolas's zero-shot digits rose
   from 0.87 to 0.93 on the valid run (docs/experiments.md).
   """
-  clip_frames = max(wave.size // whisper.HOP, 1)  # `whisper.log_mel`'s frame count.
   silence = round(fcfg.whisper_min_seconds * whisper.SAMPLE_RATE) - wave.size
   mel = whisper.log_mel(np.pad(wave, (0, max(silence, 0))), fcfg.num_mels)
   frames = mel.shape[0]
@@ -69,7 +68,9 @@ def whisper_frames(wave: np.ndarray, fcfg: ml_collections.ConfigDict) -> np.ndar
   hidden = _frozen_encoder(fcfg.whisper_weights, fcfg.whisper_layers)(
     jnp.asarray(mel[None]), jnp.array([frames], jnp.int32)
   )
-  return np.asarray(hidden[0, : int(whisper.encoder_frames(clip_frames))], np.float16)
+  return np.asarray(
+    hidden[0, : int(whisper.encoder_frames(whisper.mel_frames(wave.size)))], np.float16
+  )
 
 
 def featurize(wave: np.ndarray, fcfg: ml_collections.ConfigDict) -> np.ndarray:

@@ -40,8 +40,13 @@ def _mel_filters(num_mels: int) -> np.ndarray:
   return librosa.filters.mel(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=num_mels).astype(np.float32)
 
 
+def mel_frames(samples: int) -> int:
+  """`log_mel`'s frame count for a clip of `samples` samples: one per 10 ms, at least one."""
+  return max(samples, N_FFT // 2 + 1) // HOP
+
+
 def log_mel(wave: np.ndarray, num_mels: int = 80) -> np.ndarray:
-  """Whisper's log-mel [frames, mels] of a 16 kHz waveform: `len(wave) // 160` frames.
+  """Whisper's log-mel [`mel_frames(len(wave))`, mels] of a 16 kHz waveform.
 
   As `whisper.audio.log_mel_spectrogram` with no padding: centred frames with
   reflect padding, periodic Hann window, the last STFT frame dropped, power

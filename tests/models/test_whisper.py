@@ -76,6 +76,12 @@ def test_log_mel_of_very_short_waves():
     assert mel.shape == (1, 80) and np.isfinite(mel).all()
 
 
+def test_mel_frames_counts_what_log_mel_produces():
+  """The featuriser crops a clip's encoder frames by `mel_frames`; it must agree with `log_mel`."""
+  for samples in (0, 1, 200, 201, 319, 320, 321, 479, 480, 16_000, 16_159):
+    assert whisper.mel_frames(samples) == whisper.log_mel(np.zeros(samples, np.float32)).shape[0]
+
+
 # ------------------------------------------------------------- a tiny CTranslate2 model.bin
 
 
