@@ -160,6 +160,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.ctc_layer = -1  # Index of the block the CTC head reads; -1 = last.
   c.model.ctc_upsample = 4  # CTC outputs per encoder frame: 80 ms / 4 = 20 ms per character slot.
   c.model.pooling = "mean"  # "mean" | "attention".
+  # Weight of the teacher's embedding of the CTC head's own greedy transcript, added to the
+  # student's unit embedding whenever speech is embedded (`stalign.load`, evaluation, exports);
+  # 0: the student's embedding alone. Training is unchanged, and so is its own validation.
+  c.model.transcript_weight = 0.0
   c.model.scan_blocks = False  # One compiled block scanned over depth (faster compiles).
   c.model.remat = False  # Recompute block activations in the backward pass (less memory).
 

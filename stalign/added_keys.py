@@ -35,6 +35,7 @@ ADDED_KEYS = {
   "features.whisper_min_seconds": 0.0,
   "model.whisper_tuned_layers": 0,
   "model.teacher_layers": 0,
+  "model.transcript_weight": 0.0,
   "train.pretrained_lr_factor": 0.1,
   # Real speech by unseen speakers: off for runs saved before it (no real_* split was built).
   "data.librispeech_dir": "../shared/data/librispeech_mini",

@@ -258,6 +258,13 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
   for key in ("scan_blocks", "remat"):
     _one_of(f"model.{key}", c.model[key], (False, True))
 
+  _at_least("model.transcript_weight", c.model.transcript_weight, 0)
+  if c.model.transcript_weight and not c.loss.ctc_weight:
+    raise ConfigError(
+      "model.transcript_weight embeds the CTC head's transcripts, which loss.ctc_weight=0 leaves "
+      "untrained: set loss.ctc_weight > 0 or model.transcript_weight=0"
+    )
+
   _one_of("loss.distill", c.loss.distill, ("cosine", "mse", "none"))
   for key in ("distill_weight", "contrastive_weight", "bank_weight", "ctc_weight"):
     _at_least(f"loss.{key}", c.loss[key], 0)

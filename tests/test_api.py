@@ -170,6 +170,35 @@ def test_a_head_that_always_says_a_transcribes_each_window_of_long_audio_as_a(ti
   assert windows == " ".join(["a"] * math.ceil(40 / model.config.features.max_seconds))
 
 
+def test_fused_speech_adds_the_teachers_embedding_of_what_the_head_heard(tiny_run, tmp_path):
+  """`model.transcript_weight`: unit(unit(student) + w * unit(teacher(transcript))), the transcript
+  being the CTC head's own; a head that hears nothing leaves the student's embedding alone."""
+  clips = fsdd_files("george", range(1))[:2]
+  alone = stalign.load(tiny_run)
+  config = alone.config.copy_and_resolve_references()
+  config.model.transcript_weight = 0.5
+  fused = stalign.load(tiny_run, config=config)
+  params = jax.tree.map(np.array, alone.params)
+  params["ctc_head"]["kernel"].value[:] = 0.0
+  params["ctc_head"]["bias"].value[:] = 0.0
+  params["ctc_head"]["bias"].value[text.encode("a")[0] :: text.VOCAB_SIZE] = 10.0
+  alone.params = fused.params = params
+  student = alone.encode_speech(clips)
+  assert fused.transcribe(clips) == ["a", "a"]
+  heard = alone.encode_text(["a", "a"])
+  expected = utils.unit(utils.unit(student) + 0.5 * utils.unit(heard))
+  np.testing.assert_allclose(fused.encode_speech(clips), expected, atol=1e-5)
+  # The same fusion behind every speech embedding: the teacher space maps the fused vector back.
+  np.testing.assert_allclose(
+    fused.encode_speech(clips, space="teacher"), fused.to_teacher_space(expected), atol=1e-5
+  )
+  params["ctc_head"]["bias"].value[:] = 0.0
+  params["ctc_head"]["bias"].value[0 :: text.VOCAB_SIZE] = 10.0  # Blank on every frame.
+  alone.params = fused.params = params
+  assert fused.transcribe(clips) == ["", ""]
+  np.testing.assert_allclose(fused.encode_speech(clips), utils.unit(student), atol=1e-5)
+
+
 def test_transcribing_with_a_run_trained_without_ctc_names_the_fix(tiny_run, prepared_config):
   config = prepared_config.copy_and_resolve_references()
   config.loss.ctc_weight = 0.0

@@ -77,6 +77,7 @@ def test_unknown_enum_value_names_the_key_and_the_allowed_values(key, value, all
     ("data.train_extra_speeds", (1.0, 1.1), "speed factors in \\[0.5, 2\\] other than 1"),
     ("data.narrowband_copies", ("an4",), "names sources not in data.train_extra"),
     ("data.real_sources", ("librispeech", "fsdd"), "data.real_sources has unknown entries"),
+    ("model.transcript_weight", -0.5, "model.transcript_weight=-0.5 must be a number >= 0"),
   ],
 )
 def test_bad_ranges_and_lists_name_the_key(key, value, message):
@@ -91,6 +92,13 @@ def test_a_config_with_no_loss_term_is_refused():
   c = demo.get_config("tiny")
   c.loss.distill, c.loss.contrastive_weight, c.loss.ctc_weight = "none", 0.0, 0.0
   with pytest.raises(config_lib.ConfigError, match="no loss term"):
+    config_lib.validate_config(c)
+
+
+def test_transcript_fusion_without_a_trained_ctc_head_is_refused():
+  c = demo.get_config("tiny")
+  c.model.transcript_weight, c.loss.ctc_weight = 0.75, 0.0
+  with pytest.raises(config_lib.ConfigError, match="loss.ctc_weight=0 leaves untrained"):
     config_lib.validate_config(c)
 
 

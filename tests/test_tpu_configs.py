@@ -156,6 +156,9 @@ SHARED_WITH_DEMO = {
   "model.pooling",
   "model.teacher_layers",
   "model.whisper_tuned_layers",
+  # Off: fusing the CTC head's transcript is chosen on a trained model's valid split, which an
+  # accelerator's run has not had yet (configs/whisper.py measured it on the CPU recipe).
+  "model.transcript_weight",
   # The recipe's losses (set in tpu_multitask, tpu_distill and asr_pretrain.ctc_only).
   "loss.distill",
   "loss.distill_weight",
