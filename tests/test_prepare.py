@@ -201,6 +201,10 @@ def test_every_stage_refuses_a_data_folder_built_with_other_features(prepared_co
     prepare.write_splits(config)
   with pytest.raises(ValueError, match=refused):
     train.train_and_evaluate(config, str(tmp_path / "run"))
+  # Settings of the Whisper front end do not touch log-mel frames: a log-mel folder stays usable.
+  config = prepared_config.copy_and_resolve_references()
+  config.features.whisper_min_seconds, config.features.whisper_layers = 1.0, 2
+  layout.check_built_with(config, "train", layout.read_summary(config.data_dir, "train"))
   # A folder of an older layout (teacher embeddings inside the records) is refused by name.
   older = r"data format 1, written by an older stalign.*delete .*tfrecords and rerun"
   with pytest.raises(ValueError, match=older):

@@ -145,10 +145,9 @@ _FEATURE_KEYS = (
   "remove_dc",
   "ctc_targets",
   "frontend",
-  "whisper_weights",
-  "whisper_layers",
-  "whisper_min_seconds",
 )
+# What the stored frames also depend on with the Whisper front end (a log-mel folder does not).
+_WHISPER_KEYS = ("whisper_weights", "whisper_layers", "whisper_min_seconds")
 # The real-speech splits (`data.real_split`) and the split of held-out speakers each holds.
 _REAL_SPLITS = {data.real_split(split): split for split in ("valid", "test")}
 
@@ -171,7 +170,8 @@ def built_with(config: ml_collections.ConfigDict, split: str) -> dict:
   without the recordings a user has just added to `data.train_extra`. A split holding a real
   source (`data.REAL_SOURCES`) depends on the held-out speakers too, and on that source's folder.
   """
-  built = {f"features.{key}": config.features[key] for key in _FEATURE_KEYS}
+  keys = _FEATURE_KEYS + (_WHISPER_KEYS if config.features.frontend == "whisper" else ())
+  built = {f"features.{key}": config.features[key] for key in keys}
   built["data.source"] = config.data.source
   if split == "train":
     built["data.train_extra"] = tuple(config.data.train_extra)
