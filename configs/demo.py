@@ -164,6 +164,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # student's unit embedding whenever speech is embedded (`stalign.load`, evaluation, exports);
   # 0: the student's embedding alone. Training is unchanged, and so is its own validation.
   c.model.transcript_weight = 0.0
+  # How the CTC head's log-probabilities become transcripts (stalign/ctc_decode.py): "" the best
+  # path; "english" a beam search under the built-in English word-bigram model; or the path of an
+  # ARPA file. Weight of the model's log10-probability (pyctcdecode's alpha), score added per word
+  # (its beta) and beams kept; a decode-time choice, so a saved run can be evaluated either way.
+  c.model.ctc_lm = ""
+  c.model.ctc_lm_weight = 0.2
+  c.model.ctc_word_bonus = 1.0
+  c.model.ctc_beam_width = 32
   c.model.scan_blocks = False  # One compiled block scanned over depth (faster compiles).
   c.model.remat = False  # Recompute block activations in the backward pass (less memory).
 

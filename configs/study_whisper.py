@@ -38,9 +38,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   run_arg = "tiny" if quick else None
   recipe = whisper.get_config(run_arg)
   c = study.budget(whisper.get_config(run_arg), quick)  # The recipe, on the study's budget.
-  # The paper's analysis compares the students' own embedding spaces: no regime fuses the CTC
-  # head's transcript (`model.transcript_weight`; the no-CTC regimes have no head to read).
+  # The paper's analysis compares the students' own embedding spaces and CTC heads: no regime
+  # fuses the CTC head's transcript (`model.transcript_weight`; the no-CTC regimes have no head to
+  # read) or decodes it under a word model (`model.ctc_lm`).
   c.model.transcript_weight = 0.0
+  c.model.ctc_lm = ""
   c.study.pretrain_steps = 0  # No regime warm-starts from the study's own pretraining.
   c.study.baseline = "a_distill"  # The regime the others are compared with, seed by seed.
   scratch = ml_collections.ConfigDict(study.changes(real_scratch.get_config(run_arg), recipe))

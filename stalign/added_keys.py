@@ -36,6 +36,10 @@ ADDED_KEYS = {
   "model.whisper_tuned_layers": 0,
   "model.teacher_layers": 0,
   "model.transcript_weight": 0.0,
+  "model.ctc_lm": "",
+  "model.ctc_lm_weight": 0.2,
+  "model.ctc_word_bonus": 1.0,
+  "model.ctc_beam_width": 32,
   "train.pretrained_lr_factor": 0.1,
   # Real speech by unseen speakers: off for runs saved before it (no real_* split was built).
   "data.librispeech_dir": "../shared/data/librispeech_mini",

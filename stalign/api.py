@@ -28,7 +28,8 @@ depend on whether a clip came from a TFRecord or a wav file. Audio longer than
 windows whose embeddings are averaged (`speech_input`, `Model.embed_windows`).
 With `model.transcript_weight` (the demo recipe's 0.25), each speech embedding
 also holds the teacher's embedding of what the student's CTC head heard
-(`fuse_transcripts`), so the teacher is loaded for speech too.
+(`fuse_transcripts`; decoded under a word language model with `model.ctc_lm`,
+`ctc_decode`), so the teacher is loaded for speech too.
 
 `load` takes a run or an export (`python -m stalign.export`, which needs
 neither the run nor its data folder); `stalign.restore` finds and reads either.
@@ -50,13 +51,12 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from stalign import losses
+from stalign import ctc_decode
 from stalign import restore
 from stalign import sharding
 from stalign import speech_input
 from stalign import utils
 from stalign.data import features as features_lib
-from stalign.data import text as text_lib
 from stalign.evaluators import zero_shot
 from stalign.models import frontend
 from stalign.models import teacher as teacher_lib
@@ -103,6 +103,7 @@ class Model:
     self.target_mean = target_mean if config.loss.centre_targets else np.zeros_like(target_mean)
     self._forward = jax.jit(self._apply)
     self._feature_dim = frontend.feature_dim(config.features)
+    self._decoder = ctc_decode.Decoder(config)
 
   @property
   def params(self):
@@ -121,13 +122,10 @@ class Model:
     model = nnx.merge(self.graphdef, params)
     model.eval()
     out = model(feats, num_frames)
-    # The greedy CTC ids are a few argmaxes beside the encoder: one compiled pass serves both
-    # `embed_features` and `transcribe_features`.
-    return (
-      out["embedding"],
-      out["layers"],
-      losses.greedy_ctc_ids(out["ctc_logits"], out["ctc_mask"]),
-    )
+    # The CTC head's log-probabilities come with the embedding: one compiled pass serves both
+    # `embed_features` and `transcribe_features`, whichever way `ctc_decode` reads them.
+    log_probs = jax.nn.log_softmax(out["ctc_logits"].astype(jnp.float32), axis=-1)
+    return out["embedding"], out["layers"], log_probs, out["ctc_mask"].sum(axis=1)
 
   @functools.cached_property
   def teacher(self) -> teacher_lib.Teacher:
@@ -325,19 +323,20 @@ class Model:
     forward pass. Every speech embedding of a model (`encode_speech`, the evaluations) comes
     through here.
     """
-    emb, layers, ids = self._forward_batches(feats, batch_size)
+    emb, layers, log_probs = self._forward_batches(feats, batch_size)
     emb = np.stack(emb)
     weight = self.config.model.transcript_weight
     if weight:
-      texts = self._decode(ids)
+      texts = self._decoder(log_probs)
       heard = self.encode_text(texts, show_progress_bar=False)
       emb = fuse_transcripts(emb, heard, [bool(t.strip()) for t in texts], weight)
     return emb, np.stack(layers, axis=1)
 
   def transcribe(self, waveforms_or_paths: Sequence, sample_rate: int = 16_000) -> list[str]:
-    """Greedy transcripts of audio files or waveforms by the student's multitask CTC head.
+    """Transcripts of audio files or waveforms by the student's multitask CTC head.
 
-    Characters, or IPA phonemes for a run trained on `features.ctc_targets=phonemes`.
+    Characters, or IPA phonemes for a run trained on `features.ctc_targets=phonemes`: the best
+    path, or with `model.ctc_lm` a beam search under a word language model (`ctc_decode`).
     The head is trained alongside the embedding (`loss.ctc_weight`), so its
     transcripts show what the encoder hears: on a voice whose digits it places
     wrongly, whether it mishears the words or only places them wrongly.
@@ -357,14 +356,9 @@ class Model:
     return [" ".join(texts[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
 
   def transcribe_features(self, feats: Sequence[np.ndarray]) -> list[str]:
-    """Greedy CTC transcripts of log-mel feature arrays (`transcribe`), best path collapsed."""
+    """CTC transcripts of stored feature arrays (`transcribe`), decoded as `model.ctc_lm` says."""
     self._check_ctc_head()
-    _, _, ids = self._forward_batches(feats)
-    return self._decode(ids)
-
-  def _decode(self, ids: Sequence[np.ndarray]) -> list[str]:
-    """Greedy CTC ids of each input -> its transcript (characters or phonemes)."""
-    return [text_lib.decode(row, self.config.features.ctc_targets) for row in ids]
+    return self._decoder(self._forward_batches(feats)[2])
 
   def _check_ctc_head(self) -> None:
     if not self.config.loss.ctc_weight:
@@ -381,7 +375,7 @@ class Model:
   def _forward_batches(
     self, feats: Sequence[np.ndarray], batch_size: int | None = None
   ) -> tuple[list, list, list]:
-    """Per input: (embedding [D], pooled layers [depth + 1, dim], greedy CTC ids of its frames).
+    """Per input: (embedding [D], pooled layers [depth + 1, dim], CTC log-probs [frames, vocab]).
 
     Utterances are sorted by length and padded to the training buckets in
     full batches (`_batch_size`; each split over the local devices), so jit
@@ -396,7 +390,7 @@ class Model:
     lengths = np.array([len(f) for f in feats])
     buckets = features_lib.bucket_lengths(self.config)
     order = np.argsort(lengths, kind="stable")
-    emb, layers, ctc_ids = [None] * len(feats), [None] * len(feats), [None] * len(feats)
+    emb, layers, log_probs = [None] * len(feats), [None] * len(feats), [None] * len(feats)
     for start in range(0, len(order), batch_size):
       index = order[start : start + batch_size]
       longest = lengths[index[-1]]
@@ -408,11 +402,10 @@ class Model:
       n[: len(index)] = lengths[index]
       if batch_sharding is not None:
         x, n = jax.device_put((x, n), batch_sharding)
-      e, h, ids = jax.device_get(self._forward(self.params, x, n))
+      e, h, lp, frames = jax.device_get(self._forward(self.params, x, n))
       for row, i in enumerate(index):
-        # Padding frames decode to blank, so a row's ids stand for its input alone.
-        emb[i], layers[i], ctc_ids[i] = e[row], h[:, row], ids[row]
-    return emb, layers, ctc_ids
+        emb[i], layers[i], log_probs[i] = e[row], h[:, row], lp[row, : frames[row]]
+    return emb, layers, log_probs
 
 
 def fuse_transcripts(

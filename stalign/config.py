@@ -16,6 +16,7 @@ import ml_collections
 from stalign import added_keys
 from stalign import data
 from stalign import evaluators
+from stalign import fs
 from stalign.data import sources
 from stalign.data import text as text_lib
 
@@ -94,6 +95,37 @@ def _at_least(key: str, value, low) -> None:
 def _above(key: str, value, low) -> None:
   if not isinstance(value, numbers.Number) or value <= low:
     raise ConfigError(f"{key}={value!r} must be a number > {low}")
+
+
+def _validate_ctc_decode(c: ml_collections.ConfigDict) -> None:
+  """How transcripts are decoded (`ctc_decode`): the best path, or a beam under a word model."""
+  m = c.model
+  if not isinstance(m.ctc_lm, str):
+    raise ConfigError(
+      f"model.ctc_lm={m.ctc_lm!r} must be '', 'english' or the path of an ARPA file"
+    )
+  _at_least("model.ctc_lm_weight", m.ctc_lm_weight, 0)
+  if not isinstance(m.ctc_word_bonus, numbers.Number):
+    raise ConfigError(f"model.ctc_word_bonus={m.ctc_word_bonus!r} must be a number")
+  if not isinstance(m.ctc_beam_width, int) or m.ctc_beam_width < 1:
+    raise ConfigError(f"model.ctc_beam_width={m.ctc_beam_width!r} must be an integer >= 1")
+  if not m.ctc_lm:
+    return
+  if not c.loss.ctc_weight:
+    raise ConfigError(
+      "model.ctc_lm decodes the CTC head, which loss.ctc_weight=0 leaves untrained: set "
+      "loss.ctc_weight > 0 or model.ctc_lm=''"
+    )
+  if c.features.ctc_targets != "chars":
+    raise ConfigError(
+      f"model.ctc_lm scores words, which features.ctc_targets={c.features.ctc_targets!r} does "
+      "not spell: train with features.ctc_targets=chars or set model.ctc_lm=''"
+    )
+  if m.ctc_lm != "english" and not fs.is_remote(m.ctc_lm) and not fs.isfile(m.ctc_lm):
+    raise ConfigError(
+      f"model.ctc_lm={m.ctc_lm!r} is not a file: give an ARPA file, 'english' for the built-in "
+      "English model, or '' for the best path"
+    )
 
 
 def _validate_whisper(c: ml_collections.ConfigDict) -> None:
@@ -264,6 +296,8 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
       "model.transcript_weight embeds the CTC head's transcripts, which loss.ctc_weight=0 leaves "
       "untrained: set loss.ctc_weight > 0 or model.transcript_weight=0"
     )
+
+  _validate_ctc_decode(c)
 
   _one_of("loss.distill", c.loss.distill, ("cosine", "mse", "none"))
   for key in ("distill_weight", "contrastive_weight", "bank_weight", "ctc_weight"):

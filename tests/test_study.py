@@ -143,7 +143,7 @@ def test_the_whisper_study_compares_the_pretrained_encoder_with_scratch_on_the_s
     for c in by_regime.values():  # The same utterances, the same updates, the students' own spaces.
       assert c.corpus == config.corpus and c.data == config.data
       assert c.train.steps == config.train.steps and c.init_from == ""
-      assert c.model.transcript_weight == 0
+      assert c.model.transcript_weight == 0 and c.model.ctc_lm == ""
     folders = [c.data_dir for c in study_plan.data_configs(runs)]
     assert sorted(folders) == sorted({c.data_dir for c in by_regime.values()}) and len(folders) == 2
 

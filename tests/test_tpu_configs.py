@@ -159,6 +159,11 @@ SHARED_WITH_DEMO = {
   # Off: fusing the CTC head's transcript is chosen on a trained model's valid split, which an
   # accelerator's run has not had yet (configs/whisper.py measured it on the CPU recipe).
   "model.transcript_weight",
+  # The best path: the word model's weights are chosen on a trained model's valid split too.
+  "model.ctc_lm",
+  "model.ctc_lm_weight",
+  "model.ctc_word_bonus",
+  "model.ctc_beam_width",
   # The recipe's losses (set in tpu_multitask, tpu_distill and asr_pretrain.ctc_only).
   "loss.distill",
   "loss.distill_weight",
