@@ -168,6 +168,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # path; "english" a beam search under the built-in English word-bigram model; or the path of an
   # ARPA file. Weight of the model's log10-probability (pyctcdecode's alpha), score added per word
   # (its beta) and beams kept; a decode-time choice, so a saved run can be evaluated either way.
+  # Training's own validation CER is always the best path's.
   c.model.ctc_lm = ""
   c.model.ctc_lm_weight = 0.2
   c.model.ctc_word_bonus = 1.0

@@ -57,12 +57,17 @@ def embed_split(model: api.Model, split: str) -> evaluators.Embeddings:
   return embed_records(model, split_lib.read_split(model.config.data_dir, split))
 
 
-def embed_records(model: api.Model, records: list[dict]) -> evaluators.Embeddings:
+def embed_records(
+  model: api.Model, records: list[dict], embedded: tuple[np.ndarray, np.ndarray] | None = None
+) -> evaluators.Embeddings:
   """`embed_split` of records already read (`evaluators.split.read_split`), through the seam
-  training uses too (`evaluators.split.embed`), with `model`'s predict functions."""
+  training uses too (`evaluators.split.embed`), with `model`'s predict functions; `embedded`:
+  the records' (embeddings, pooled layers) where the caller has them already."""
   return split_lib.embed(
     [split_lib.as_batch(records)],
-    lambda batch: model.embed_features(batch["features"]),
+    (lambda batch: embedded)
+    if embedded
+    else (lambda batch: model.embed_features(batch["features"])),
     lambda texts: model.teacher.embed(texts),  # Loads the teacher only when records lack it.
     model.target_mean,
   )
@@ -221,17 +226,18 @@ def real_speech(model: api.Model, split: str) -> dict:
   """
   config = model.config
   records = split_lib.read_split(config.data_dir, split)
-  emb = embed_records(model, records)
+  ctc = None
+  if config.loss.ctc_weight:  # One forward pass and one decode give the embeddings and the CER.
+    speech, layers, heard = model.embed_and_transcribe_features([r["features"] for r in records])
+    emb = embed_records(model, records, (speech, layers))
+  else:
+    emb = embed_records(model, records)
   domains = np.array([str(label.get("domain", "")) for label in emb.labels])
   speakers = np.array([str(label.get("speaker", "")) for label in emb.labels])
-  ctc = None
   if config.loss.ctc_weight:
     kind = config.features.ctc_targets
-    ctc = transcript_errors(
-      model.transcribe_features([r["features"] for r in records]),
-      [text_lib.target_text(r["text"], kind) for r in records],
-      list(domains),
-    )
+    references = [text_lib.target_text(r["text"], kind) for r in records]
+    ctc = transcript_errors(heard, references, list(domains))
 
   def group(rows: np.ndarray, scores: dict | None) -> dict:
     sub = subset(emb, rows)

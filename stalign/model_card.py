@@ -17,6 +17,7 @@ import yaml
 
 import stalign
 from stalign import api
+from stalign import ctc_decode
 from stalign import data
 from stalign import fs
 from stalign import report
@@ -207,6 +208,22 @@ def _voices(c, summaries: dict) -> str:
   return " and ".join(parts) or "not recorded in the data folder"
 
 
+def _transcript_row(c) -> list[str]:
+  """The Model table's row on the CTC head's transcript fused into each speech embedding."""
+  if not c.model.transcript_weight:
+    return []
+  if not c.model.ctc_lm:
+    decode = "its best path"
+  elif c.model.ctc_lm == ctc_decode.ENGLISH:
+    decode = "a beam search under stalign's built-in English word-bigram model"
+  else:
+    decode = f"a beam search under the word model `{c.model.ctc_lm}` (needed where it loads)"
+  return [
+    f"| transcript | each speech embedding is fused at {c.model.transcript_weight:g} with the "
+    f"teacher's embedding of what the multitask CTC head heard, read by {decode} |"
+  ]
+
+
 def render(model: api.Model, manifest: dict, summaries: dict, results: dict | None) -> str:
   """README.md of an export: metadata, what the model is, its data, uses, limits and figures."""
   c, teacher = model.config, manifest["teacher"]
@@ -236,6 +253,7 @@ def render(model: api.Model, manifest: dict, summaries: dict, results: dict | No
     f"{'centred' if c.loss.centre_targets else 'raw'} targets, in-batch contrastive weight "
     f"{c.loss.contrastive_weight:g}, CTC ({c.features.ctc_targets}) weight {c.loss.ctc_weight:g}; "
     f"{c.train.steps} steps of batch {c.input.batch_size} |",
+    *_transcript_row(c),
     "",
     "## Training data\n",
   ]

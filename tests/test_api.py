@@ -192,6 +192,11 @@ def test_fused_speech_adds_the_teachers_embedding_of_what_the_head_heard(tiny_ru
   np.testing.assert_allclose(
     fused.encode_speech(clips, space="teacher"), fused.to_teacher_space(expected), atol=1e-5
   )
+  # Evaluation's one pass gives the same embeddings and transcripts.
+  feats = [fused.features(fused.load_waveform(c)) for c in clips]
+  together, layers, heard_texts = fused.embed_and_transcribe_features(feats)
+  np.testing.assert_allclose(together, fused.embed_features(feats)[0], atol=1e-6)
+  assert heard_texts == fused.transcribe_features(feats) == ["a", "a"] and layers.shape[1] == 2
   params["ctc_head"]["bias"].value[:] = 0.0
   params["ctc_head"]["bias"].value[0 :: text.VOCAB_SIZE] = 10.0  # Blank on every frame.
   alone.params = fused.params = params

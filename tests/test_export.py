@@ -13,12 +13,14 @@ import pytest
 import safetensors.numpy
 import yaml
 
+from configs import demo
 import stalign
 from stalign import api
 from stalign import checkpoints
 from stalign import cli
 from stalign import export
 from stalign import export_format
+from stalign import model_card
 from stalign import restore
 from stalign.data import layout
 from stalign.models import student
@@ -304,3 +306,13 @@ def test_cli_prints_the_folder_and_size_and_user_errors_are_one_line(own_run, tm
   assert missing.returncode == 2 and missing.stdout == ""
   [line] = missing.stderr.strip().splitlines()
   assert line.startswith("error: ") and "missing" in line
+
+
+def test_the_card_says_how_each_speech_embedding_holds_the_heads_transcript():
+  c = demo.get_config("tiny")
+  assert model_card._transcript_row(c) == []  # The student's embedding alone: no row.
+  c.model.transcript_weight, c.model.ctc_lm = 0.5, "english"
+  (row,) = model_card._transcript_row(c)
+  assert "fused at 0.5" in row and "built-in English word-bigram model" in row
+  c.model.ctc_lm = ""
+  assert "its best path" in model_card._transcript_row(c)[0]
