@@ -62,13 +62,33 @@ def _split_path(path: str) -> tuple[str, int | None]:
 
 
 def resolve_data_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """`config.data_dir` as saved is relative to where training ran: try there, then above the run."""
+  """`config.data_dir` as saved is relative to where training ran: try there, then above the run.
+
+  A folder of that name built with other settings (`layout.check_built_with` on its train split:
+  another front end, other sources) is passed over, so a run evaluated from another directory
+  never reads a namesake folder whose features it cannot take.
+  """
   rel = config.data_dir
   # dict.fromkeys: an absolute data_dir joins every ancestor as itself; try it once.
   candidates = list(dict.fromkeys([rel] + [os.path.join(d, rel) for d in _ancestors(workdir)]))
+  passed_over = []
   for c in candidates:
-    if fs.exists(layout.teacher_stats_path(c)):
-      return fs.abspath(c)
+    if not fs.exists(layout.teacher_stats_path(c)):
+      continue
+    try:
+      if fs.exists(layout.summary_path(c, "train")):
+        candidate = config.copy_and_resolve_references()
+        candidate.data_dir = c
+        layout.check_built_with(candidate, "train", layout.read_summary(c, "train"))
+    except ValueError as e:
+      passed_over.append(str(e))
+      continue
+    return fs.abspath(c)
+  if passed_over:
+    raise FileNotFoundError(
+      f"no data folder {rel!r} of {workdir} was built with the run's settings ({passed_over[0]}); "
+      "pass config= (or --config.data_dir) with data_dir set to the run's data folder"
+    )
   raise FileNotFoundError(
     f"teacher_stats.npz not found under data_dir={rel!r} of {workdir} (tried {candidates}): "
     "it holds the training mean the embeddings are centred on; pass config= with data_dir set "

@@ -334,6 +334,33 @@ def test_a_relative_data_dir_is_found_above_the_run_from_any_directory(
   assert "pass config= with data_dir" in message and "stalign.export" in message
 
 
+def test_a_namesake_data_folder_built_with_other_settings_is_passed_over(
+  prepared_config, tiny_run, tmp_path, monkeypatch
+):
+  """Evaluating a run from another directory: a "data" folder there, built for another front
+  end, is not the run's; the one beside the run is found, or the error names the difference."""
+  root = tmp_path / "project"
+  (root / "runs").mkdir(parents=True)
+  run = root / "runs" / "r"
+  shutil.copytree(tiny_run, run)
+  config = json.loads((run / "config.json").read_text())
+  (run / "config.json").write_text(json.dumps({**config, "data_dir": "data"}))
+  namesake = tmp_path / "data"
+  (namesake / "tfrecords").mkdir(parents=True)
+  shutil.copy(
+    layout.teacher_stats_path(prepared_config.data_dir), layout.teacher_stats_path(str(namesake))
+  )
+  summary = layout.read_summary(prepared_config.data_dir, "train")
+  summary["num_mels"] = 128
+  with open(layout.summary_path(str(namesake), "train"), "w") as f:
+    json.dump(summary, f)
+  monkeypatch.chdir(tmp_path)  # "data" here is the namesake.
+  with pytest.raises(FileNotFoundError, match="features.num_mels=128 but the config asks for"):
+    stalign.load(str(run))
+  os.symlink(prepared_config.data_dir, root / "data")
+  assert stalign.load(str(run)).config.data_dir == str(root / "data")
+
+
 def test_a_folder_without_config_json_or_no_folder_names_what_to_pass(tmp_path):
   (tmp_path / "run" / "checkpoints").mkdir(parents=True)
   with pytest.raises(FileNotFoundError, match="run/config.json not found: pass a run directory"):

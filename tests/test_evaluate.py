@@ -11,6 +11,7 @@ import sys
 import ml_collections
 import numpy as np
 import pytest
+import soundfile as sf
 
 import stalign
 from stalign import evaluate
@@ -18,6 +19,7 @@ from stalign import prepare
 from stalign import report
 from stalign.data import sources
 from stalign.data import text
+from stalign.evaluators import zero_shot
 
 from testdata import make_run
 from testdata import real_speech_dir
@@ -193,6 +195,33 @@ def test_report_json_values_match_this_run_and_lie_in_documented_ranges(evaluate
   heard = stalign.load(workdir).transcribe(clips)
   errors = sum(text.edit_distance(h, w) for h, w in zip(heard, said))
   assert ctc["per_group"]["nicolas"]["error_rate"] == errors / sum(map(len, said))
+
+
+def test_fsdd_clips_longer_than_a_window_are_embedded_and_transcribed_as_the_api_does(
+  evaluated, small_fsdd, tmp_path
+):
+  """Digits take one forward pass for embedding and transcript; a folder holding a clip longer
+  than a training clip takes the API's window-by-window paths instead, with the same figures."""
+  model = stalign.load(evaluated[0])
+  recordings = tmp_path / "fsdd" / "recordings"
+  recordings.mkdir(parents=True)
+  short = os.path.join(small_fsdd, "recordings", "4_nicolas_0.wav")
+  os.symlink(short, recordings / "4_nicolas_0.wav")
+  wave, rate = sf.read(os.path.join(small_fsdd, "recordings", "3_nicolas_0.wav"), dtype="float32")
+  repeats = int(np.ceil(1.5 * model.config.features.max_seconds * rate / len(wave)))
+  sf.write(recordings / "3_nicolas_0.wav", np.tile(wave, repeats), rate)
+  out = evaluate.zero_shot_fsdd(model, str(tmp_path / "fsdd"))
+  paths = [str(recordings / "3_nicolas_0.wav"), short]
+  long_heard, short_heard = model.transcribe(paths)
+  assert out["ctc"]["most_common"]["nicolas"] == {
+    "three": [[long_heard, 1]],
+    "four": [[short_heard, 1]],
+  }
+  classes = zero_shot.class_embeddings(
+    model.encode_text, list(sources.DIGIT_WORDS), model.config.eval.zero_shot_templates
+  )
+  predicted = zero_shot.predict(model.encode_speech(paths), classes)
+  assert out["accuracy"] == np.mean(np.asarray(predicted) == [3, 4])
 
 
 def test_transcript_errors_count_edits_per_reference_character_and_per_group():
