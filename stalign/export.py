@@ -15,6 +15,9 @@ notebook or a server:
   params.safetensors    the student's parameters, one tensor per parameter path
   config.json           the resolved config (a teacher path made absolute)
   teacher_stats.npz     teacher width and the training mean the shared space is centred on
+  word_model.arpa       the ARPA word model the CTC head's transcripts are decoded under, when
+                        the run's `model.ctc_lm` names a file of its own (the config then
+                        names this file; the built-in "english" model needs none)
   README.md             the model card (`stalign.model_card`), in the Hugging Face layout: YAML
                         metadata (licence, language, tags, datasets, the report's figures as
                         `model-index`), then what the model is, its training data and voices,
@@ -45,6 +48,7 @@ import safetensors.numpy
 import stalign
 from stalign import api
 from stalign import cli
+from stalign import ctc_decode
 from stalign import export_format
 from stalign import fs
 from stalign import model_card
@@ -59,6 +63,7 @@ FILES = (
   export_format.PARAMS,
   export_format.CONFIG,
   export_format.TEACHER_STATS,
+  export_format.WORD_MODEL,  # Only for a run decoding under a word model file of its own.
   CARD,
   export_format.MANIFEST,
 )
@@ -119,6 +124,9 @@ def export(workdir: str, output: str, step: int | None = None, dtype: str = "flo
   config = model.config.copy_and_resolve_references()
   if config.teacher.path:
     config.teacher.path = os.path.abspath(config.teacher.path)
+  word_model = config.model.ctc_lm not in ("", ctc_decode.ENGLISH)
+  if word_model:  # Copied in, so the export decodes as the run did wherever it is loaded.
+    config.model.ctc_lm = export_format.WORD_MODEL
   report_path = os.path.join(workdir, "report.json")
   results = json.loads(fs.read_text(report_path)) if fs.exists(report_path) else None
   tensors = {
@@ -134,8 +142,10 @@ def export(workdir: str, output: str, step: int | None = None, dtype: str = "flo
     ).encode(),
     export_format.MANIFEST: json.dumps(manifest, indent=2).encode(),
   }
+  if word_model:
+    files[export_format.WORD_MODEL] = fs.read_bytes(model.config.model.ctc_lm)
   with fs.staged_folder(output, export_format.MANIFEST) as folder:
-    for name in FILES:
+    for name in (n for n in FILES if n in files):
       with open(os.path.join(folder, name), "wb") as f:  # Plain open: the umask's mode.
         f.write(files[name])
   return manifest

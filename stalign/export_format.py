@@ -28,6 +28,9 @@ FORMAT_VERSION = 1
 PARAMS = "params.safetensors"
 CONFIG = "config.json"
 TEACHER_STATS = "teacher_stats.npz"
+# The ARPA word model of a run whose `model.ctc_lm` names a file of its own, copied in; the
+# export's config names it by this file name, which `stalign.load` reads inside the export.
+WORD_MODEL = "word_model.arpa"
 
 
 class ExportError(app.UsageError):
@@ -70,9 +73,9 @@ def read_manifest(path: str) -> dict:
   return manifest
 
 
-def check_files(path: str) -> None:
+def check_files(path: str, word_model: bool = False) -> None:
   """Every file an export loads from is there (a copy or upload may have left one behind)."""
-  for name in (CONFIG, TEACHER_STATS, PARAMS):
+  for name in (CONFIG, TEACHER_STATS, PARAMS) + ((WORD_MODEL,) if word_model else ()):
     file = os.path.join(path, name)
     if not fs.exists(file):
       raise FileNotFoundError(f"{file} not found: the export is incomplete; export the run again")

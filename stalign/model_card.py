@@ -19,6 +19,7 @@ import stalign
 from stalign import api
 from stalign import ctc_decode
 from stalign import data
+from stalign import export_format
 from stalign import fs
 from stalign import report
 from stalign.data import features
@@ -217,7 +218,7 @@ def _transcript_row(c) -> list[str]:
   elif c.model.ctc_lm == ctc_decode.ENGLISH:
     decode = "a beam search under stalign's built-in English word-bigram model"
   else:
-    decode = f"a beam search under the word model `{c.model.ctc_lm}` (needed where it loads)"
+    decode = f"a beam search under the run's own ARPA word model (`{export_format.WORD_MODEL}`)"
   return [
     f"| transcript | each speech embedding is fused at {c.model.transcript_weight:g} with the "
     f"teacher's embedding of what the multitask CTC head heard, read by {decode} |"

@@ -113,9 +113,13 @@ def _from_export(path: str, step: int | None, config: ml_collections.ConfigDict 
       f"{path} is an export of step {manifest['step']}, not {step}; export step {step} "
       "with `python -m stalign.export --step`"
     )
-  export_format.check_files(path)
   built_by = "the config given" if config is not None else export_format.CONFIG
-  config = config_lib.validate_config(config or config_from_workdir(path))
+  config = ml_collections.ConfigDict((config or config_from_workdir(path)).to_dict())
+  word_model = config.model.get("ctc_lm") == export_format.WORD_MODEL
+  export_format.check_files(path, word_model)
+  if word_model:  # The run's own word model, copied into the export: read it there.
+    config.model.ctc_lm = os.path.join(path, export_format.WORD_MODEL)
+  config = config_lib.validate_config(config)
   dim, mean = export_format.read_teacher_stats(path)
   graphdef, abstract = nnx.split(nnx.eval_shape(lambda: student_lib.build(config, dim)))
   params = export_format.read_params(path, abstract, built_by)

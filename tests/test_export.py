@@ -18,6 +18,7 @@ import stalign
 from stalign import api
 from stalign import checkpoints
 from stalign import cli
+from stalign import ctc_decode
 from stalign import export
 from stalign import export_format
 from stalign import model_card
@@ -145,6 +146,39 @@ REPORT = {
     },
   },
 }
+
+
+def test_a_runs_own_word_model_travels_inside_its_export(own_run, tmp_path, monkeypatch):
+  """`model.ctc_lm` naming a file: the export holds a copy and decodes (and fuses) as the run did
+  once the file, the run and its data are gone."""
+  run, data_dir = own_run
+  arpa = str(tmp_path / "mine.arpa")
+  ctc_decode.english_bigram_arpa(arpa, words=300)
+  saved = json.loads(open(os.path.join(run, "config.json")).read())
+  saved["model"].update(ctc_lm=arpa, transcript_weight=0.5)
+  with open(os.path.join(run, "config.json"), "w") as f:
+    json.dump(saved, f)
+  clips = fsdd_files("nicolas", range(3, 4))[:2]
+  model = stalign.load(run)
+  before = model.encode_speech(clips), model.transcribe(clips)
+  out = str(tmp_path / "exported")
+  export.export(run, out)
+  assert json.loads(open(os.path.join(out, export_format.CONFIG)).read())["model"]["ctc_lm"] == (
+    export_format.WORD_MODEL
+  )
+  assert open(os.path.join(out, export_format.WORD_MODEL)).read() == open(arpa).read()
+  for gone in (run, data_dir):
+    shutil.rmtree(gone)
+  os.remove(arpa)
+  monkeypatch.chdir(tmp_path)
+  exported = stalign.load(os.path.relpath(out))
+  np.testing.assert_allclose(exported.encode_speech(clips), before[0], atol=1e-6)
+  assert exported.transcribe(clips) == before[1]
+  os.remove(os.path.join(out, export_format.WORD_MODEL))
+  with pytest.raises(
+    FileNotFoundError, match="word_model.arpa not found: the export is incomplete"
+  ):
+    stalign.load(out)
 
 
 def test_model_card_has_hub_metadata_with_the_reports_figures_and_says_how_to_load(
