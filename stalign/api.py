@@ -26,7 +26,7 @@ Speech goes through the same front end as the stored training data
 depend on whether a clip came from a TFRecord or a wav file. Audio longer than
 `features.max_seconds` (the cap on training clips) is cut into overlapping
 windows whose embeddings are averaged (`speech_input`, `Model.embed_windows`).
-With `model.transcript_weight` (the demo recipe's 0.25), each speech embedding
+With `model.transcript_weight` (the demo recipe's 0.5), each speech embedding
 also holds the teacher's embedding of what the student's CTC head heard
 (`fuse_transcripts`; decoded under a word language model with `model.ctc_lm`,
 `ctc_decode`), so the teacher is loaded for speech too.
