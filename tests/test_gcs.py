@@ -19,6 +19,7 @@ import urllib.request
 import numpy as np
 import pytest
 
+from stalign import ctc_decode
 from stalign import export
 from stalign import export_format
 
@@ -419,3 +420,43 @@ def test_a_data_stage_killed_on_the_bucket_resumes_shard_by_shard(gcs, tmp_path)
   assert not set(first) & set(second) and len(second) == len(set(second))
   assert any(p.endswith("train.summary.json") for p in second)
   assert all(p.startswith(data) for p in first + second)
+
+
+_DECODE_ON_THE_BUCKET = """
+import numpy as np
+from configs import demo
+from stalign import ctc_decode
+from stalign.data import text
+
+vocab = ["", *text.vocabulary("chars")]
+rows = []
+for i, ch in enumerate("the cat"):
+  row = np.full(len(vocab), 1e-6)
+  row[vocab.index(ch)] = 1.0
+  if i == 5:  # The best path hears "the cet"; the word model reads "the cat".
+    row[vocab.index("a")], row[vocab.index("e")] = 0.45, 0.55
+  rows += [row, np.eye(len(vocab))[0] + 1e-6]
+probs = np.array(rows)
+log_probs = np.log(probs / probs.sum(axis=1, keepdims=True)).astype(np.float32)
+config = demo.get_config("tiny")
+config.model.ctc_lm, config.model.ctc_lm_weight = "{lm}", 0.5
+print(ctc_decode.Decoder(config)([log_probs])[0])
+config.model.ctc_lm = "{lm}.gone"
+try:
+  ctc_decode.Decoder(config)([log_probs])
+except ctc_decode.DecodeError as e:
+  print(e)
+"""
+
+
+def test_a_word_model_on_the_bucket_is_read_where_the_decoder_runs(gcs, tmp_path):
+  """`model.ctc_lm=gs://...`: KenLM reads local files, so the ARPA file is downloaded first; a
+  missing one is named."""
+  bucket, env = gcs
+  local = str(tmp_path / "mine.arpa")
+  ctc_decode.english_bigram_arpa(local, words=2_000)  # "cat" among them.
+  bucket.put_file(local, f"{BUCKET}/lm/mine.arpa")
+  lm = f"gs://{BUCKET}/lm/mine.arpa"
+  heard, error = _python(env, "-c", _DECODE_ON_THE_BUCKET.format(lm=lm)).stdout.splitlines()[-2:]
+  assert heard == "the cat"
+  assert f"model.ctc_lm='{lm}.gone' is not a file" in error
