@@ -1,11 +1,11 @@
 """The CTC head's log-probabilities as transcripts: the best path, or a beam search under a word LM.
 
 The student's CTC head spells what it hears letter by letter, and on readers it never heard it
-misspells a third of the characters; the teacher reads "hemanity has ane soch yunavercel
+misspells a third of the characters; the teacher reads "for hemanity has ane soch yunavercel
 recytmistin" poorly. A beam search that prefers English words and the pairs they form
-(pyctcdecode over a KenLM bigram model) turns it into "humanity has won such universal ...":
-on the valid split's unseen LibriSpeech readers it halved the distance from the student's
-transcripts to the truth in words, and the fused embedding found more of their sentences
+(pyctcdecode over a KenLM bigram model) reads the same frames as "for humanity has ane such
+universal re cyniin": on the valid split's unseen LibriSpeech readers the word error rate fell
+from 0.83 to 0.67, and the fused embedding found far more of their sentences
 (docs/experiments.md, "A word language model in the CTC decode").
 
 `model.ctc_lm` chooses: "" (the best path), "english" (the built-in model of `english_bigram_arpa`,
