@@ -178,16 +178,11 @@ def zero_shot_fsdd(model: api.Model, fsdd_dir: str) -> dict:
   waves = [model.load_waveform(ex["audio_filepath"]) for ex in examples]
   ctc = bool(model.config.loss.ctc_weight)
   windows = [model.windows(wave) for wave in waves]
-  heard = None
-  if all(len(w) == 1 for w in windows):
+  if ctc and all(len(w) == 1 for w in windows):
     # Spoken digits fit one window each: one forward pass and one decode give both.
-    feats = [w[0] for w in windows]
-    if ctc:
-      speech, _, heard = model.embed_and_transcribe_features(feats)
-    else:
-      speech = model.embed_features(feats)[0]
-  else:
-    speech = model.encode_speech(waves, sample_rate=rate)
+    speech, _, heard = model.embed_and_transcribe_features([w[0] for w in windows])
+  else:  # `encode_speech`'s embedding of the windows already cut; the CER cuts its own.
+    speech = model.embed_windows(windows)
     heard = model.transcribe(waves, sample_rate=rate) if ctc else None
   digits = np.array([ex["labels"]["digit"] for ex in examples])
   speakers = [ex["labels"]["speaker"] for ex in examples]
@@ -232,7 +227,7 @@ def real_speech(model: api.Model, split: str) -> dict:
   """
   config = model.config
   records = split_lib.read_split(config.data_dir, split)
-  ctc = None
+  heard = None
   if config.loss.ctc_weight:  # One forward pass and one decode give the embeddings and the CER.
     speech, layers, heard = model.embed_and_transcribe_features([r["features"] for r in records])
     emb = embed_records(model, records, (speech, layers))
@@ -240,7 +235,8 @@ def real_speech(model: api.Model, split: str) -> dict:
     emb = embed_records(model, records)
   domains = np.array([str(label.get("domain", "")) for label in emb.labels])
   speakers = np.array([str(label.get("speaker", "")) for label in emb.labels])
-  if config.loss.ctc_weight:
+  ctc = None
+  if heard is not None:
     kind = config.features.ctc_targets
     references = [text_lib.target_text(r["text"], kind) for r in records]
     ctc = transcript_errors(heard, references, list(domains))
