@@ -14,6 +14,7 @@ import numbers
 import ml_collections
 
 from stalign import added_keys
+from stalign import ctc_decode
 from stalign import data
 from stalign import evaluators
 from stalign import fs
@@ -102,7 +103,7 @@ def _validate_ctc_decode(c: ml_collections.ConfigDict) -> None:
   m = c.model
   if not isinstance(m.ctc_lm, str):
     raise ConfigError(
-      f"model.ctc_lm={m.ctc_lm!r} must be '', 'english' or the path of an ARPA file"
+      f"model.ctc_lm={m.ctc_lm!r} must be '', {ctc_decode.ENGLISH!r} or the path of an ARPA file"
     )
   _at_least("model.ctc_lm_weight", m.ctc_lm_weight, 0)
   if not isinstance(m.ctc_word_bonus, numbers.Number):
@@ -121,11 +122,11 @@ def _validate_ctc_decode(c: ml_collections.ConfigDict) -> None:
       f"model.ctc_lm scores words, which features.ctc_targets={c.features.ctc_targets!r} does "
       "not spell: train with features.ctc_targets=chars or set model.ctc_lm=''"
     )
-  if m.ctc_lm != "english" and not fs.is_remote(m.ctc_lm) and not fs.isfile(m.ctc_lm):
-    raise ConfigError(
-      f"model.ctc_lm={m.ctc_lm!r} is not a file: give an ARPA file, 'english' for the built-in "
-      "English model, or '' for the best path"
-    )
+  if not fs.is_remote(m.ctc_lm):  # A bucket's file is looked for at the first decode.
+    try:
+      ctc_decode.check_word_model(m.ctc_lm)
+    except ctc_decode.DecodeError as e:
+      raise ConfigError(str(e)) from None
 
 
 def _validate_whisper(c: ml_collections.ConfigDict) -> None:

@@ -95,6 +95,20 @@ def _beam_decoder(lm: str, lm_weight: float, word_bonus: float):
   return decoder_lib.BeamSearchDecoderCTC(alphabet_lib.Alphabet.build_alphabet(labels), scorer)
 
 
+def check_word_model(lm: str) -> None:
+  """Raises `DecodeError` unless `model.ctc_lm=lm` names a decode: '', `ENGLISH`, or a file.
+
+  The one check of the name, made by config validation for a local file (a bad path stops
+  before training) and at the first decode for any file (a `gs://` one too).
+  """
+  if lm in ("", ENGLISH) or fs.isfile(lm):
+    return
+  raise DecodeError(
+    f"model.ctc_lm={lm!r} is not a file: give an ARPA file, {ENGLISH!r} for the built-in "
+    "English model, or '' for the best path"
+  )
+
+
 @contextlib.contextmanager
 def _arpa_file(lm: str):
   """A local file name of `lm`'s model: the built-in one written to a temporary file, or the
@@ -105,11 +119,7 @@ def _arpa_file(lm: str):
       english_bigram_arpa(path)
       yield path
     return
-  if not fs.isfile(lm):
-    raise DecodeError(
-      f"model.ctc_lm={lm!r} is not a file: give an ARPA file, {ENGLISH!r} for the built-in "
-      "English model, or '' for the best path"
-    )
+  check_word_model(lm)
   with fs.local_copy(lm) as path:
     yield path
 
