@@ -101,7 +101,7 @@ class Model:
     self.params = params
     self.step = step
     self.target_mean = target_mean if config.loss.centre_targets else np.zeros_like(target_mean)
-    self._forward = jax.jit(self._apply)
+    self._forward = jax.jit(self._apply, static_argnames="ctc")
     self._feature_dim = frontend.feature_dim(config.features)
     self._decoder = ctc_decode.Decoder(config)
 
@@ -118,10 +118,12 @@ class Model:
       replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
       self._params = jax.device_put(params, replicated)
 
-  def _apply(self, params, feats, num_frames):
+  def _apply(self, params, feats, num_frames, ctc: bool):
     model = nnx.merge(self.graphdef, params)
     model.eval()
     out = model(feats, num_frames)
+    if not ctc:  # Nothing is decoded: every frame's head output stays on the device.
+      return out["embedding"], out["layers"], None, None
     # The CTC head's log-probabilities come with the embedding: one compiled pass serves both
     # `embed_features` and `transcribe_features`, whichever way `ctc_decode` reads them.
     log_probs = jax.nn.log_softmax(out["ctc_logits"].astype(jnp.float32), axis=-1)
@@ -337,10 +339,11 @@ class Model:
   def _embed(
     self, feats: Sequence[np.ndarray], batch_size: int | None, transcribe: bool
   ) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
-    emb, layers, log_probs = self._forward_batches(feats, batch_size)
-    emb = np.stack(emb)
     weight = self.config.model.transcript_weight
-    texts = self._decoder(log_probs) if weight or transcribe else None
+    decode = bool(weight) or transcribe
+    emb, layers, log_probs = self._forward_batches(feats, batch_size, ctc=decode)
+    emb = np.stack(emb)
+    texts = self._decoder(log_probs) if decode else None
     if weight:
       heard = self.encode_text(texts, show_progress_bar=False)
       emb = fuse_transcripts(emb, heard, [bool(t.strip()) for t in texts], weight)
@@ -372,7 +375,7 @@ class Model:
   def transcribe_features(self, feats: Sequence[np.ndarray]) -> list[str]:
     """CTC transcripts of stored feature arrays (`transcribe`), decoded as `model.ctc_lm` says."""
     self._check_ctc_head()
-    return self._decoder(self._forward_batches(feats)[2])
+    return self._decoder(self._forward_batches(feats, ctc=True)[2])
 
   def _check_ctc_head(self) -> None:
     if not self.config.loss.ctc_weight:
@@ -387,9 +390,12 @@ class Model:
     return size if self.mesh is None else utils.round_up(size, self.mesh.size)
 
   def _forward_batches(
-    self, feats: Sequence[np.ndarray], batch_size: int | None = None
+    self, feats: Sequence[np.ndarray], batch_size: int | None = None, ctc: bool = True
   ) -> tuple[list, list, list]:
     """Per input: (embedding [D], pooled layers [depth + 1, dim], CTC log-probs [frames, vocab]).
+
+    With `ctc=False` the log-probabilities are None and never leave the device (a variant
+    compiled without them): [batch, frames, vocab] floats a batch, where the embedding is [D].
 
     Utterances are sorted by length and padded to the training buckets in
     full batches (`_batch_size`; each split over the local devices), so jit
@@ -416,9 +422,10 @@ class Model:
       n[: len(index)] = lengths[index]
       if batch_sharding is not None:
         x, n = jax.device_put((x, n), batch_sharding)
-      e, h, lp, frames = jax.device_get(self._forward(self.params, x, n))
+      e, h, lp, frames = jax.device_get(self._forward(self.params, x, n, ctc=ctc))
       for row, i in enumerate(index):
-        emb[i], layers[i], log_probs[i] = e[row], h[:, row], lp[row, : frames[row]]
+        emb[i], layers[i] = e[row], h[:, row]
+        log_probs[i] = lp[row, : frames[row]] if ctc else None
     return emb, layers, log_probs
 
 

@@ -150,6 +150,16 @@ def test_transcripts_are_the_ctc_heads_best_path_whatever_the_input_form(model, 
   assert from_file == text.decode(best, model.config.features.ctc_targets)
 
 
+def test_an_embedding_that_decodes_nothing_leaves_the_heads_output_on_the_device(model):
+  feats = [np.random.default_rng(i).normal(size=(40 + 9 * i, model._feature_dim)) for i in range(3)]
+  with_ctc = model._forward_batches(feats, ctc=True)
+  without = model._forward_batches(feats, ctc=False)
+  assert without[2] == [None] * 3
+  vocab = text.vocab_size(model.config.features.ctc_targets)
+  assert [lp.shape[1] for lp in with_ctc[2]] == [vocab] * 3
+  np.testing.assert_allclose(np.stack(without[0]), np.stack(with_ctc[0]), rtol=1e-6, atol=1e-6)
+
+
 def test_a_head_that_always_says_a_transcribes_each_window_of_long_audio_as_a(tiny_run, tmp_path):
   """A CTC head biased to "a" on every frame: one "a" per clip, one per consecutive window."""
   model = stalign.load(tiny_run)
@@ -223,9 +233,9 @@ def test_batches_and_buckets_do_not_change_embeddings(bucketed_model, prepared_c
   padded = []  # Padded length of every batch the model runs.
   forward = model._forward
 
-  def recording(params, x, num_frames):
+  def recording(params, x, num_frames, ctc):
     padded.append(x.shape[1])
-    return forward(params, x, num_frames)
+    return forward(params, x, num_frames, ctc=ctc)
 
   monkeypatch.setattr(model, "_forward", recording)
   rng = np.random.default_rng(0)
@@ -304,7 +314,9 @@ def test_stream_speech_reads_a_pool_of_batches_ahead_and_keeps_the_input_order(
 
   forward = model._forward
   monkeypatch.setattr(
-    model, "_forward", lambda params, x, n: rows.append(x.shape[0]) or forward(params, x, n)
+    model,
+    "_forward",
+    lambda params, x, n, ctc: rows.append(x.shape[0]) or forward(params, x, n, ctc=ctc),
   )
   got = [(len(read), emb) for emb in model.stream_speech(inputs(), batch_size=2)]
   # Pools of two batches of two: nothing is read beyond the pool being embedded.
