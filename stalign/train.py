@@ -250,7 +250,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     mgr.wait_until_finished()
     mgr.close()
     signal.signal(signal.SIGTERM, previous_handler)
-    tensorboard.flush()
+    tensorboard.close()
   summary = summarize(step)
   history.write(summary)
   return summary

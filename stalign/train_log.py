@@ -9,6 +9,7 @@ of the run it resumes rather than starting a new one.
 
 import json
 import os
+import shutil
 import tempfile
 
 from clu import metric_writers
@@ -25,7 +26,7 @@ class TensorBoard:
 
   Event files grow by appending, which an object store cannot do: for a
   `gs://` workdir they are written to a local folder and uploaded whole at
-  each `flush` (checkpoint steps and the end), by process 0 only.
+  each `flush` (checkpoint steps and `close`), by process 0 only.
   """
 
   def __init__(self, workdir: str):
@@ -38,6 +39,16 @@ class TensorBoard:
 
   def flush(self) -> None:
     self.writer.flush()
+    self._upload()
+
+  def close(self) -> None:
+    """The last flush; the local folder of a `gs://` workdir's event files is then removed."""
+    self.writer.close()
+    self._upload()
+    if self.local != self.folder:
+      shutil.rmtree(self.local, ignore_errors=True)
+
+  def _upload(self) -> None:
     if self.local != self.folder and jax.process_index() == 0:
       fs.sync_folder(self.local, self.folder)
 

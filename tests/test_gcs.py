@@ -8,6 +8,7 @@ the bucket and used from there, and the whole `stalign.main` runs in two `jax.di
 processes with nothing shared but the bucket, and matches one process with two devices.
 """
 
+import glob
 import json
 import os
 import subprocess
@@ -148,10 +149,13 @@ def trained(gcs, tmp_path_factory):
   data, workdir = f"gs://{BUCKET}/one/data", f"gs://{BUCKET}/one/run"
   manifests = _upload_manifests(bucket, "one")
   config = _config_file(tmp_path_factory.mktemp("one"), data, manifests)
+  env = {**env, "TMPDIR": str(tmp_path_factory.mktemp("tmp"))}  # What the runs leave in /tmp.
   first = _main(env, f"--config={config}", f"--workdir={workdir}", "--config.train.steps=3")
   # The same run with more steps resumes from the bucket's checkpoint, then evaluates.
   second = _main(env, f"--config={config}", f"--workdir={workdir}", "--verbosity=0")
-  return types.SimpleNamespace(workdir=workdir, manifests=manifests, first=first, second=second)
+  return types.SimpleNamespace(
+    workdir=workdir, manifests=manifests, first=first, second=second, tmp=env["TMPDIR"]
+  )
 
 
 @pytest.mark.slow
@@ -174,6 +178,8 @@ def test_tiny_pipeline_on_gcs_trains_resumes_and_evaluates(gcs, trained):
   # The first run's validation at its checkpoint, kept by the resumed run, then the second's.
   assert [v["step"] for v in history["valid"]] == [3, 6]
   assert bucket.ls(f"{BUCKET}/one/run/tensorboard")
+  # The event files' local folders were removed once uploaded.
+  assert not glob.glob(os.path.join(trained.tmp, "stalign-tensorboard-*"))
   assert sorted(int(os.path.basename(p)) for p in bucket.ls(f"{BUCKET}/one/run/checkpoints")) == [
     3,
     6,
