@@ -362,10 +362,15 @@ def test_cascade_benchmark_measures_our_row_and_says_how_to_enable_the_cascade(
   assert "make demo" in cascade.run(run_dir=str(tmp_path))["skipped"]  # No run, no interpreter.
   out = cascade.run(run_dir=tiny_run, max_clips=2)
   assert "pip install torch==2.13.0" in out["rows"]["cascade"]["skipped"]
-  assert out["clips"] == {"librispeech": 2, "an4": 2} and out["gallery"]["all"] == 4
+  # Sentences and utterances for retrieval ("all" is theirs), the unseen voice's digits apart.
+  assert out["clips"] == {"librispeech": 2, "an4": 2, "fsdd": 2} and out["gallery"]["all"] == 4
   ours = out["rows"]["ours"]
   assert ours["audio_seconds_per_s"]["all"] > 0 and len(ours["seconds"]["an4"]) == 1
   for space in ("speech_to_text", "speech_to_text_teacher_space"):
     assert ours[space]["all"]["queries"] == 4 and 0 <= ours[space]["all"]["recall_at_1"] <= 1
+    assert "fsdd" not in ours[space]
+  digits = ours["zero_shot_digits"]
+  assert digits["clips"] == 2 and list(digits["per_voice"]) == ["nicolas"]
+  assert 0 <= digits["accuracy"] <= 1
   assert out["load"]["other_processes_cores_busy"] >= 0 and out["ratios"] == []
   assert cascade.word_errors("Hello, world!", "hello there world") == (1, 3)
