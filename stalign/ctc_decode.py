@@ -95,13 +95,18 @@ def _beam_decoder(lm: str, lm_weight: float, word_bonus: float):
   return decoder_lib.BeamSearchDecoderCTC(alphabet_lib.Alphabet.build_alphabet(labels), scorer)
 
 
+def names_file(lm: str) -> bool:
+  """Whether `model.ctc_lm=lm` is the path of an ARPA file, not '' (best path) or `ENGLISH`."""
+  return lm not in ("", ENGLISH)
+
+
 def check_word_model(lm: str) -> None:
   """Raises `DecodeError` unless `model.ctc_lm=lm` names a decode: '', `ENGLISH`, or a file.
 
   The one check of the name, made by config validation for a local file (a bad path stops
   before training) and at the first decode for any file (a `gs://` one too).
   """
-  if lm in ("", ENGLISH) or fs.isfile(lm):
+  if not names_file(lm) or fs.isfile(lm):
     return
   raise DecodeError(
     f"model.ctc_lm={lm!r} is not a file: give an ARPA file, {ENGLISH!r} for the built-in "

@@ -124,7 +124,7 @@ def export(workdir: str, output: str, step: int | None = None, dtype: str = "flo
   config = model.config.copy_and_resolve_references()
   if config.teacher.path:
     config.teacher.path = os.path.abspath(config.teacher.path)
-  word_model = config.model.ctc_lm not in ("", ctc_decode.ENGLISH)
+  word_model = ctc_decode.names_file(config.model.ctc_lm)
   if word_model:  # Copied in, so the export decodes as the run did wherever it is loaded.
     config.model.ctc_lm = export_format.WORD_MODEL
   report_path = os.path.join(workdir, "report.json")
