@@ -225,9 +225,14 @@ def speech_to_text(
   return out
 
 
+def _retrieval_domains(clips: dict[str, list]) -> list[str]:
+  """The domains of `clips` measured by retrieval, which "all" figures pool (not `DIGITS`)."""
+  return [d for d in DOMAINS if d in clips]
+
+
 def _per_domain(fn, clips: dict[str, list[dict]], emb: dict[str, np.ndarray]) -> dict[str, Any]:
   """`fn(queries, clips)` for each retrieval domain and for all of them together."""
-  domains = [d for d in DOMAINS if d in clips]
+  domains = _retrieval_domains(clips)
   out = {d: fn(emb[d], clips[d]) for d in domains}
   if len(domains) > 1:
     out["all"] = fn(
@@ -258,7 +263,7 @@ def _throughput(clips: dict[str, list[dict]], seconds: dict[str, list[float]]) -
   audio = {d: sum(c["seconds"] for c in clips[d]) for d in clips}
   wall = {d: _common.median(seconds[d]) for d in clips}
   out = {d: audio[d] / wall[d] for d in clips}
-  domains = [d for d in DOMAINS if d in clips]
+  domains = _retrieval_domains(clips)
   out["all"] = sum(audio[d] for d in domains) / sum(wall[d] for d in domains)
   return out
 
@@ -417,7 +422,7 @@ def _wer(clips: dict[str, list[dict]], transcripts: dict[str, list[str]]) -> dic
     for d in clips
   }
   out = {d: float(e / n) for d, (e, n) in counts.items()}
-  edits, words = np.sum([counts[d] for d in DOMAINS if d in counts], axis=0)
+  edits, words = np.sum([counts[d] for d in _retrieval_domains(counts)], axis=0)
   out["all"] = float(edits / words)
   return out
 
@@ -459,7 +464,7 @@ def run(
     "clips": {d: len(clips[d]) for d in clips},
     "audio_seconds": {d: sum(c["seconds"] for c in clips[d]) for d in clips},
     "gallery": {
-      "all": len({c["text"] for d in DOMAINS if d in clips for c in clips[d]}),
+      "all": len({c["text"] for d in _retrieval_domains(clips) for c in clips[d]}),
       **{d: len({c["text"] for c in clips[d]}) for d in clips},
     },
     "digit_prompts": list(templates) if prompts else None,
